@@ -1,0 +1,1 @@
+"""Adapters: the admission server, Kubernetes lookups, the reconciler and the CLI."""
