@@ -1,0 +1,433 @@
+"""A real gateway for each row of the failure-signature table: Envoy, an EPP variant, a model server.
+
+`booted_case(case)` renders the corrected EnvoyFilter (edited for the case) with the engine's renderer,
+boots a real Envoy on loopback, starts the EPP variant the case needs (plaintext h2c, TLS, one that waits
+for the request body like the GIE EPP, or none at all), sends five requests and yields the running rig, so
+a test can ask `doctor --admin` about it while Envoy is still up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+from aiohttp import ClientSession, ClientTimeout, web
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
+from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, ProcessingResponse
+
+from certs.pki import generate_ca, issue_serving_cert
+from policies.render import RenderOptions, SocketAddress, render_gateway
+
+DATA = Path(__file__).parent / "data"
+CORRECTED = DATA / "seed-corrected.yaml"
+DESTINATION_HEADER = "x-gateway-destination-endpoint"
+REQUESTS = 5
+BOOT_TIMEOUT = 30.0
+
+
+def envoy_binary() -> Path:
+    return Path(sys.executable).parent / "envoy"
+
+
+def load_corrected() -> dict[str, Any]:
+    document = yaml.safe_load(CORRECTED.read_text())
+    assert isinstance(document, dict)
+    return document
+
+
+# ---- the EPP variants
+
+
+class PickingEpp(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[misc]
+    """Answers request headers with the destination header and `clear_route_cache`; passes everything else.
+
+    With `wait_for_body` it answers request headers only after the request body ends, as the GIE EPP does.
+    """
+
+    def __init__(self, destination: str, *, wait_for_body: bool = False) -> None:
+        self.destination = destination
+        self.wait_for_body = wait_for_body
+        self.streams = 0
+        self.messages: list[str] = []
+
+    def _pick(self) -> ProcessingResponse:
+        mutation = ext_proc_pb2.HeaderMutation(
+            set_headers=[
+                base_pb2.HeaderValueOption(
+                    header=base_pb2.HeaderValue(key=DESTINATION_HEADER, raw_value=self.destination.encode())
+                )
+            ]
+        )
+        common = ext_proc_pb2.CommonResponse(header_mutation=mutation, clear_route_cache=True)
+        return ProcessingResponse(request_headers=ext_proc_pb2.HeadersResponse(response=common))
+
+    async def Process(  # noqa: N802 (gRPC method name)
+        self, request_iterator: AsyncIterator[ProcessingRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[ProcessingResponse]:
+        self.streams += 1
+        async for request in request_iterator:
+            kind = request.WhichOneof("request")
+            self.messages.append(kind)
+            if kind == "request_headers":
+                if self.wait_for_body and not request.request_headers.end_of_stream:
+                    continue
+                yield self._pick()
+            elif kind == "request_body":
+                if self.wait_for_body and request.request_body.end_of_stream:
+                    yield self._pick()
+                yield ProcessingResponse(request_body=ext_proc_pb2.BodyResponse())
+            elif kind == "response_headers":
+                yield ProcessingResponse(response_headers=ext_proc_pb2.HeadersResponse())
+            elif kind == "response_body":
+                yield ProcessingResponse(response_body=ext_proc_pb2.BodyResponse())
+            elif kind == "request_trailers":
+                yield ProcessingResponse(request_trailers=ext_proc_pb2.TrailersResponse())
+            elif kind == "response_trailers":
+                yield ProcessingResponse(response_trailers=ext_proc_pb2.TrailersResponse())
+
+
+def _tls_credentials() -> grpc.ServerCredentials:
+    now = datetime.now(UTC)
+    ca = generate_ca(common_name="doctor-test-ca", now=now, valid_for=timedelta(days=1))
+    serving = issue_serving_cert(
+        ca, dns_names=["epp.test"], ip_addresses=["127.0.0.1"], now=now, valid_for=timedelta(hours=2)
+    )
+    return grpc.ssl_server_credentials([(serving.key_pem, serving.cert_pem)])
+
+
+@dataclass
+class RunningEpp:
+    port: int
+    servicer: PickingEpp | None
+    server: grpc.aio.Server | None
+
+
+@contextlib.asynccontextmanager
+async def running_epp(kind: str, destination: str) -> AsyncIterator[RunningEpp]:
+    """`plain`, `tls`, `body` (waits for the body), or `stopped` (a port nothing listens on)."""
+    if kind == "stopped":
+        yield RunningEpp(port=_unused_port(), servicer=None, server=None)
+        return
+    servicer = PickingEpp(destination, wait_for_body=kind == "body")
+    server = grpc.aio.server()
+    ext_proc_grpc.add_ExternalProcessorServicer_to_server(servicer, server)
+    if kind == "tls":
+        port = server.add_secure_port("127.0.0.1:0", _tls_credentials())
+    else:
+        port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield RunningEpp(port=port, servicer=servicer, server=server)
+    finally:
+        await server.stop(grace=None)
+
+
+def _unused_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# ---- the model server
+
+
+@dataclass
+class ModelServer:
+    port: int
+    hits: list[str] = field(default_factory=list)
+
+
+@contextlib.asynccontextmanager
+async def running_model_server() -> AsyncIterator[ModelServer]:
+    model: ModelServer | None = None
+
+    async def answer(request: web.Request) -> web.Response:
+        await request.read()
+        assert model is not None
+        model.hits.append(request.path)
+        return web.json_response({"id": "cmpl-test", "choices": [{"text": "ok"}]})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        model = ModelServer(port=port)
+        yield model
+    finally:
+        await runner.cleanup()
+
+
+# ---- Envoy
+
+
+@dataclass
+class RunningEnvoy:
+    admin_url: str
+    gateway_port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+
+def _http_get(url: str, timeout: float = 2.0) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        body: bytes = response.read()
+        return body.decode()
+
+
+@contextlib.contextmanager
+def running_envoy(bootstrap: dict[str, Any], workdir: Path) -> Iterator[RunningEnvoy]:
+    config = workdir / "envoy.json"
+    config.write_text(json.dumps(bootstrap))
+    admin_file = workdir / "admin.txt"
+    log_path = workdir / "envoy.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                str(envoy_binary()),
+                "-c",
+                str(config),
+                "--concurrency",
+                "1",
+                "--disable-hot-restart",
+                "--admin-address-path",
+                str(admin_file),
+                "-l",
+                "warning",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        admin_url = _wait_for_admin(process, admin_file, log_path)
+        gateway_port = _wait_for_listener(process, admin_url, log_path)
+        yield RunningEnvoy(admin_url, gateway_port, process, log_path)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def _check_alive(process: subprocess.Popen[bytes], log_path: Path) -> None:
+    if process.poll() is not None:
+        raise RuntimeError(f"envoy exited with {process.returncode}: {log_path.read_text()[-2000:]}")
+
+
+def _wait_for_admin(process: subprocess.Popen[bytes], admin_file: Path, log_path: Path) -> str:
+    deadline = time.monotonic() + BOOT_TIMEOUT
+    while time.monotonic() < deadline:
+        _check_alive(process, log_path)
+        if admin_file.exists() and admin_file.read_text().strip():
+            url = "http://" + admin_file.read_text().strip()
+            with contextlib.suppress(OSError):
+                if _http_get(f"{url}/ready").strip() == "LIVE":
+                    return url
+        time.sleep(0.05)
+    raise RuntimeError("envoy admin did not come up in time")
+
+
+def _wait_for_listener(process: subprocess.Popen[bytes], admin_url: str, log_path: Path) -> int:
+    deadline = time.monotonic() + BOOT_TIMEOUT
+    while time.monotonic() < deadline:
+        _check_alive(process, log_path)
+        statuses = json.loads(_http_get(f"{admin_url}/listeners?format=json")).get("listener_statuses", [])
+        for status in statuses:
+            port = status.get("local_address", {}).get("socket_address", {}).get("port_value", 0)
+            if port:
+                return int(port)
+        time.sleep(0.05)
+    raise RuntimeError("envoy listener did not come up in time")
+
+
+# ---- the cases
+
+
+Edit = Callable[[dict[str, Any]], None]
+
+
+def _patch_value(document: dict[str, Any], apply_to: str) -> dict[str, Any]:
+    for patch in document["spec"]["configPatches"]:
+        if patch["applyTo"] == apply_to:
+            value: dict[str, Any] = patch["patch"]["value"]
+            return value
+    raise KeyError(apply_to)
+
+
+def drop_http2(document: dict[str, Any]) -> None:
+    _patch_value(document, "CLUSTER").pop("typed_extension_protocol_options")
+
+
+def short_message_timeout(document: dict[str, Any]) -> None:
+    _patch_value(document, "HTTP_FILTER")["typed_config"]["message_timeout"] = "0.2s"
+
+
+def partial_override(document: dict[str, Any]) -> None:
+    per_route = _patch_value(document, "HTTP_ROUTE")["typed_per_filter_config"]
+    per_route["envoy.filters.http.ext_proc"]["overrides"]["processing_mode"] = {"request_header_mode": "SEND"}
+
+
+def allow_failure(document: dict[str, Any]) -> None:
+    _patch_value(document, "HTTP_FILTER")["typed_config"]["failure_mode_allow"] = True
+
+
+def drop_route_override(document: dict[str, Any]) -> None:
+    patches = document["spec"]["configPatches"]
+    document["spec"]["configPatches"] = [p for p in patches if p["applyTo"] != "HTTP_ROUTE"]
+
+
+def rename_for_istio(document: dict[str, Any]) -> None:
+    """Istio's own cluster naming and a filter-level stat_prefix (the unit tests' second shape)."""
+    istio_name = "outbound|9002||gaie-epp.llm-d.svc.cluster.local"
+    config = _patch_value(document, "HTTP_FILTER")["typed_config"]
+    config["grpc_service"]["envoy_grpc"]["cluster_name"] = istio_name
+    config["stat_prefix"] = "gie"
+    cluster = _patch_value(document, "CLUSTER")
+    cluster["name"] = istio_name
+    cluster["load_assignment"]["cluster_name"] = istio_name
+
+
+def remove_ext_proc_filter(bootstrap: dict[str, Any]) -> None:
+    """The gateway has no ext_proc filter at all: what REPLACE leaves when there was nothing to replace."""
+    for listener in bootstrap["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for network_filter in chain["filters"]:
+                config = network_filter["typed_config"]
+                config["http_filters"] = [
+                    f for f in config["http_filters"] if f["name"] != "envoy.filters.http.ext_proc"
+                ]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    epp: str
+    verdict: str
+    first_rule: str | None
+    edits: tuple[Edit, ...] = ()
+    bootstrap_edits: tuple[Callable[[dict[str, Any]], None], ...] = ()
+    stat_prefix: str = "outbound_0.0.0.0_80"
+    epp_cluster: str = "epp-cluster"
+
+
+CASES = (
+    Case("healthy", epp="plain", verdict="healthy", first_rule=None),
+    Case("no-http2", epp="plain", verdict="broken", first_rule="EPX005", edits=(drop_http2,)),
+    Case("plaintext-to-tls-epp", epp="tls", verdict="broken", first_rule="EPX010"),
+    Case(
+        "body-none-epp-waits",
+        epp="body",
+        verdict="broken",
+        first_rule="EPX013",
+        edits=(short_message_timeout,),
+    ),
+    Case("partial-override", epp="plain", verdict="broken", first_rule="EPX011", edits=(partial_override,)),
+    Case(
+        "failure-mode-allow-epp-down",
+        epp="stopped",
+        verdict="broken",
+        first_rule="EPX009",
+        edits=(allow_failure,),
+    ),
+    Case(
+        "no-route-override", epp="plain", verdict="broken", first_rule="EPX004", edits=(drop_route_override,)
+    ),
+    Case(
+        "no-ext-proc-filter",
+        epp="plain",
+        verdict="broken",
+        first_rule="EPX012",
+        bootstrap_edits=(remove_ext_proc_filter,),
+    ),
+    Case("epp-not-listening", epp="stopped", verdict="broken", first_rule="EPX006"),
+    Case(
+        "istio-names-healthy",
+        epp="plain",
+        verdict="healthy",
+        first_rule=None,
+        edits=(rename_for_istio,),
+        stat_prefix="gateway.inference_8443",
+        epp_cluster="outbound|9002||gaie-epp.llm-d.svc.cluster.local",
+    ),
+    Case(
+        "istio-names-no-http2",
+        epp="plain",
+        verdict="broken",
+        first_rule="EPX005",
+        edits=(rename_for_istio, drop_http2),
+        stat_prefix="gateway.inference_8443",
+        epp_cluster="outbound|9002||gaie-epp.llm-d.svc.cluster.local",
+    ),
+)
+
+
+@dataclass
+class Rig:
+    case: Case
+    admin_url: str
+    statuses: list[int]
+    epp: RunningEpp
+    model: ModelServer
+    envoy: RunningEnvoy
+    filter_document: dict[str, Any]
+
+    def read_admin(self, endpoint: str) -> str:
+        return _http_get(f"{self.admin_url}/{endpoint}", timeout=10.0)
+
+
+async def send_requests(port: int, count: int = REQUESTS) -> list[int]:
+    statuses = []
+    timeout = ClientTimeout(total=15)
+    async with ClientSession(timeout=timeout) as session:
+        for number in range(count):
+            body = {"model": "random", "prompt": f"test {number}", "max_tokens": 5}
+            async with session.post(f"http://127.0.0.1:{port}/v1/completions", json=body) as response:
+                await response.read()
+                statuses.append(response.status)
+    return statuses
+
+
+@contextlib.asynccontextmanager
+async def booted_case(case: Case) -> AsyncIterator[Rig]:
+    document = load_corrected()
+    for edit in case.edits:
+        edit(document)
+    async with running_model_server() as model, running_epp(case.epp, f"127.0.0.1:{model.port}") as epp:
+        options = RenderOptions(
+            listen_address="127.0.0.1",
+            listen_port=0,
+            admin_port=0,
+            stat_prefix=case.stat_prefix,
+            endpoint_overrides={case.epp_cluster: (SocketAddress("127.0.0.1", epp.port),)},
+        )
+        bootstrap = copy.deepcopy(render_gateway(document, options=options).bootstrap)
+        for bootstrap_edit in case.bootstrap_edits:
+            bootstrap_edit(bootstrap)
+        with (
+            tempfile.TemporaryDirectory(prefix="doctor-") as workdir,
+            running_envoy(bootstrap, Path(workdir)) as envoy,
+        ):
+            statuses = await send_requests(envoy.gateway_port)
+            yield Rig(case, envoy.admin_url, statuses, epp, model, envoy, document)
