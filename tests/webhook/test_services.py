@@ -1,0 +1,231 @@
+"""The Service cache (list + watch in a thread) against a Kubernetes API endpoint.
+
+The API here is `kubefake.FakeServiceAPI`, a fake: no kube-apiserver can run in these tests. It speaks the
+real REST list/watch protocol over loopback HTTP (JSON lines, resourceVersion, 410 Gone), and the cache
+talks to it through the real `kubernetes` client, configured from a real kubeconfig file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from policies.resolver import ServiceAddress, ServiceNotFound, ServiceRef, ServiceUnknown
+from tests.webhook.kubefake import FakeServiceAPI
+from webhook.services import KubeConfigError, ServiceCache, build_core_api
+from webhook.settings import KubeSettings
+
+EPP = ServiceRef("llm-d-inference-scheduler", "gaie-inference-scheduling-epp")
+WAIT_SECONDS = 10.0
+
+FAST = KubeSettings(
+    resync_seconds=3600.0,
+    watch_timeout_seconds=60,
+    backoff_initial_seconds=0.05,
+    backoff_max_seconds=0.2,
+    stale_after_seconds=1.0,
+)
+
+
+async def eventually(condition: Callable[[], bool], what: str) -> None:
+    """Wait (bounded) for a condition the cache thread will make true."""
+    try:
+        async with asyncio.timeout(WAIT_SECONDS):
+            while not condition():  # noqa: ASYNC110 - the condition is set by another thread
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        pytest.fail(f"timed out after {WAIT_SECONDS}s waiting for: {what}")
+
+
+def answers(cache: ServiceCache, ref: ServiceRef, address: ServiceAddress) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            return cache.lookup(ref) == address
+        except (ServiceNotFound, ServiceUnknown):
+            return False
+
+    return check
+
+
+def absent(cache: ServiceCache, ref: ServiceRef) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            cache.lookup(ref)
+        except ServiceNotFound:
+            return True
+        return False
+
+    return check
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[FakeServiceAPI]:
+    fake = FakeServiceAPI()
+    fake.put(EPP.namespace, EPP.name, "10.96.45.12", (9002,))
+    fake.put("default", "kubernetes", "10.96.0.1", (443,))
+    fake.put("llm-d-inference-scheduler", "epp-headless", "None", (9002,))
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
+@pytest.fixture
+def make_cache(api: FakeServiceAPI, tmp_path: Path) -> Iterator[Callable[..., ServiceCache]]:
+    caches: list[ServiceCache] = []
+
+    def build(settings: KubeSettings = FAST) -> ServiceCache:
+        core = build_core_api(kubeconfig=api.write_kubeconfig(tmp_path / "kubeconfig"), context=None)
+        cache = ServiceCache(core, settings)
+        caches.append(cache)
+        return cache
+
+    yield build
+    for cache in caches:
+        cache.stop(timeout=5.0)
+
+
+async def test_lookups_before_the_first_list_are_unknown_not_absent(
+    make_cache: Callable[..., ServiceCache],
+) -> None:
+    cache = make_cache()
+    with pytest.raises(ServiceUnknown, match="not synced"):
+        cache.lookup(EPP)
+    assert cache.age() is None
+
+
+async def test_initial_list_answers_cluster_ips_and_ports(make_cache: Callable[..., ServiceCache]) -> None:
+    cache = make_cache()
+    cache.start()
+    await eventually(lambda: cache.synced, "the first list")
+    assert cache.lookup(EPP) == ServiceAddress("10.96.45.12", (9002,))
+    assert cache.lookup(ServiceRef("default", "kubernetes")) == ServiceAddress("10.96.0.1", (443,))
+    assert cache.size() == 3
+
+
+async def test_a_service_absent_from_a_synced_cache_is_not_found(
+    make_cache: Callable[..., ServiceCache],
+) -> None:
+    cache = make_cache()
+    cache.start()
+    await eventually(lambda: cache.synced, "the first list")
+    with pytest.raises(ServiceNotFound, match="does not exist"):
+        cache.lookup(ServiceRef("llm-d-inference-scheduler", "no-such-epp"))
+
+
+async def test_a_headless_service_is_not_found_with_the_reason(
+    make_cache: Callable[..., ServiceCache],
+) -> None:
+    cache = make_cache()
+    cache.start()
+    await eventually(lambda: cache.synced, "the first list")
+    with pytest.raises(ServiceNotFound, match="headless"):
+        cache.lookup(ServiceRef("llm-d-inference-scheduler", "epp-headless"))
+
+
+async def test_watch_events_add_and_delete_services(
+    api: FakeServiceAPI, make_cache: Callable[..., ServiceCache]
+) -> None:
+    cache = make_cache()
+    cache.start()
+    await eventually(lambda: cache.synced and bool(api.watches), "the watch to open")
+    new = ServiceRef("team-b", "epp")
+    api.put(new.namespace, new.name, "10.96.7.7", (9002, 9003))
+    await eventually(answers(cache, new, ServiceAddress("10.96.7.7", (9002, 9003))), "the ADDED event")
+    api.delete(new.namespace, new.name)
+    await eventually(absent(cache, new), "the DELETED event")
+    assert api.lists == 1, "events arrive by watch, not by listing again"
+
+
+async def test_a_cluster_ip_change_is_seen_without_a_relist(
+    api: FakeServiceAPI, make_cache: Callable[..., ServiceCache]
+) -> None:
+    cache = make_cache()
+    cache.start()
+    await eventually(lambda: cache.synced and bool(api.watches), "the watch to open")
+    api.put(EPP.namespace, EPP.name, "10.96.200.9", (9002,))
+    await eventually(answers(cache, EPP, ServiceAddress("10.96.200.9", (9002,))), "the new ClusterIP")
+    assert api.lists == 1
+
+
+async def test_a_dropped_watch_resumes_from_the_last_resource_version(
+    api: FakeServiceAPI, make_cache: Callable[..., ServiceCache]
+) -> None:
+    cache = make_cache()
+    cache.start()
+    await eventually(lambda: cache.synced and bool(api.watches), "the watch to open")
+    api.put(EPP.namespace, EPP.name, "10.96.1.1", (9002,))
+    await eventually(answers(cache, EPP, ServiceAddress("10.96.1.1", (9002,))), "the first change")
+    seen_version = str(api.version)
+    api.drop_watches()
+    # A change while no watch is open is delivered by the resumed watch (history after its version).
+    api.put(EPP.namespace, EPP.name, "10.96.2.2", (9002,))
+    await eventually(
+        answers(cache, EPP, ServiceAddress("10.96.2.2", (9002,))), "the change made during the drop"
+    )
+    assert len(api.watches) >= 2
+    assert api.watches[1].resource_version == seen_version
+    assert api.lists == 1, "a resumable watch does not relist"
+
+
+async def test_a_watch_that_is_gone_relists_and_recovers(
+    api: FakeServiceAPI, make_cache: Callable[..., ServiceCache]
+) -> None:
+    cache = make_cache()
+    cache.start()
+    await eventually(lambda: cache.synced and bool(api.watches), "the watch to open")
+    api.compact()
+    api.drop_watches()
+    # Changes made while the cache's resourceVersion is compacted away are only visible by listing again.
+    api.put(EPP.namespace, EPP.name, "10.96.3.3", (9002,))
+    api.compact()
+    await eventually(answers(cache, EPP, ServiceAddress("10.96.3.3", (9002,))), "the relist after 410 Gone")
+    assert api.lists == 2
+
+
+async def test_an_unreachable_api_keeps_the_last_answers_and_reports_staleness(
+    api: FakeServiceAPI, make_cache: Callable[..., ServiceCache]
+) -> None:
+    cache = make_cache()
+    cache.start()
+    await eventually(lambda: cache.synced and bool(api.watches), "the watch to open")
+    assert cache.age() == 0.0
+    api.refuse_with = 503
+    api.drop_watches()
+    await eventually(lambda: "503" in cache.last_error, "the failure to be recorded")
+    assert cache.lookup(EPP) == ServiceAddress("10.96.45.12", (9002,))
+    await eventually(lambda: (cache.age() or 0.0) > 0.0, "the cache to age")
+    api.refuse_with = None
+    await eventually(lambda: cache.age() == 0.0 and not cache.last_error, "recovery")
+
+
+async def test_a_multi_page_list_is_read_to_the_end(
+    api: FakeServiceAPI, make_cache: Callable[..., ServiceCache]
+) -> None:
+    api.page_size = 1
+    cache = make_cache()
+    cache.start()
+    await eventually(lambda: cache.synced, "the first list")
+    assert cache.size() == 3
+    assert cache.lookup(EPP).cluster_ip == "10.96.45.12"
+
+
+async def test_stop_ends_an_open_watch_promptly(
+    api: FakeServiceAPI, make_cache: Callable[..., ServiceCache]
+) -> None:
+    cache = make_cache()
+    cache.start()
+    await eventually(lambda: cache.synced and bool(api.watches), "the watch to open")
+    await asyncio.to_thread(cache.stop, 5.0)
+    age = cache.age()
+    assert age is not None
+    assert age != 0.0, "not watching any more"
+
+
+def test_a_missing_kubeconfig_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(KubeConfigError, match="kubeconfig file not found"):
+        build_core_api(kubeconfig=tmp_path / "nope", context=None)

@@ -1,0 +1,54 @@
+"""Settings of the admission server: one object, built by the CLI and passed down."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from policies.policy import Policy
+from policies.resolver import ServiceAddress, ServiceRef
+
+MAX_REVIEW_BYTES = 3 * 1024 * 1024
+"""The apiserver never sends more; anything larger is refused before it is read."""
+
+
+@dataclass(frozen=True, slots=True)
+class TLSSettings:
+    """Where the serving certificate lives and how often to look for a new one."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+    poll_seconds: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class KubeSettings:
+    """How the Service cache reaches the Kubernetes API (`kubeconfig` None = in-cluster config)."""
+
+    kubeconfig: Path | None = None
+    context: str | None = None
+    resync_seconds: float = 300.0
+    watch_timeout_seconds: int = 240
+    backoff_initial_seconds: float = 0.5
+    backoff_max_seconds: float = 30.0
+    stale_after_seconds: float = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServeSettings:
+    """Everything `extproc-guard serve` needs.
+
+    `policy` None means the built-in policy. `kube` None means no live lookups: only the static
+    `services` map answers (and the server is ready at once).
+    """
+
+    tls: TLSSettings
+    host: str = "0.0.0.0"
+    port: int = 8443
+    policy: Policy | None = None
+    services: Mapping[ServiceRef, ServiceAddress] = field(default_factory=dict)
+    kube: KubeSettings | None = None
+    max_body_bytes: int = MAX_REVIEW_BYTES
+    body_timeout_seconds: float = 10.0
