@@ -137,7 +137,9 @@ def test_a_bad_policy_file_is_one_line_naming_the_file(tmp_path: Path, content: 
     with pytest.raises(SettingsError) as caught:
         load_policy_file(policy)
     message = str(caught.value)
-    assert message.startswith(str(policy)) and reason in message and "\n" not in message
+    assert message.startswith(str(policy))
+    assert reason in message
+    assert "\n" not in message
 
 
 def test_a_missing_policy_file_is_a_settings_error(tmp_path: Path) -> None:

@@ -245,7 +245,8 @@ def test_github_commands_escape_data_and_properties() -> None:
     lines = render_report(WITH_ERROR, OutputFormat.GITHUB).splitlines()
     assert lines[0] == (
         "::error file=dir/a b%2Cc.yaml,line=46,title=EPX003 epp-cluster-dns::envoyfilter/epp (namespace ns): "
-        "the EPP cluster is STRICT_DNS, resolved from the gateway pod%0Afix: type: STATIC with the Service's ClusterIP"
+        "the EPP cluster is STRICT_DNS, resolved from the gateway pod"
+        "%0Afix: type: STATIC with the Service's ClusterIP"
     )
     assert lines[1].startswith("::warning file=dir/a b%2Cc.yaml,line=31,title=EPX009 failure-mode-allow::")
     assert "with 100%25 of traffic" in lines[1]

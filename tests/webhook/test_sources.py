@@ -84,7 +84,10 @@ def test_a_pointer_maps_to_the_line_of_its_node_or_nearest_ancestor(pointer: str
 
 
 def test_json_input_maps_pointers_to_lines_even_with_tab_indentation() -> None:
-    text = '{\n\t"kind": "EnvoyFilter",\n\t"spec": {\n\t\t"configPatches": [\n\t\t\t{"applyTo": "CLUSTER"}\n\t\t]\n\t}\n}\n'
+    text = (
+        '{\n\t"kind": "EnvoyFilter",\n\t"spec": {\n\t\t"configPatches": [\n'
+        '\t\t\t{"applyTo": "CLUSTER"}\n\t\t]\n\t}\n}\n'
+    )
     (document,) = only_documents(text, "f.json")
     assert document.data["spec"]["configPatches"][0]["applyTo"] == "CLUSTER"
     assert document.line_of("/kind") == 2
@@ -92,7 +95,10 @@ def test_json_input_maps_pointers_to_lines_even_with_tab_indentation() -> None:
 
 
 def test_list_items_are_documents_with_an_items_prefix() -> None:
-    text = "apiVersion: v1\nkind: List\nitems:\n- kind: A\n  metadata: {name: a}\n- kind: B\n  metadata:\n    name: b\n"
+    text = (
+        "apiVersion: v1\nkind: List\nitems:\n"
+        "- kind: A\n  metadata: {name: a}\n- kind: B\n  metadata:\n    name: b\n"
+    )
     first, second = only_documents(text)
     assert (first.prefix, second.prefix) == ("/items/0", "/items/1")
     assert second.data["kind"] == "B"
