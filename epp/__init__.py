@@ -1,0 +1,1 @@
+"""The Python Endpoint Picker: an Envoy ext_proc server that picks a model-server endpoint per request."""

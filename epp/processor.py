@@ -1,0 +1,309 @@
+"""The ext_proc `Process` stream: one per HTTP request, every message kind answered, every stream logged.
+
+Where the decision is made depends on the body mode Envoy announces in the stream's first message
+(`protocol_config`):
+- NONE, STREAMED (or not announced): on `request_headers`, from what the headers say.
+- BUFFERED, BUFFERED_PARTIAL: headers pass; the decision rides on the answer to the last body chunk,
+  after reading `model` from the OpenAI-style JSON body.
+- FULL_DUPLEX_STREAMED: nothing is answered until the body ends (or trailers arrive); then the headers
+  answer carries the decision and the body goes back unchanged.
+A request without a body (headers with end_of_stream) is decided on its headers in every mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
+
+from epp import responses
+from epp.endpoints import Endpoint
+from epp.picker import Picker
+from epp.telemetry import EppMetrics
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
+METHOD_NAME = "Process"
+
+_BodyMode = processing_mode_pb2.ProcessingMode
+_DECIDE_ON_HEADERS = frozenset({_BodyMode.NONE, _BodyMode.STREAMED, _BodyMode.GRPC})
+_DECIDE_ON_BODY = frozenset({_BodyMode.BUFFERED, _BodyMode.BUFFERED_PARTIAL})
+_RESPONSE_KINDS = frozenset({"response_headers", "response_body", "response_trailers"})
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessorSettings:
+    expect_response_messages: bool = False  # True when the processing mode sends response phases on purpose
+    max_body_bytes: int = 1 << 20  # larger bodies are passed on without reading `model`
+
+
+class _Stream:
+    """What one stream has seen so far (owned by one `process` call)."""
+
+    __slots__ = (
+        "body",
+        "body_mode",
+        "decided",
+        "endpoint",
+        "kinds",
+        "method",
+        "model",
+        "path",
+        "request_id",
+        "response_body_mode",
+        "started",
+    )
+
+    def __init__(self, serial: int) -> None:
+        self.request_id = f"stream-{serial}"
+        self.path = "-"
+        self.method = "-"
+        self.model = "-"
+        self.endpoint = "-"
+        self.body_mode = _BodyMode.NONE
+        self.response_body_mode = _BodyMode.NONE
+        self.decided = False
+        self.body: list[bytes] = []
+        self.kinds: list[str] = []
+        self.started = time.perf_counter_ns()
+
+
+class Processor:
+    def __init__(self, picker: Picker, metrics: EppMetrics, settings: ProcessorSettings) -> None:
+        self._picker = picker
+        self._metrics = metrics
+        self._settings = settings
+        self._serial = 0
+        self._pick_cache: dict[tuple[Endpoint, bool], bytes] = {}
+        self._pass = {
+            kind: responses.build_pass_through(kind).SerializeToString()
+            for kind in (
+                "request_headers",
+                "response_headers",
+                "request_body",
+                "response_body",
+                "request_trailers",
+                "response_trailers",
+            )
+        }
+        self._picked = metrics.decisions.labels("picked")
+        self._no_endpoint = metrics.decisions.labels("no_endpoint")
+        self._kind_counters = {kind: metrics.messages.labels(kind) for kind in self._pass}
+
+    def rpc_handler(self) -> grpc.GenericRpcHandler:
+        """The generic handler for `Process`; messages stay bytes until this class parses them."""
+        method = grpc.stream_stream_rpc_method_handler(self.process)
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, {METHOD_NAME: method})
+
+    async def process(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> AsyncIterator[bytes]:
+        self._serial += 1
+        stream = _Stream(self._serial)
+        outcome = "completed"
+        try:
+            async for raw in requests:
+                for answer in self.handle_message(stream, raw):
+                    yield answer
+            # A client cancel also ends the request iterator; grpc cancels this task one loop turn later.
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        except Exception as exc:
+            outcome = "error"
+            logger.error("stream failed request_id=%s error=%r", stream.request_id, exc)
+            raise
+        finally:
+            self._finish(stream, outcome)
+
+    def handle_message(self, stream: _Stream, raw: bytes) -> list[bytes]:
+        """Answer one message of a stream (possibly with nothing yet, possibly with several answers)."""
+        arrived = time.perf_counter_ns()
+        try:
+            request = ext_proc.ProcessingRequest.FromString(raw)
+        except Exception:  # the wire said something that is not a ProcessingRequest
+            self._note_unexpected(stream, "unparseable", f"{len(raw)} bytes that do not parse")
+            return []
+        kind = request.WhichOneof("request")
+        if kind is None:
+            self._note_unexpected(stream, "empty", "a message with no request phase set")
+            return []
+        first = not stream.kinds
+        stream.kinds.append(kind)
+        self._kind_counters[kind].inc()
+        if first and request.HasField("protocol_config"):
+            stream.body_mode = request.protocol_config.request_body_mode
+            stream.response_body_mode = request.protocol_config.response_body_mode
+        if kind in _RESPONSE_KINDS:
+            return self._answer_response_phase(stream, request, kind, first=first)
+        if kind == "request_headers":
+            return self._answer_request_headers(stream, request.request_headers, arrived, first=first)
+        if kind == "request_body":
+            return self._answer_request_body(stream, request.request_body, arrived)
+        return self._answer_request_trailers(stream, arrived)
+
+    def _answer_request_headers(
+        self, stream: _Stream, headers: ext_proc.HttpHeaders, arrived: int, *, first: bool
+    ) -> list[bytes]:
+        if not first:
+            self._note_unexpected(stream, "request_headers", "request headers a second time on one stream")
+        for header in headers.headers.headers:
+            key = header.key
+            if key == ":path" or key == "x-request-id" or key == ":method":
+                value = header.raw_value.decode("utf-8", "replace") if header.raw_value else header.value
+                if key == ":path":
+                    stream.path = value
+                elif key == ":method":
+                    stream.method = value
+                else:
+                    stream.request_id = value
+        if headers.end_of_stream or stream.body_mode in _DECIDE_ON_HEADERS:
+            return [self._decide(stream, arrived, on_body=False)]
+        if stream.body_mode in _DECIDE_ON_BODY:
+            return [self._pass["request_headers"]]
+        return []  # FULL_DUPLEX_STREAMED: the headers answer waits for the body
+
+    def _answer_request_body(self, stream: _Stream, body: ext_proc.HttpBody, arrived: int) -> list[bytes]:
+        if stream.decided:
+            if stream.body_mode == _BodyMode.FULL_DUPLEX_STREAMED:
+                return [
+                    responses.build_streamed_body(
+                        body.body, end_of_stream=body.end_of_stream
+                    ).SerializeToString()
+                ]
+            return [self._pass["request_body"]]
+        self._keep_body(stream, body.body)
+        end = body.end_of_stream or body.end_of_stream_without_message
+        if stream.body_mode in _DECIDE_ON_BODY:
+            if not end and stream.body_mode == _BodyMode.BUFFERED_PARTIAL:
+                return [self._pass["request_body"]]
+            self._read_model(stream)
+            return [self._decide(stream, arrived, on_body=True)]
+        if stream.body_mode == _BodyMode.FULL_DUPLEX_STREAMED:
+            if not end:
+                return []
+            self._read_model(stream)
+            decision = self._decide(stream, arrived, on_body=False)
+            if stream.endpoint == "-":
+                return [decision]
+            whole = b"".join(stream.body)
+            stream.body = []
+            return [decision, responses.build_streamed_body(whole, end_of_stream=True).SerializeToString()]
+        # a body in a mode that decided on headers but has not decided: answer it unchanged
+        return [self._pass["request_body"]]
+
+    def _answer_request_trailers(self, stream: _Stream, arrived: int) -> list[bytes]:
+        if stream.decided or stream.body_mode != _BodyMode.FULL_DUPLEX_STREAMED:
+            return [self._pass["request_trailers"]]
+        self._read_model(stream)
+        decision = self._decide(stream, arrived, on_body=False)
+        if stream.endpoint == "-":
+            return [decision]
+        whole = b"".join(stream.body)
+        stream.body = []
+        body = responses.build_streamed_body(whole, end_of_stream=False).SerializeToString()
+        return [decision, body, self._pass["request_trailers"]]
+
+    def _answer_response_phase(
+        self, stream: _Stream, request: ext_proc.ProcessingRequest, kind: str, *, first: bool
+    ) -> list[bytes]:
+        if first:
+            self._note_unexpected(
+                stream,
+                kind,
+                "stream began with a response phase: request_header_mode is not SEND for this route",
+            )
+        elif not self._settings.expect_response_messages:
+            self._note_unexpected(
+                stream, kind, "response phases are sent to the EPP: the processing mode leaves them at SEND"
+            )
+        if kind == "response_body" and stream.response_body_mode == _BodyMode.FULL_DUPLEX_STREAMED:
+            body = request.response_body
+            return [
+                responses.build_streamed_body(
+                    body.body, end_of_stream=body.end_of_stream, response=True
+                ).SerializeToString()
+            ]
+        return [self._pass[kind]]
+
+    def _decide(self, stream: _Stream, arrived: int, *, on_body: bool) -> bytes:
+        stream.decided = True
+        endpoint = self._picker.pick()
+        if endpoint is None:
+            reason = "no healthy model-server endpoint"
+            answer: bytes = responses.build_unavailable(
+                reason, request_id=stream.request_id
+            ).SerializeToString()
+            counter, outcome = self._no_endpoint, "no_endpoint"
+        else:
+            key = (endpoint, on_body)
+            cached = self._pick_cache.get(key)
+            if cached is None:
+                if len(self._pick_cache) > 4096:
+                    self._pick_cache.clear()
+                build = responses.build_body_pick if on_body else responses.build_headers_pick
+                cached = build(endpoint).SerializeToString()
+                self._pick_cache[key] = cached
+            answer = cached
+            stream.endpoint = str(endpoint)
+            counter, outcome = self._picked, "picked"
+        elapsed = time.perf_counter_ns() - arrived
+        counter.inc()
+        self._metrics.decision_seconds.observe(elapsed / 1e9)
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "decision request_id=%s method=%s path=%s model=%s endpoint=%s outcome=%s decision_us=%d",
+                stream.request_id,
+                stream.method,
+                stream.path,
+                stream.model,
+                stream.endpoint,
+                outcome,
+                elapsed // 1000,
+            )
+        return answer
+
+    def _keep_body(self, stream: _Stream, chunk: bytes) -> None:
+        if chunk:
+            stream.body.append(chunk)
+
+    def _read_model(self, stream: _Stream) -> None:
+        size = sum(len(c) for c in stream.body)
+        if not size or size > self._settings.max_body_bytes:
+            return
+        try:
+            document = json.loads(b"".join(stream.body))
+        except ValueError:
+            return
+        if isinstance(document, dict) and isinstance(document.get("model"), str):
+            stream.model = document["model"]
+
+    def _note_unexpected(self, stream: _Stream, kind: str, why: str) -> None:
+        self._metrics.unexpected.labels(kind).inc()
+        logger.warning("unexpected message request_id=%s kind=%s detail=%r", stream.request_id, kind, why)
+
+    def _finish(self, stream: _Stream, outcome: str) -> None:
+        self._metrics.streams.labels(outcome).inc()
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        logger.info(
+            "stream request_id=%s method=%s path=%s model=%s endpoint=%s outcome=%s messages=%s"
+            " duration_us=%d",
+            stream.request_id,
+            stream.method,
+            stream.path,
+            stream.model,
+            stream.endpoint,
+            outcome,
+            ",".join(stream.kinds) or "-",
+            (time.perf_counter_ns() - stream.started) // 1000,
+        )

@@ -1,0 +1,151 @@
+"""Assemble and run one EPP: gRPC ext_proc + health, endpoint source, scraper, metrics endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import AsyncIterator
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from epp.discovery import KubeDiscovery
+from epp.picker import Picker
+from epp.processor import SERVICE_NAME, Processor
+from epp.scraper import Scraper
+from epp.settings import EppSettings
+from epp.telemetry import EppMetrics
+
+logger = logging.getLogger(__name__)
+
+
+class EppServer:
+    """One EPP in the running event loop. `start()` binds and returns; `stop()` drains and cleans up."""
+
+    def __init__(self, settings: EppSettings) -> None:
+        self.settings = settings
+        self.metrics = EppMetrics()
+        self.picker = Picker(settings.picker, metrics=self.metrics)
+        self.processor = Processor(self.picker, self.metrics, settings.processor)
+        self.port = 0
+        self.metrics_port = 0
+        self._server: grpc.aio.Server | None = None
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        settings = self.settings
+        if settings.discovery is None:
+            self.picker.set_endpoints(settings.endpoints)
+        else:
+            discovery = KubeDiscovery(settings.discovery, self.picker.set_endpoints)
+            self._tasks.append(asyncio.create_task(discovery.run(), name="epp-discovery"))
+        self._tasks.append(
+            asyncio.create_task(Scraper(self.picker, settings.scrape).run(), name="epp-scraper")
+        )
+
+        server = grpc.aio.server(
+            options=[
+                ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
+                ("grpc.max_concurrent_streams", 1000),
+            ]
+        )
+        server.add_generic_rpc_handlers((self.processor.rpc_handler(),))
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        address = f"{settings.host}:{settings.port}"
+        if settings.tls is None:
+            self.port = server.add_insecure_port(address)
+        else:
+            credentials = grpc.ssl_server_credentials(
+                [(settings.tls.key.read_bytes(), settings.tls.cert.read_bytes())]
+            )
+            self.port = server.add_secure_port(address, credentials)
+        await server.start()
+        self._server = server
+        for service in ("", SERVICE_NAME):
+            await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+        if settings.metrics_port is not None:
+            await self._start_metrics()
+        logger.info(
+            "epp listening address=%s:%d tls=%s endpoints=%s metrics_port=%s",
+            settings.host,
+            self.port,
+            "on" if settings.tls else "off",
+            ",".join(map(str, self.picker.endpoints)) or ("kubernetes" if settings.discovery else "-"),
+            self.metrics_port or "off",
+        )
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop(self.settings.grace)
+            self._server = None
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _start_metrics(self) -> None:
+        async def metrics(_: web.Request) -> web.Response:
+            body = generate_latest(self.metrics.registry)
+            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        async def healthz(_: web.Request) -> web.Response:
+            return web.Response(text="ok\n")
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/healthz", healthz)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        self._runner = runner
+        sock = bind_listener(self.settings.host, self.settings.metrics_port or 0)
+        await web.SockSite(runner, sock).start()
+        self.metrics_port = sock.getsockname()[1]
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """A listening TCP socket (port 0 picks a free one); the caller hands it to a server."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(512)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+@contextlib.asynccontextmanager
+async def running_epp(settings: EppSettings) -> AsyncIterator[EppServer]:
+    """An EPP for the duration of the block (tests and embedding)."""
+    server = EppServer(settings)
+    try:
+        await server.start()
+        yield server
+    finally:
+        await server.stop()
+
+
+async def serve_epp(settings: EppSettings) -> None:
+    """Run until SIGTERM or SIGINT, then drain for `settings.grace` seconds."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_epp(settings):
+        await stop.wait()
+        logger.info("epp stopping grace_s=%s", settings.grace)

@@ -1,0 +1,122 @@
+"""`extproc-guard epp`: the Endpoint Picker gRPC server (Envoy ext_proc)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from epp.discovery import KubeDiscoverySettings
+from epp.endpoints import EndpointSyntaxError, parse_endpoints
+from epp.picker import PickerSettings
+from epp.processor import ProcessorSettings
+from epp.scraper import ScrapeSettings
+from epp.settings import EppSettings, TlsFiles
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "epp",
+        help="run the Endpoint Picker (Envoy ext_proc gRPC server)",
+        description="Pick a model-server endpoint for every request Envoy's ext_proc filter sends.",
+    )
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    parser.add_argument("--port", type=int, default=9002, help="gRPC port (default 9002)")
+    parser.add_argument("--endpoints", default="", help="static model servers: IP:PORT,IP:PORT,...")
+    parser.add_argument("--namespace", help="Kubernetes namespace of the model servers (live discovery)")
+    parser.add_argument("--service", help="follow the EndpointSlices of this Service")
+    parser.add_argument("--selector", help="follow the Pods matching this label selector")
+    parser.add_argument("--target-port", type=int, help="model-server port (required with --selector)")
+    parser.add_argument("--port-name", help="with --service: the EndpointSlice port of this name")
+    parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
+    parser.add_argument("--scrape-interval", type=float, default=0.5, help="seconds between scrapes; 0 = off")
+    parser.add_argument("--stale-after", type=float, default=None, help="seconds (default 3 x interval)")
+    parser.add_argument("--metrics-port", type=int, default=None, help="serve /metrics on this port")
+    parser.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate (PEM)")
+    parser.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="EPP processes sharing the port (SO_REUSEPORT)"
+    )
+    parser.add_argument(
+        "--expect-response-messages",
+        action="store_true",
+        help="the processing mode sends response phases on purpose (do not log them as unexpected)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning"],
+        help="EPP log level (default info)",
+    )
+    parser.set_defaults(handler=run_epp)
+
+
+def build_settings(args: argparse.Namespace) -> EppSettings:
+    """Turn the flags into settings; raises ValueError with a one-line reason."""
+    endpoints = parse_endpoints(args.endpoints)
+    discovery = None
+    if args.service or args.selector:
+        if not args.namespace:
+            raise ValueError("--service and --selector need --namespace")
+        if args.service and args.selector:
+            raise ValueError("give --service or --selector, not both")
+        if args.selector and args.target_port is None:
+            raise ValueError("--selector needs --target-port")
+        if endpoints:
+            raise ValueError("give --endpoints or live discovery (--service/--selector), not both")
+        discovery = KubeDiscoverySettings(
+            namespace=args.namespace,
+            service=args.service,
+            selector=args.selector,
+            target_port=args.target_port,
+            port_name=args.port_name,
+            kubeconfig=args.kubeconfig,
+        )
+    elif not endpoints:
+        raise ValueError(
+            "no model servers: give --endpoints IP:PORT,... or --namespace with --service/--selector"
+        )
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together")
+    if not 0 <= args.port < 65536:
+        raise ValueError(f"--port {args.port} is not in 0..65535")
+    if args.workers < 1:
+        raise ValueError("--workers must be at least 1")
+    if args.workers > 1 and args.port == 0:
+        raise ValueError("--workers > 1 needs a fixed --port (the workers share it)")
+    interval = max(args.scrape_interval, 0.0)
+    stale = args.stale_after if args.stale_after is not None else 3 * interval
+    return EppSettings(
+        host=args.host,
+        port=args.port,
+        metrics_port=args.metrics_port,
+        endpoints=endpoints,
+        discovery=discovery,
+        scrape=ScrapeSettings(interval=interval),
+        picker=PickerSettings(stale_after=stale),
+        processor=ProcessorSettings(expect_response_messages=args.expect_response_messages),
+        tls=TlsFiles(args.tls_cert, args.tls_key) if args.tls_cert else None,
+        workers=args.workers,
+    )
+
+
+def run_epp(args: argparse.Namespace) -> int:
+    try:
+        settings = build_settings(args)
+    except (ValueError, EndpointSyntaxError) as exc:
+        print(f"extproc-guard epp: error: {exc}", file=sys.stderr)
+        return 2
+    if settings.tls is not None:
+        for path in (settings.tls.cert, settings.tls.key):
+            if not path.is_file():
+                print(f"extproc-guard epp: error: {path} is not a readable file", file=sys.stderr)
+                return 2
+    logging.getLogger("epp").setLevel(args.log_level.upper())
+    from epp.workers import run_epp_processes
+
+    try:
+        return run_epp_processes(settings)
+    except OSError as exc:
+        print(f"extproc-guard epp: error: {exc}", file=sys.stderr)
+        return 1
