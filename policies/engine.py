@@ -1,7 +1,5 @@
 """The one entry point every adapter calls: evaluate a document against a policy.
 
-CONTRACT (adapters code against this; the implementation is being written):
-
     evaluate(document, *, policy, resolver) -> Evaluation
 
 - `document` is a plain JSON-like mapping (one YAML/JSON document, or an AdmissionReview's object).
@@ -13,3 +11,164 @@ CONTRACT (adapters code against this; the implementation is being written):
   corrected form; `Evaluation.fixed` is that corrected document; `Evaluation.remaining` are the findings of
   `fixed` (what is still wrong after the fix: the webhook denies those at `enforce`).
 """
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from policies.diff import copy_tree, diff_documents
+from policies.findings import Finding, Level
+from policies.model import DocumentError, EnvoyFilter, read_envoy_filter
+from policies.patch import PatchOp, apply_op
+from policies.pieces import locate_ext_proc
+from policies.policy import Policy
+from policies.resolver import ServiceResolver
+from policies.rules import RULES, Rule, Violation
+from policies.subject import Subject
+
+__all__ = ["DocumentError", "Evaluation", "evaluate"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """What the policy says about one document, and its corrected form."""
+
+    applicable: bool
+    namespace: str
+    name: str
+    findings: tuple[Finding, ...]
+    patch: tuple[PatchOp, ...]
+    fixed: dict[str, Any]
+    remaining: tuple[Finding, ...]
+
+    @property
+    def enforced(self) -> tuple[Finding, ...]:
+        """Findings of the given document at `enforce`."""
+        return tuple(f for f in self.findings if f.enforced)
+
+    @property
+    def unfixed(self) -> tuple[Finding, ...]:
+        """Findings still at `enforce` after the fix (what the webhook denies)."""
+        return tuple(f for f in self.remaining if f.enforced)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.patch)
+
+
+def _subject(document: Mapping[str, Any], policy: Policy, resolver: ServiceResolver) -> Subject | None:
+    envoy_filter = read_envoy_filter(document)
+    if envoy_filter is None:
+        return None
+    pieces = locate_ext_proc(envoy_filter, policy.filter_name)
+    return None if pieces is None else Subject(pieces, policy, resolver)
+
+
+def _to_finding(rule: Rule, level: Level, violation: Violation) -> Finding:
+    return Finding(
+        rule=rule.id,
+        slug=rule.slug,
+        level=level,
+        path=violation.path,
+        message=violation.message,
+        fix=violation.fix,
+        fixable=violation.fixable,
+    )
+
+
+def _active_rules(policy: Policy) -> list[tuple[Rule, Level]]:
+    active: list[tuple[Rule, Level]] = []
+    for rule in RULES:
+        level = policy.level(rule.id)
+        if level is not Level.OFF:
+            active.append((rule, level))
+    return active
+
+
+def _check(subject: Subject, active: list[tuple[Rule, Level]]) -> list[tuple[Rule, Level, list[Violation]]]:
+    return [(rule, level, list(rule.check(subject))) for rule, level in active]
+
+
+def _findings(results: list[tuple[Rule, Level, list[Violation]]]) -> tuple[Finding, ...]:
+    return tuple(_to_finding(rule, level, v) for rule, level, violations in results for v in violations)
+
+
+def _repair(
+    document: Mapping[str, Any],
+    subject: Subject,
+    results: list[tuple[Rule, Level, list[Violation]]],
+) -> dict[str, Any] | None:
+    """Run every fixable rule's fix in id order on a working copy; None when nothing changed."""
+    working: dict[str, Any] | None = None
+    current = subject
+    for rule, _level, violations in results:
+        if working is not None:
+            violations = list(rule.check(current))
+        if not any(v.fixable for v in violations):
+            continue
+        ops = list(rule.fix(current))
+        if not ops:
+            continue
+        if working is None:
+            working = copy_tree(document)
+        for op in ops:
+            apply_op(working, op)
+        rebuilt = _subject(working, current.policy, current.resolver)
+        if rebuilt is None:
+            logger.warning("rule %s removed the ext_proc content it fixed; fix dropped", rule.id)
+            return None
+        current = rebuilt
+    return working
+
+
+def _not_applicable(envoy_filter: EnvoyFilter | None, document: Mapping[str, Any]) -> Evaluation:
+    fixed = document if isinstance(document, dict) else dict(document)
+    return Evaluation(
+        applicable=False,
+        namespace=envoy_filter.namespace if envoy_filter else "",
+        name=envoy_filter.name if envoy_filter else "",
+        findings=(),
+        patch=(),
+        fixed=fixed,
+        remaining=(),
+    )
+
+
+def evaluate(document: Mapping[str, Any], *, policy: Policy, resolver: ServiceResolver) -> Evaluation:
+    """Check one document and compute its fix. Raises `DocumentError` only for a non-mapping document."""
+    envoy_filter = read_envoy_filter(document)
+    if envoy_filter is None or policy.excludes(envoy_filter.namespace, envoy_filter.annotations):
+        return _not_applicable(envoy_filter, document)
+    pieces = locate_ext_proc(envoy_filter, policy.filter_name)
+    if pieces is None:
+        return _not_applicable(envoy_filter, document)
+    subject = Subject(pieces, policy, resolver)
+    active = _active_rules(policy)
+    results = _check(subject, active)
+    findings = _findings(results)
+    working = (
+        _repair(document, subject, results) if any(v.fixable for *_, vs in results for v in vs) else None
+    )
+    if working is None:
+        fixed = document if isinstance(document, dict) else dict(document)
+        patch: tuple[PatchOp, ...] = ()
+        remaining = findings
+    else:
+        patch = tuple(diff_documents(document, working))
+        fixed = working
+        final = _subject(working, policy, resolver)
+        remaining = _findings(_check(final, active)) if final is not None else ()
+    return Evaluation(
+        applicable=True,
+        namespace=envoy_filter.namespace,
+        name=envoy_filter.name,
+        findings=findings,
+        patch=patch,
+        fixed=fixed,
+        remaining=remaining,
+    )

@@ -1,0 +1,53 @@
+"""Plain-document helpers for the engine: a fast copy, and the minimal JSON Patch between two documents."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from policies.patch import PatchOp, escape_token
+
+
+def copy_tree(value: Any) -> Any:
+    """A deep copy of a JSON-like tree (mappings become dicts, lists stay lists, leaves are shared)."""
+    if isinstance(value, Mapping):
+        return {key: copy_tree(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [copy_tree(item) for item in value]
+    return value
+
+
+def _same(old: Any, new: Any) -> bool:
+    return type(old) is type(new) and old == new
+
+
+def diff_documents(old: Any, new: Any, path: str = "") -> list[PatchOp]:
+    """Operations that turn `old` into `new`: removals, additions and leaf replacements only where they
+    differ; a list that only grew gets `add`s at its end; any other list change replaces the list."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        ops: list[PatchOp] = []
+        for key in old:
+            if key not in new:
+                ops.append(PatchOp("remove", f"{path}/{escape_token(key)}"))
+        for key, value in new.items():
+            child = f"{path}/{escape_token(key)}"
+            if key not in old:
+                ops.append(PatchOp("add", child, copy_tree(value)))
+            elif not _same(old[key], value):
+                ops.extend(diff_documents(old[key], value, child))
+        return ops
+    if isinstance(old, list) and isinstance(new, list):
+        if len(new) >= len(old):
+            ops = []
+            for index, (before, after) in enumerate(zip(old, new, strict=False)):
+                if not _same(before, after):
+                    ops.extend(diff_documents(before, after, f"{path}/{index}"))
+            ops.extend(
+                PatchOp("add", f"{path}/{index}", copy_tree(new[index]))
+                for index in range(len(old), len(new))
+            )
+            return ops
+        return [PatchOp("replace", path, copy_tree(new))]
+    if _same(old, new):
+        return []
+    return [PatchOp("replace", path, copy_tree(new))]

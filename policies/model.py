@@ -1,0 +1,133 @@
+"""Typed, read-only views of an EnvoyFilter document.
+
+The views wrap the plain document without copying it: every field the model does not name stays in the
+mapping, so nothing is lost. Fixes are JSON Patch operations on that same plain document.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from policies.patch import pointer
+
+ISTIO_NETWORKING_GROUP: Final = "networking.istio.io"
+API_VERSIONS: Final = frozenset(f"{ISTIO_NETWORKING_GROUP}/{v}" for v in ("v1alpha3", "v1beta1", "v1"))
+EMPTY: Final[Mapping[str, Any]] = {}
+
+
+class DocumentError(Exception):
+    """The document is not something the engine can read at all (not a mapping)."""
+
+
+def as_mapping(value: Any) -> Mapping[str, Any]:
+    """`value` if it is a mapping, else an empty one (malformed shapes are read as absent)."""
+    return value if isinstance(value, Mapping) else EMPTY
+
+
+def is_envoy_filter(document: Mapping[str, Any]) -> bool:
+    return document.get("kind") == "EnvoyFilter" and document.get("apiVersion") in API_VERSIONS
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigPatch:
+    """One entry of `spec.configPatches` that is a mapping."""
+
+    index: int
+    raw: Mapping[str, Any]
+
+    @property
+    def path(self) -> str:
+        return pointer("spec", "configPatches", self.index)
+
+    @property
+    def apply_to(self) -> str:
+        return str(self.raw.get("applyTo") or "")
+
+    @property
+    def match(self) -> Mapping[str, Any]:
+        return as_mapping(self.raw.get("match"))
+
+    @property
+    def context(self) -> str | None:
+        context = self.match.get("context")
+        return context if isinstance(context, str) else None
+
+    @property
+    def patch(self) -> Mapping[str, Any]:
+        return as_mapping(self.raw.get("patch"))
+
+    @property
+    def operation(self) -> str:
+        return str(self.patch.get("operation") or "")
+
+    @property
+    def value(self) -> Mapping[str, Any] | None:
+        value = self.patch.get("value")
+        return value if isinstance(value, Mapping) else None
+
+    @property
+    def value_path(self) -> str:
+        return self.path + "/patch/value"
+
+    @property
+    def sub_filter_name(self) -> str | None:
+        """`match.listener.filterChain.filter.subFilter.name`, if set."""
+        listener = as_mapping(self.match.get("listener"))
+        chain = as_mapping(listener.get("filterChain"))
+        network_filter = as_mapping(chain.get("filter"))
+        sub_filter = as_mapping(network_filter.get("subFilter"))
+        name = sub_filter.get("name")
+        return name if isinstance(name, str) else None
+
+
+@dataclass(frozen=True, slots=True)
+class EnvoyFilter:
+    """A view of a networking.istio.io EnvoyFilter (v1alpha3, v1beta1 or v1)."""
+
+    raw: Mapping[str, Any]
+
+    @property
+    def metadata(self) -> Mapping[str, Any]:
+        return as_mapping(self.raw.get("metadata"))
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata.get("name") or "")
+
+    @property
+    def namespace(self) -> str:
+        return str(self.metadata.get("namespace") or "")
+
+    @property
+    def annotations(self) -> Mapping[str, Any]:
+        return as_mapping(self.metadata.get("annotations"))
+
+    @property
+    def spec(self) -> Mapping[str, Any]:
+        return as_mapping(self.raw.get("spec"))
+
+    @property
+    def config_patches(self) -> tuple[ConfigPatch, ...]:
+        """The entries of `spec.configPatches` that are mappings (anything else is skipped)."""
+        patches = self.spec.get("configPatches")
+        if not isinstance(patches, list):
+            return ()
+        return tuple(
+            ConfigPatch(index, entry) for index, entry in enumerate(patches) if isinstance(entry, Mapping)
+        )
+
+    @property
+    def patch_count(self) -> int:
+        patches = self.spec.get("configPatches")
+        return len(patches) if isinstance(patches, list) else 0
+
+
+def read_envoy_filter(document: Any) -> EnvoyFilter | None:
+    """A view of an EnvoyFilter; None for other kinds; `DocumentError` for a non-mapping."""
+    if not isinstance(document, Mapping):
+        raise DocumentError(f"a document must be a mapping, not a {type(document).__name__}")
+    if not is_envoy_filter(document):
+        return None
+    return EnvoyFilter(document)

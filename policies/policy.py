@@ -1,0 +1,151 @@
+"""The policy file: profile, rule levels, names and exclusions (pydantic-validated, unknown keys rejected)."""
+
+from __future__ import annotations
+
+import importlib.resources
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from policies.catalog import CATALOG, RULE_IDS, SLUG_TO_ID
+from policies.findings import Level
+from policies.profile import BODY_MODES, PROFILES, Profile, ProfileName
+
+_ALLOWED_BY_DEFAULT = ("NONE", "BUFFERED", "BUFFERED_PARTIAL", "FULL_DUPLEX_STREAMED")
+
+
+class PolicyFileError(Exception):
+    """A policy file that cannot be used; `str()` is one line naming the bad key."""
+
+    def __init__(self, reason: str, *, source: str = "policy") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.source = source
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.reason}"
+
+
+class Exclusions(BaseModel):
+    """EnvoyFilters the policy never touches."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    namespaces: tuple[str, ...] = ()
+    opt_out_annotation: str = "extproc-guard.io/ignore"
+
+
+class Policy(BaseModel):
+    """One policy: every rule reads its parameters from here."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    profile: ProfileName = ProfileName.HEADERS_EPP
+    filter_name: str = Field(default="envoy.filters.http.ext_proc", min_length=1)
+    epp_cluster: str = Field(default="epp-cluster", min_length=1)
+    cluster_domain: str = Field(default="cluster.local", min_length=1)
+    allowed_body_modes: tuple[str, ...] | None = None
+    rules: dict[str, Level] = Field(default_factory=dict)
+    exclusions: Exclusions = Exclusions()
+
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _normalise_rule_keys(cls, value: Any) -> Any:
+        if not isinstance(value, Mapping):
+            return value
+        normalised: dict[str, Any] = {}
+        for key, level in value.items():
+            rule_id = SLUG_TO_ID.get(str(key), str(key).upper())
+            if rule_id not in RULE_IDS:
+                raise ValueError(f"unknown rule {key!r} (known: EPX001..EPX013 or their slugs)")
+            # YAML 1.1 reads a bare `off` as false.
+            normalised[rule_id] = "off" if level is False else level
+        return normalised
+
+    @field_validator("allowed_body_modes")
+    @classmethod
+    def _check_body_modes(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        unknown = [mode for mode in value if mode not in BODY_MODES]
+        if unknown:
+            raise ValueError(f"unknown body mode {unknown[0]!r} (known: {', '.join(BODY_MODES)})")
+        return value
+
+    @field_validator("cluster_domain")
+    @classmethod
+    def _strip_domain(cls, value: str) -> str:
+        return value.strip(".")
+
+    @model_validator(mode="after")
+    def _profile_body_modes_allowed(self) -> Policy:
+        allowed = self.body_modes
+        for field, mode in self.profile_spec.pinned.items():
+            if field.endswith("_body_mode") and mode not in allowed:
+                raise ValueError(
+                    f"allowed_body_modes must include {mode} (the {self.profile} profile's {field})"
+                )
+        return self
+
+    @property
+    def profile_spec(self) -> Profile:
+        return PROFILES[self.profile]
+
+    @property
+    def body_modes(self) -> frozenset[str]:
+        """The body modes EPX002 allows."""
+        modes = self.allowed_body_modes if self.allowed_body_modes is not None else _ALLOWED_BY_DEFAULT
+        return frozenset(modes)
+
+    def level(self, rule_id: str) -> Level:
+        """The level of a rule: the file's setting, else the rule's default."""
+        level = self.rules.get(rule_id)
+        if level is not None:
+            return level
+        for info in CATALOG:
+            if info.id == rule_id:
+                return info.default_level
+        raise KeyError(rule_id)
+
+    def excludes(self, namespace: str, annotations: Mapping[str, Any]) -> bool:
+        """Whether the policy leaves a filter in `namespace` with `annotations` alone."""
+        if namespace in self.exclusions.namespaces:
+            return True
+        flag = annotations.get(self.exclusions.opt_out_annotation)
+        return str(flag).strip().lower() == "true"
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"unknown key {where!r}"
+    message = str(first["msg"]).removeprefix("Value error, ")
+    return f"{where}: {message}"
+
+
+def load_policy(text: str, *, source: str = "policy") -> Policy:
+    """Parse and validate a policy file's text (YAML or JSON); raise `PolicyFileError` when it is unusable."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise PolicyFileError(f"not valid YAML{where}: {problem}", source=source) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise PolicyFileError(f"must be a mapping, not a {type(data).__name__}", source=source)
+    try:
+        return Policy.model_validate(dict(data))
+    except ValidationError as exc:
+        raise PolicyFileError(_describe(exc), source=source) from None
+
+
+def default_policy() -> Policy:
+    """The built-in policy (the packaged `default.yaml`)."""
+    text = importlib.resources.files("policies").joinpath("default.yaml").read_text(encoding="utf-8")
+    return load_policy(text, source="built-in policy")

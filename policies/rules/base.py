@@ -1,0 +1,67 @@
+"""What every rule is: an id, a slug, a pure `check` and a pure `fix` over a `Subject`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from policies.patch import OpName, PatchOp, escape_token
+from policies.spelling import Spelling, choose_key
+from policies.subject import Subject
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """A rule's finding before the policy gives it a level."""
+
+    path: str
+    message: str
+    fix: str
+    fixable: bool
+
+
+Check = Callable[[Subject], Iterable[Violation]]
+Fix = Callable[[Subject], Iterable[PatchOp]]
+
+
+def fix_nothing(subject: Subject) -> Iterable[PatchOp]:
+    """The fix of a rule that only reports."""
+    return ()
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    id: str
+    slug: str
+    check: Check
+    fix: Fix = fix_nothing
+
+
+def set_field(
+    parent_path: str, parent: Mapping[str, Any], snake: str, value: Any, spelling: Spelling
+) -> PatchOp:
+    """Set the Envoy field `snake` of `parent` (at `parent_path`), keeping the spelling in use."""
+    key = choose_key(parent, snake, spelling)
+    op: OpName = "replace" if key in parent else "add"
+    return PatchOp(op, f"{parent_path}/{escape_token(key)}", value)
+
+
+def set_key(parent_path: str, parent: Mapping[str, Any], key: str, value: Any) -> PatchOp:
+    """Set a literal key (Istio's own fields have one spelling)."""
+    op: OpName = "replace" if key in parent else "add"
+    return PatchOp(op, f"{parent_path}/{escape_token(key)}", value)
+
+
+def spell_tree(value: Any, spelling: Spelling) -> Any:
+    """A snake_case Envoy value rewritten in `spelling` (keys with dots or `@` are names, kept as is)."""
+    if spelling is Spelling.SNAKE:
+        return value
+    if isinstance(value, Mapping):
+        return {
+            (k if "." in k or k.startswith("@") else spelling.key(k)): spell_tree(v, spelling)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [spell_tree(v, spelling) for v in value]
+    return value

@@ -1,0 +1,283 @@
+"""Parsing Envoy values with the real Envoy protos (EPX008), cheaply.
+
+`json_format.ParseDict` is the authority, but it is slow; a descriptor walk that accepts only shapes it is
+sure ParseDict accepts runs first, and ParseDict runs only when the walk is unsure. Both spellings
+(`request_body_mode`, `requestBodyMode`) are accepted, as ParseDict does.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, Final
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from google.protobuf import descriptor_pool, json_format  # type: ignore[import-untyped]
+from google.protobuf.descriptor import Descriptor, FieldDescriptor  # type: ignore[import-untyped]
+from google.protobuf.message import Message  # type: ignore[import-untyped]
+
+EXTERNAL_PROCESSOR: Final = ext_proc_pb2.ExternalProcessor.DESCRIPTOR
+EXT_PROC_PER_ROUTE: Final = ext_proc_pb2.ExtProcPerRoute.DESCRIPTOR
+CLUSTER: Final = cluster_pb2.Cluster.DESCRIPTOR
+# Any payloads in EPP clusters resolve through the default pool; these modules put their types there.
+KNOWN_ANY_TYPES: Final = (
+    http_protocol_options_pb2.HttpProtocolOptions.DESCRIPTOR,
+    tls_pb2.UpstreamTlsContext.DESCRIPTOR,
+)
+
+_DURATION: Final = re.compile(r"-?\d+(\.\d{1,9})?s")
+_INT_RANGES: Final = {
+    FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_SINT32: (-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_SFIXED32: (-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_UINT32: (0, 2**32 - 1),
+    FieldDescriptor.TYPE_FIXED32: (0, 2**32 - 1),
+    FieldDescriptor.TYPE_INT64: (-(2**63), 2**63 - 1),
+    FieldDescriptor.TYPE_SINT64: (-(2**63), 2**63 - 1),
+    FieldDescriptor.TYPE_SFIXED64: (-(2**63), 2**63 - 1),
+    FieldDescriptor.TYPE_UINT64: (0, 2**64 - 1),
+    FieldDescriptor.TYPE_FIXED64: (0, 2**64 - 1),
+}
+_WRAPPERS: Final = frozenset(
+    f"google.protobuf.{name}Value"
+    for name in ("Double", "Float", "Int64", "UInt64", "Int32", "UInt32", "Bool", "String", "Bytes")
+)
+_FAILED_FIELD: Final = re.compile(r"Failed to parse (\S+) field")
+
+Path = tuple[str | int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaError:
+    """Where (tokens relative to the value) and why a value does not parse."""
+
+    path: Path
+    reason: str
+
+    @property
+    def field_path(self) -> str:
+        return ".".join(str(t) if isinstance(t, str) else f"[{t}]" for t in self.path).replace(".[", "[")
+
+
+@dataclass(frozen=True, slots=True)
+class _Scalar:
+    """How to check a non-message value: `enum`, `string`, `bool`, `float` or `int` (with bounds)."""
+
+    kind: str
+    names: frozenset[str] = frozenset()
+    low: int = 0
+    high: int = 0
+
+    def accepts(self, value: Any) -> bool:
+        kind = self.kind
+        if kind == "enum":
+            if isinstance(value, str):
+                return value in self.names
+            return isinstance(value, int) and not isinstance(value, bool)
+        if kind == "string":
+            return isinstance(value, str)
+        if kind == "bool":
+            return isinstance(value, bool)
+        if isinstance(value, bool):
+            return False
+        if kind == "float":
+            return isinstance(value, int | float)
+        if kind == "int":
+            return isinstance(value, int) and self.low <= value <= self.high
+        return False
+
+
+def _scalar(field: FieldDescriptor) -> _Scalar:
+    kind = field.type
+    if kind == FieldDescriptor.TYPE_ENUM:
+        return _Scalar("enum", frozenset(field.enum_type.values_by_name))
+    if kind == FieldDescriptor.TYPE_STRING:
+        return _Scalar("string")
+    if kind == FieldDescriptor.TYPE_BOOL:
+        return _Scalar("bool")
+    if kind in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
+        return _Scalar("float")
+    bounds = _INT_RANGES.get(kind)
+    if bounds is not None:
+        return _Scalar("int", low=bounds[0], high=bounds[1])
+    return _Scalar("unsure")
+
+
+@dataclass(slots=True)
+class _Field:
+    """What the walk needs about one field, read once from its descriptor."""
+
+    oneof: str | None
+    shape: str
+    """`single`, `repeated`, `map` or `unsure`."""
+    scalar: _Scalar | None
+    message: Descriptor | None
+    node: _Node | None = None
+
+    def message_node(self) -> _Node:
+        if self.node is None:
+            assert self.message is not None
+            self.node = _node(self.message)
+        return self.node
+
+
+@dataclass(frozen=True, slots=True)
+class _Node:
+    """A message type, read once from its descriptor: `special` names the well-known JSON forms."""
+
+    special: str
+    fields: Mapping[str, _Field]
+    scalar: _Scalar | None
+
+
+def _element(field: FieldDescriptor, *, oneof: str | None, shape: str) -> _Field:
+    message = field.message_type
+    return _Field(oneof, shape, None if message is not None else _scalar(field), message)
+
+
+@cache
+def _node(descriptor: Descriptor) -> _Node:
+    """The walk's view of a message type (descriptors are immutable, so this is memoised)."""
+    full_name = descriptor.full_name
+    if full_name.startswith("google.protobuf."):
+        special = {"google.protobuf.Duration": "duration", "google.protobuf.Empty": "empty"}.get(full_name)
+        if full_name == "google.protobuf.Any":
+            special = "any"
+        elif full_name in _WRAPPERS:
+            return _Node("wrapper", {}, _scalar(descriptor.fields_by_name["value"]))
+        return _Node(special or "unsure", {}, None)
+    table: dict[str, _Field] = {}
+    for field in descriptor.fields:
+        message = field.message_type
+        if message is not None and message.GetOptions().map_entry:
+            key_type = message.fields_by_name["key"].type
+            shape = "map" if key_type == FieldDescriptor.TYPE_STRING else "unsure"
+            info = _element(message.fields_by_name["value"], oneof=None, shape=shape)
+        else:
+            oneof = field.containing_oneof
+            shape = "repeated" if field.is_repeated else "single"
+            info = _element(field, oneof=oneof.name if oneof else None, shape=shape)
+        for key in (field.name, field.camelcase_name, field.json_name):
+            table[key] = info
+    return _Node("", table, None)
+
+
+@cache
+def _node_for_type_url(type_url: str) -> _Node | None:
+    """The node of an Any's payload type, None when the descriptor pool does not know it."""
+    try:
+        return _node(descriptor_pool.Default().FindMessageTypeByName(type_url.rsplit("/", 1)[-1]))
+    except KeyError:
+        return None
+
+
+def _first_doubt_in_single(value: Any, info: _Field, path: Path) -> Path | None:
+    if info.scalar is not None:
+        return None if info.scalar.accepts(value) else path
+    return _first_doubt(value, info.message_node(), path)
+
+
+def _first_doubt_in_field(value: Any, info: _Field, path: Path) -> Path | None:
+    shape = info.shape
+    if shape == "single":
+        return _first_doubt_in_single(value, info, path)
+    if shape == "repeated":
+        if not isinstance(value, list):
+            return path
+        for index, item in enumerate(value):
+            doubt = _first_doubt_in_single(item, info, (*path, index))
+            if doubt is not None:
+                return doubt
+        return None
+    if shape == "map" and isinstance(value, Mapping):
+        for key, item in value.items():
+            doubt = _first_doubt_in_single(item, info, (*path, str(key)))
+            if doubt is not None:
+                return doubt
+        return None
+    return path
+
+
+def _first_doubt(value: Any, node: _Node, path: Path) -> Path | None:
+    """The path of the first spot the walk is not sure about, or None when the value surely parses."""
+    if node.special:
+        return _first_doubt_well_known(value, node, path)
+    if not isinstance(value, Mapping):
+        return path
+    fields = node.fields
+    oneofs: list[str] = []
+    for key, item in value.items():
+        info = fields.get(key)
+        if info is None or item is None:
+            return (*path, key)
+        if info.oneof is not None:
+            if info.oneof in oneofs:
+                return (*path, key)
+            oneofs.append(info.oneof)
+        doubt = _first_doubt_in_field(item, info, (*path, key))
+        if doubt is not None:
+            return doubt
+    return None
+
+
+def _first_doubt_well_known(value: Any, node: _Node, path: Path) -> Path | None:
+    special = node.special
+    if special == "duration":
+        return None if isinstance(value, str) and _DURATION.fullmatch(value) else path
+    if special == "wrapper":
+        return None if node.scalar is not None and node.scalar.accepts(value) else path
+    if special == "empty":
+        return None if isinstance(value, Mapping) and not value else path
+    if special != "any" or not isinstance(value, Mapping):
+        return path
+    type_url = value.get("@type")
+    if not isinstance(type_url, str):
+        return path
+    inner_node = _node_for_type_url(type_url)
+    if inner_node is None:
+        return (*path, "@type")
+    if inner_node.special:
+        return path
+    return _first_doubt({k: v for k, v in value.items() if k != "@type"}, inner_node, path)
+
+
+def _message_class(descriptor: Descriptor) -> type[Message]:
+    classes: dict[str, type[Message]] = {
+        EXTERNAL_PROCESSOR.full_name: ext_proc_pb2.ExternalProcessor,
+        EXT_PROC_PER_ROUTE.full_name: ext_proc_pb2.ExtProcPerRoute,
+        CLUSTER.full_name: cluster_pb2.Cluster,
+    }
+    return classes[descriptor.full_name]
+
+
+def _reason(error: json_format.ParseError) -> str:
+    text = str(error).splitlines()[0]
+    inner = text
+    while inner.startswith("Failed to parse "):
+        _, _, inner = inner.partition(" field: ")
+    return inner.rstrip(".").strip() or text
+
+
+def _path_from_message(error: json_format.ParseError) -> Path:
+    return tuple(_FAILED_FIELD.findall(str(error).splitlines()[0]))
+
+
+def parse_error(value: Mapping[str, Any], descriptor: Descriptor) -> SchemaError | None:
+    """The first reason `value` does not parse as `descriptor`'s message, or None when it parses."""
+    doubt = _first_doubt(value, _node(descriptor), ())
+    if doubt is None:
+        return None
+    try:
+        json_format.ParseDict(value, _message_class(descriptor)())
+    except json_format.ParseError as exc:
+        walked = _path_from_message(exc)
+        path = doubt if len(doubt) >= len(walked) else walked
+        return SchemaError(path, _reason(exc))
+    except (TypeError, ValueError, AttributeError) as exc:
+        return SchemaError(doubt, str(exc) or type(exc).__name__)
+    return None
