@@ -95,3 +95,7 @@ class RenderOptions:
             raise RenderError(f"route names must be unique, got {names}")
         if not self.stat_prefix:
             raise RenderError("stat_prefix must not be empty")
+
+    def http_stat(self, name: str) -> str:
+        """Full name of a connection manager stat: ``http_stat("ext_proc.streams_started")``."""
+        return f"http.{self.stat_prefix}.{name}"

@@ -4,7 +4,8 @@ Supported (the rest is reported as skipped, never raised):
 
 - ``HTTP_FILTER``: ADD (append), INSERT_FIRST, INSERT_BEFORE / INSERT_AFTER the named sub-filter (without a
   sub-filter: at the beginning / at the end), REPLACE the first filter of that name (none: no effect, as in
-  Istio), MERGE into and REMOVE every filter of that name. The connection manager must match
+  Istio), MERGE into and REMOVE every filter of that name (these three need a sub-filter name and are
+  reported as skipped without one). The connection manager must match
   ``listener.filterChain.filter.name`` (when given), ``listener.portNumber`` the gateway port,
   ``listener.name`` the listener name.
 - ``CLUSTER``: ADD, and REMOVE / MERGE / REPLACE on clusters matched by ``cluster.name`` (or Istio's

@@ -173,7 +173,8 @@ class TestBootedGateway:
         before = gateway.stats()
         status = post(gateway.listener_port(), "/v1/completions")
         after = gateway.stats()
-        started = "http.outbound_0.0.0.0_80.ext_proc.streams_started"
+        started = RenderOptions().http_stat("ext_proc.streams_started")
+        assert started == "http.outbound_0.0.0.0_80.ext_proc.streams_started"
         assert status == 500  # no EPP listens: failure_mode_allow false fails the request
         assert after.get(started, 0) - before.get(started, 0) == 1
         refused = "cluster.epp-cluster.upstream_cx_connect_fail"
@@ -201,3 +202,15 @@ def test_the_reference_gateway_alone_never_calls_the_epp(tmp_path: Path) -> None
     assert status == 503
     assert stats.get("http.outbound_0.0.0.0_80.ext_proc.streams_started", 0) == 0
     assert stats["cluster.inference-pool.upstream_cx_none_healthy"] == 1
+
+
+def test_the_rig_reports_an_envoy_that_cannot_start(tmp_path: Path) -> None:
+    """`run_envoy` raises with Envoy's own reason instead of waiting out its timeout."""
+    envoy_binary()
+    bootstrap = render_gateway({"kind": "EnvoyFilter"}, options=loopback_options()).bootstrap
+    bootstrap["static_resources"]["clusters"][0]["type"] = "NOT_A_TYPE"
+    with (
+        pytest.raises(EnvoyStartError, match="NOT_A_TYPE"),
+        run_envoy(bootstrap, workdir=tmp_path, ready_timeout=60),
+    ):
+        pass
