@@ -10,14 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import socket
-import subprocess
-import sys
 import tempfile
-import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,16 +29,12 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, 
 
 from certs.pki import generate_ca, issue_serving_cert
 from policies.render import RenderOptions, SocketAddress, render_gateway
+from tests.envoy_rig import EnvoyRig, run_envoy
 
 DATA = Path(__file__).parent / "data"
 CORRECTED = DATA / "seed-corrected.yaml"
 DESTINATION_HEADER = "x-gateway-destination-endpoint"
 REQUESTS = 5
-BOOT_TIMEOUT = 30.0
-
-
-def envoy_binary() -> Path:
-    return Path(sys.executable).parent / "envoy"
 
 
 def load_corrected() -> dict[str, Any]:
@@ -178,88 +170,10 @@ async def running_model_server() -> AsyncIterator[ModelServer]:
         await runner.cleanup()
 
 
-# ---- Envoy
-
-
-@dataclass
-class RunningEnvoy:
-    admin_url: str
-    gateway_port: int
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-
-def _http_get(url: str, timeout: float = 2.0) -> str:
+def _http_get(url: str, timeout: float = 10.0) -> str:
     with urllib.request.urlopen(url, timeout=timeout) as response:
         body: bytes = response.read()
         return body.decode()
-
-
-@contextlib.contextmanager
-def running_envoy(bootstrap: dict[str, Any], workdir: Path) -> Iterator[RunningEnvoy]:
-    config = workdir / "envoy.json"
-    config.write_text(json.dumps(bootstrap))
-    admin_file = workdir / "admin.txt"
-    log_path = workdir / "envoy.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                str(envoy_binary()),
-                "-c",
-                str(config),
-                "--concurrency",
-                "1",
-                "--disable-hot-restart",
-                "--admin-address-path",
-                str(admin_file),
-                "-l",
-                "warning",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        admin_url = _wait_for_admin(process, admin_file, log_path)
-        gateway_port = _wait_for_listener(process, admin_url, log_path)
-        yield RunningEnvoy(admin_url, gateway_port, process, log_path)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
-def _check_alive(process: subprocess.Popen[bytes], log_path: Path) -> None:
-    if process.poll() is not None:
-        raise RuntimeError(f"envoy exited with {process.returncode}: {log_path.read_text()[-2000:]}")
-
-
-def _wait_for_admin(process: subprocess.Popen[bytes], admin_file: Path, log_path: Path) -> str:
-    deadline = time.monotonic() + BOOT_TIMEOUT
-    while time.monotonic() < deadline:
-        _check_alive(process, log_path)
-        if admin_file.exists() and admin_file.read_text().strip():
-            url = "http://" + admin_file.read_text().strip()
-            with contextlib.suppress(OSError):
-                if _http_get(f"{url}/ready").strip() == "LIVE":
-                    return url
-        time.sleep(0.05)
-    raise RuntimeError("envoy admin did not come up in time")
-
-
-def _wait_for_listener(process: subprocess.Popen[bytes], admin_url: str, log_path: Path) -> int:
-    deadline = time.monotonic() + BOOT_TIMEOUT
-    while time.monotonic() < deadline:
-        _check_alive(process, log_path)
-        statuses = json.loads(_http_get(f"{admin_url}/listeners?format=json")).get("listener_statuses", [])
-        for status in statuses:
-            port = status.get("local_address", {}).get("socket_address", {}).get("port_value", 0)
-            if port:
-                return int(port)
-        time.sleep(0.05)
-    raise RuntimeError("envoy listener did not come up in time")
 
 
 # ---- the cases
@@ -390,11 +304,11 @@ class Rig:
     statuses: list[int]
     epp: RunningEpp
     model: ModelServer
-    envoy: RunningEnvoy
+    envoy: EnvoyRig
     filter_document: dict[str, Any]
 
     def read_admin(self, endpoint: str) -> str:
-        return _http_get(f"{self.admin_url}/{endpoint}", timeout=10.0)
+        return _http_get(f"{self.admin_url}/{endpoint}")
 
 
 async def send_requests(port: int, count: int = REQUESTS) -> list[int]:
@@ -427,7 +341,7 @@ async def booted_case(case: Case) -> AsyncIterator[Rig]:
             bootstrap_edit(bootstrap)
         with (
             tempfile.TemporaryDirectory(prefix="doctor-") as workdir,
-            running_envoy(bootstrap, Path(workdir)) as envoy,
+            run_envoy(bootstrap, workdir=Path(workdir), log_level="warning") as envoy,
         ):
-            statuses = await send_requests(envoy.gateway_port)
+            statuses = await send_requests(envoy.listener_port())
             yield Rig(case, envoy.admin_url, statuses, epp, model, envoy, document)

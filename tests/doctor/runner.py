@@ -1,0 +1,50 @@
+"""Run `extproc-guard doctor` in-process and capture its exit code and output.
+
+The parser holds only the doctor command (registered the way the CLI registers every command), so these
+tests exercise the doctor's flags, output and exit codes without depending on the other sub-commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import cast
+
+from webhook.commands import doctor
+
+
+@dataclass(frozen=True)
+class DoctorRun:
+    code: int
+    stdout: str
+    stderr: str
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def run_doctor(argv: Sequence[str], *, stdin: str | None = None) -> DoctorRun:
+    parser = _OneLineParser(prog="extproc-guard")
+    subparsers = parser.add_subparsers(dest="command", parser_class=_OneLineParser)
+    doctor.register(cast("argparse._SubParsersAction[argparse.ArgumentParser]", subparsers))
+    out, err = io.StringIO(), io.StringIO()
+    saved_stdin = sys.stdin
+    if stdin is not None:
+        sys.stdin = io.StringIO(stdin)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                args = parser.parse_args(["doctor", *argv])
+                handler = cast(Callable[[argparse.Namespace], int], args.handler)
+                code = handler(args)
+            except SystemExit as exit_:
+                code = int(exit_.code or 0)
+    finally:
+        sys.stdin = saved_stdin
+    return DoctorRun(code, out.getvalue(), err.getvalue())
