@@ -101,7 +101,7 @@ class _Window:
     stats: EnvoyStats
     settings: DoctorSettings
     ext_proc_names: Mapping[str, tuple[str, ...]]  # counter -> full stat names
-    request_names: tuple[str, ...]
+    request_hcms: tuple[str, ...]
     cluster_found: bool
     clusters: tuple[str, ...]
 
@@ -113,10 +113,14 @@ class _Window:
     def has_ext_proc(self) -> bool:
         return bool(self.ext_proc_names)
 
+    def gateway(self, stat: str) -> _Counter:
+        """A stat of the gateway's connection managers (``downstream_rq_total``, ``downstream_rq_5xx``)."""
+        names = [f"http.{hcm}.{stat}" for hcm in self.request_hcms]
+        return _Counter(sum(self.stats.get(n) for n in names), {n: self.stats.get(n) for n in names})
+
     @property
     def requests(self) -> _Counter:
-        names = self.request_names
-        return _Counter(sum(self.stats.get(n) for n in names), {n: self.stats.get(n) for n in names})
+        return self.gateway("downstream_rq_total")
 
     def cluster_stat(self, stat: str) -> tuple[str, int]:
         name = f"cluster.{self.settings.epp_cluster}.{stat}"
@@ -156,7 +160,7 @@ def _read_window(stats: EnvoyStats, settings: DoctorSettings) -> _Window:
         stats=stats,
         settings=settings,
         ext_proc_names=MappingProxyType({k: tuple(sorted(v)) for k, v in ext_proc.items()}),
-        request_names=tuple(sorted(f"http.{hcm}.downstream_rq_total" for hcm in request_hcms)),
+        request_hcms=tuple(sorted(request_hcms)),
         cluster_found=cluster_found,
         clusters=tuple(sorted(clusters)),
     )
@@ -175,8 +179,9 @@ class _EvidenceBuilder:
             self._items.update(self._window.ext_proc(counter).parts)
         return self
 
-    def requests(self) -> _EvidenceBuilder:
-        self._items.update(self._window.requests.parts)
+    def requests(self, *stats: str) -> _EvidenceBuilder:
+        for stat in ("downstream_rq_total", *stats):
+            self._items.update(self._window.gateway(stat).parts)
         return self
 
     def cluster(self, *stats: str) -> _EvidenceBuilder:
@@ -235,7 +240,7 @@ def diagnose(
     if causes:
         top = causes[0]
         count = f"{len(causes)} causes, best first" if len(causes) > 1 else "1 cause"
-        summary = f"broken: {top.rule or 'no rule'} fits best ({count})"
+        summary = f"broken ({count})"
         return Diagnosis(Verdict.BROKEN, summary, tuple(causes), top.evidence, tuple(notes))
     if started == 0 and requests == 0:
         summary = "unknown: no requests reached the gateway in this window; send traffic and look again"
@@ -267,13 +272,13 @@ def diagnose(
     return Diagnosis(Verdict.UNKNOWN, summary, (), base, tuple(notes))
 
 
-def _upstream_traffic(window: _Window) -> list[tuple[str, int]]:
-    """Clusters other than the EPP's that carried requests in the window (the model-server pool)."""
+def _upstream_traffic(window: _Window, stat: str = "upstream_rq_total") -> list[tuple[str, int]]:
+    """Clusters other than the EPP's with a non-zero `stat` in the window (the model-server pool)."""
     result = []
     for cluster in window.clusters:
         if cluster == window.settings.epp_cluster:
             continue
-        name = f"cluster.{cluster}.upstream_rq_total"
+        name = f"cluster.{cluster}.{stat}"
         if window.stats.get(name) > 0:
             result.append((name, window.stats.get(name)))
     return result
@@ -391,7 +396,7 @@ def _match_signatures(
                     "pin the cluster's STATIC address to the EPP Service's live ClusterIP and port"
                     " (`extproc-guard fix --service NS/NAME=IP:PORT`), and check the EPP pods are ready"
                 ),
-                score=(0.9 if failed > 0 else 0.6) if allowed == 0 else 0.6,
+                score=0.4 if ssl_errors > 0 else (0.9 if failed > 0 else 0.6) if allowed == 0 else 0.6,
             )
         )
 
@@ -499,7 +504,7 @@ def _match_signatures(
         no_filter = not window.has_ext_proc
         evidence_items = (
             evidence.new()
-            .requests()
+            .requests("downstream_rq_5xx")
             .ext_proc("streams_started")
             .fact("ext_proc counters in the stats", "none" if no_filter else "present")
         )
@@ -530,6 +535,52 @@ def _match_signatures(
             score=0.85 if no_filter else 0.3,
         )
         causes.extend([override, missing] if not no_filter else [missing, override])
+
+    immediate = window.ext_proc("immediate_responses_sent").total
+    epp_immediate = max(immediate - failed - timeouts, 0)
+    if epp_immediate > 0:
+        root_found = True
+        causes.append(
+            Cause(
+                rule=None,
+                cause=(
+                    f"the EPP answered {epp_immediate} of {started} streams itself with an immediate response"
+                    " instead of a pick (no ready endpoint in its pool?)"
+                ),
+                evidence=evidence.new()
+                .ext_proc("immediate_responses_sent", "streams_started", "streams_failed", "message_timeouts")
+                .requests("downstream_rq_5xx")
+                .build(),
+                fix=(
+                    "read the EPP's log for the reason; check that the InferencePool's model-server pods are"
+                    " ready and that the EPP can scrape their metrics"
+                ),
+                score=0.7 if epp_immediate * 2 >= started else 0.4,
+            )
+        )
+
+    five_xx = window.gateway("downstream_rq_5xx").total
+    clean = started > 0 and failed == 0 and timeouts == 0 and allowed == 0 and epp_immediate == 0
+    if clean and five_xx > 0 and five_xx * 2 >= requests:
+        root_found = True
+        upstream = evidence.new().requests("downstream_rq_5xx").ext_proc("streams_started", "streams_failed")
+        for name, value in _upstream_traffic(window, "upstream_cx_connect_fail"):
+            upstream.fact(name, value)
+        causes.append(
+            Cause(
+                rule=None,
+                cause=(
+                    f"ext_proc streams succeed but {five_xx} of {requests} requests fail after the pick:"
+                    " the picked endpoint is unreachable, or the route ignores the EPP's header"
+                ),
+                evidence=upstream.build(),
+                fix=(
+                    "check that the pool cluster is ORIGINAL_DST reading x-gateway-destination-endpoint and"
+                    " that the endpoints the EPP picks accept connections"
+                ),
+                score=0.5,
+            )
+        )
 
     if failed > 0 and not root_found:
         generic = evidence.new().ext_proc("streams_started", "streams_failed")

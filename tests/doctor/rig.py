@@ -26,6 +26,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
 from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, ProcessingResponse
+from envoy.type.v3 import http_status_pb2
 
 from certs.pki import generate_ca, issue_serving_cert
 from policies.render import RenderOptions, SocketAddress, render_gateway
@@ -50,11 +51,13 @@ class PickingEpp(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     """Answers request headers with the destination header and `clear_route_cache`; passes everything else.
 
     With `wait_for_body` it answers request headers only after the request body ends, as the GIE EPP does.
+    With `refuse` it has no endpoint to pick and answers every request with an immediate 503.
     """
 
-    def __init__(self, destination: str, *, wait_for_body: bool = False) -> None:
+    def __init__(self, destination: str, *, wait_for_body: bool = False, refuse: bool = False) -> None:
         self.destination = destination
         self.wait_for_body = wait_for_body
+        self.refuse = refuse
         self.streams = 0
         self.messages: list[str] = []
 
@@ -76,7 +79,9 @@ class PickingEpp(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         async for request in request_iterator:
             kind = request.WhichOneof("request")
             self.messages.append(kind)
-            if kind == "request_headers":
+            if kind == "request_headers" and self.refuse:
+                yield _no_endpoint()
+            elif kind == "request_headers":
                 if self.wait_for_body and not request.request_headers.end_of_stream:
                     continue
                 yield self._pick()
@@ -92,6 +97,15 @@ class PickingEpp(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 yield ProcessingResponse(request_trailers=ext_proc_pb2.TrailersResponse())
             elif kind == "response_trailers":
                 yield ProcessingResponse(response_trailers=ext_proc_pb2.TrailersResponse())
+
+
+def _no_endpoint() -> ProcessingResponse:
+    immediate = ext_proc_pb2.ImmediateResponse(
+        status=http_status_pb2.HttpStatus(code=http_status_pb2.ServiceUnavailable),
+        body=b'{"error": "no ready endpoint"}',
+        details="no_endpoint",
+    )
+    return ProcessingResponse(immediate_response=immediate)
 
 
 def _tls_credentials() -> grpc.ServerCredentials:
@@ -112,11 +126,11 @@ class RunningEpp:
 
 @contextlib.asynccontextmanager
 async def running_epp(kind: str, destination: str) -> AsyncIterator[RunningEpp]:
-    """`plain`, `tls`, `body` (waits for the body), or `stopped` (a port nothing listens on)."""
+    """`plain`, `tls`, `body` (waits for the body), `refuse` (no endpoint), or `stopped` (nothing listens)."""
     if kind == "stopped":
         yield RunningEpp(port=_unused_port(), servicer=None, server=None)
         return
-    servicer = PickingEpp(destination, wait_for_body=kind == "body")
+    servicer = PickingEpp(destination, wait_for_body=kind == "body", refuse=kind == "refuse")
     server = grpc.aio.server()
     ext_proc_grpc.add_ExternalProcessorServicer_to_server(servicer, server)
     if kind == "tls":
@@ -212,6 +226,17 @@ def drop_route_override(document: dict[str, Any]) -> None:
     document["spec"]["configPatches"] = [p for p in patches if p["applyTo"] != "HTTP_ROUTE"]
 
 
+def require_tls(document: dict[str, Any]) -> None:
+    """The GIE profile's transport socket on the EPP cluster (TLS without verification, as Istio does)."""
+    _patch_value(document, "CLUSTER")["transport_socket"] = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": "epp.test",
+        },
+    }
+
+
 def rename_for_istio(document: dict[str, Any]) -> None:
     """Istio's own cluster naming and a filter-level stat_prefix (the unit tests' second shape)."""
     istio_name = "outbound|9002||gaie-epp.llm-d.svc.cluster.local"
@@ -244,6 +269,7 @@ class Case:
     bootstrap_edits: tuple[Callable[[dict[str, Any]], None], ...] = ()
     stat_prefix: str = "outbound_0.0.0.0_80"
     epp_cluster: str = "epp-cluster"
+    picks_dead_endpoint: bool = False
 
 
 CASES = (
@@ -257,6 +283,11 @@ CASES = (
         first_rule="EPX013",
         edits=(short_message_timeout,),
     ),
+    Case(
+        "tls-cluster-plaintext-epp", epp="plain", verdict="broken", first_rule="EPX010", edits=(require_tls,)
+    ),
+    Case("epp-has-no-endpoint", epp="refuse", verdict="broken", first_rule=None),
+    Case("epp-picks-dead-endpoint", epp="plain", verdict="broken", first_rule=None, picks_dead_endpoint=True),
     Case("partial-override", epp="plain", verdict="broken", first_rule="EPX011", edits=(partial_override,)),
     Case(
         "failure-mode-allow-epp-down",
@@ -328,20 +359,22 @@ async def booted_case(case: Case) -> AsyncIterator[Rig]:
     document = load_corrected()
     for edit in case.edits:
         edit(document)
-    async with running_model_server() as model, running_epp(case.epp, f"127.0.0.1:{model.port}") as epp:
-        options = RenderOptions(
-            listen_address="127.0.0.1",
-            listen_port=0,
-            admin_port=0,
-            stat_prefix=case.stat_prefix,
-            endpoint_overrides={case.epp_cluster: (SocketAddress("127.0.0.1", epp.port),)},
-        )
-        bootstrap = copy.deepcopy(render_gateway(document, options=options).bootstrap)
-        for bootstrap_edit in case.bootstrap_edits:
-            bootstrap_edit(bootstrap)
-        with (
-            tempfile.TemporaryDirectory(prefix="doctor-") as workdir,
-            run_envoy(bootstrap, workdir=Path(workdir), log_level="warning") as envoy,
-        ):
-            statuses = await send_requests(envoy.listener_port())
-            yield Rig(case, envoy.admin_url, statuses, epp, model, envoy, document)
+    async with running_model_server() as model:
+        pick = _unused_port() if case.picks_dead_endpoint else model.port
+        async with running_epp(case.epp, f"127.0.0.1:{pick}") as epp:
+            options = RenderOptions(
+                listen_address="127.0.0.1",
+                listen_port=0,
+                admin_port=0,
+                stat_prefix=case.stat_prefix,
+                endpoint_overrides={case.epp_cluster: (SocketAddress("127.0.0.1", epp.port),)},
+            )
+            bootstrap = copy.deepcopy(render_gateway(document, options=options).bootstrap)
+            for bootstrap_edit in case.bootstrap_edits:
+                bootstrap_edit(bootstrap)
+            with (
+                tempfile.TemporaryDirectory(prefix="doctor-") as workdir,
+                run_envoy(bootstrap, workdir=Path(workdir), log_level="warning") as envoy,
+            ):
+                statuses = await send_requests(envoy.listener_port())
+                yield Rig(case, envoy.admin_url, statuses, epp, model, envoy, document)

@@ -23,6 +23,9 @@ CLIENT_SEES = {
     "no-http2": 500,
     "plaintext-to-tls-epp": 500,
     "body-none-epp-waits": 504,
+    "tls-cluster-plaintext-epp": 500,
+    "epp-has-no-endpoint": 503,
+    "epp-picks-dead-endpoint": 503,
     "partial-override": 200,
     "failure-mode-allow-epp-down": 503,
     "no-route-override": 503,
@@ -30,6 +33,12 @@ CLIENT_SEES = {
     "epp-not-listening": 500,
     "istio-names-healthy": 200,
     "istio-names-no-http2": 500,
+}
+
+# Causes that no rule prevents are told apart by what they say.
+RULELESS_WORDS = {
+    "epp-has-no-endpoint": "immediate response",
+    "epp-picks-dead-endpoint": "fail after the pick",
 }
 
 
@@ -42,6 +51,8 @@ async def test_doctor_names_the_cause_of_each_live_case_first(case: Case) -> Non
     document = json.loads(run.stdout)
     assert document["verdict"] == case.verdict
     assert (document["causes"][0]["rule"] if document["causes"] else None) == case.first_rule
+    if case.name in RULELESS_WORDS:
+        assert RULELESS_WORDS[case.name] in document["causes"][0]["cause"]
     assert run.code == (0 if case.verdict == "healthy" else 1)
 
 

@@ -50,6 +50,9 @@ RECORDED = [
     ("no-http2", "broken", "EPX005"),
     ("plaintext-to-tls-epp", "broken", "EPX010"),
     ("body-none-epp-waits", "broken", "EPX013"),
+    ("tls-cluster-plaintext-epp", "broken", "EPX010"),
+    ("epp-has-no-endpoint", "broken", None),
+    ("epp-picks-dead-endpoint", "broken", None),
     ("partial-override", "broken", "EPX011"),
     ("failure-mode-allow-epp-down", "broken", "EPX009"),
     ("no-route-override", "broken", "EPX004"),
@@ -133,6 +136,7 @@ def test_istio_gateway_health_and_agent_traffic_is_not_counted_as_gateway_reques
     assert diagnosis.causes[0].rule == "EPX012"
     assert diagnosis.causes[0].evidence == {
         "http.outbound_0.0.0.0_8080.downstream_rq_total": 5,
+        "http.outbound_0.0.0.0_8080.downstream_rq_5xx": 5,
         "ext_proc counters in the stats": "none",
     }
 
@@ -309,3 +313,29 @@ def test_filter_in_camel_case_with_tls_cluster_is_the_gie_profile() -> None:
 )
 def test_documents_without_ext_proc_give_no_facts(document: dict[str, object]) -> None:
     assert read_filter_facts(document) is None
+
+
+@pytest.mark.parametrize(
+    ("case", "words", "pool_evidence"),
+    [
+        ("epp-has-no-endpoint", "immediate response", None),
+        ("epp-picks-dead-endpoint", "fail after the pick", "cluster.inference-pool.upstream_cx_connect_fail"),
+    ],
+    ids=["epp-answers-503-itself", "picked-endpoint-unreachable"],
+)
+def test_failures_beyond_the_ext_proc_stream_are_named_without_a_rule(
+    case: str, words: str, pool_evidence: str | None
+) -> None:
+    diagnosis = diagnose(load_stats(case), settings=DoctorSettings())
+    (cause,) = diagnosis.causes
+    assert cause.rule is None
+    assert words in cause.cause
+    assert cause.evidence["http.outbound_0.0.0.0_80.downstream_rq_5xx"] == 5
+    if pool_evidence is not None:
+        assert cause.evidence[pool_evidence] == 5
+
+
+def test_tls_errors_rank_the_tls_mismatch_above_the_failed_connects_they_cause() -> None:
+    diagnosis = diagnose(load_stats("tls-cluster-plaintext-epp"), settings=DoctorSettings())
+    assert [cause.rule for cause in diagnosis.causes] == ["EPX010", "EPX006"]
+    assert diagnosis.causes[0].evidence["cluster.epp-cluster.ssl.connection_error"] == 5
