@@ -137,6 +137,7 @@ class ServiceCache:
         self._last_error = ""
         self._response: Any = None
         self._version: str | None = None
+        self._generation = 0
         self._thread: threading.Thread | None = None
 
     # -- the resolver side (any thread) --------------------------------------------------------------
@@ -154,6 +155,11 @@ class ServiceCache:
     @property
     def synced(self) -> bool:
         return self._synced.is_set()
+
+    @property
+    def generation(self) -> int:
+        """Moves whenever an answer may have changed (a list, an event), so callers can memoize lookups."""
+        return self._generation
 
     def size(self) -> int:
         with self._lock:
@@ -260,6 +266,7 @@ class ServiceCache:
             raise WatchEventError("the Service list carried no resourceVersion")
         with self._lock:
             self._services = services
+            self._generation += 1
             self._last_contact = self._clock()
             self._last_error = ""
         self._synced.set()
@@ -318,6 +325,7 @@ class ServiceCache:
                 self._services.pop(ref, None)
             elif kind in ("ADDED", "MODIFIED"):
                 self._services[ref] = address_from_service(ref, obj)
+            self._generation += 1
             self._last_contact = self._clock()
         logger.debug("service %s %s resource_version=%s", kind, ref, new_version)
         return new_version

@@ -1,0 +1,141 @@
+"""`extproc-guard serve`: the HTTPS admission server (/mutate, /validate, /healthz, /readyz, /metrics)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from webhook.clisettings import (
+    SettingsError,
+    add_policy_argument,
+    add_resolver_arguments,
+    load_policy_file,
+    resolver_settings_from_args,
+)
+from webhook.services import KubeConfigError
+from webhook.settings import KubeSettings, ServeSettings, TLSSettings
+from webhook.tlsreload import TLSFilesError
+
+logger = logging.getLogger(__name__)
+
+EXIT_USAGE = 2
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number from 0 to 65535")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 and at most 86400 seconds")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="run the HTTPS admission webhook server",
+        description="Serve POST /mutate and /validate (admission.k8s.io/v1 AdmissionReview) over TLS 1.2+, "
+        "plus /healthz, /readyz and /metrics. The certificate and key are re-read when the files change.",
+    )
+    parser.add_argument(
+        "--tls-cert", required=True, type=Path, metavar="FILE", help="serving certificate (PEM)"
+    )
+    parser.add_argument("--tls-key", required=True, type=Path, metavar="FILE", help="its private key (PEM)")
+    parser.add_argument(
+        "--client-ca", type=Path, metavar="FILE", help="require client certificates signed by this CA (PEM)"
+    )
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
+    parser.add_argument("--port", type=_port, default=8443, help="port to listen on (default: 8443)")
+    parser.add_argument(
+        "--cert-poll-seconds",
+        type=_seconds,
+        default=5.0,
+        metavar="N",
+        help="how often to check the certificate files for a new pair (default: 5)",
+    )
+    parser.add_argument(
+        "--resync-seconds",
+        type=_seconds,
+        default=300.0,
+        metavar="N",
+        help="relist every Service this often even while the watch is healthy (default: 300)",
+    )
+    add_policy_argument(parser)
+    add_resolver_arguments(parser)
+    parser.set_defaults(handler=run_serve)
+
+
+def settings_from_args(args: argparse.Namespace) -> ServeSettings:
+    """Build the one settings object; raises `SettingsError` for a flag that cannot be used."""
+    resolver = resolver_settings_from_args(args)
+    in_cluster = resolver.in_cluster or (
+        resolver.kubeconfig is None and not resolver.services and "KUBERNETES_SERVICE_HOST" in os.environ
+    )
+    kube: KubeSettings | None = None
+    if resolver.kubeconfig is not None or in_cluster:
+        kube = KubeSettings(
+            kubeconfig=resolver.kubeconfig, context=resolver.context, resync_seconds=args.resync_seconds
+        )
+    return ServeSettings(
+        tls=TLSSettings(
+            cert_file=args.tls_cert,
+            key_file=args.tls_key,
+            client_ca_file=args.client_ca,
+            poll_seconds=args.cert_poll_seconds,
+        ),
+        host=args.host,
+        port=args.port,
+        policy=load_policy_file(args.policy),
+        services=resolver.services,
+        kube=kube,
+    )
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from webhook.server import TLS_KEY, make_app
+
+    if args.verbose == 0:
+        # One line per review is the server's audit trail: on unless asked for more.
+        logging.getLogger().setLevel(logging.INFO)
+    try:
+        settings = settings_from_args(args)
+        app = make_app(settings)
+    except (SettingsError, TLSFilesError, KubeConfigError) as error:
+        print(f"extproc-guard serve: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    logger.info(
+        "serving host=%s port=%d services=%s tls_fingerprint=%s",
+        settings.host,
+        settings.port,
+        "kubernetes" if settings.kube is not None else f"static({len(settings.services)})",
+        app[TLS_KEY].fingerprint,
+    )
+    try:
+        web.run_app(
+            app,
+            host=settings.host,
+            port=settings.port,
+            ssl_context=app[TLS_KEY].context,
+            access_log=None,
+            print=None,
+            shutdown_timeout=5.0,
+        )
+    except OSError as error:
+        print(
+            f"extproc-guard serve: error: cannot listen on {settings.host}:{settings.port}: {error.strerror}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    return 0

@@ -1,0 +1,312 @@
+"""The admission server: an aiohttp app factory, its routes, and one error-translating middleware.
+
+`make_app(settings)` builds everything a running server owns (policy, resolver, Service cache, certificate
+reloader, metrics) and hands the long-lived parts to `cleanup_ctx`, so `AppRunner.cleanup()` stops them.
+Handlers only translate: bytes -> `parse_review` -> `review_request` -> `build_response` -> bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from policies.engine import Evaluation, evaluate
+from policies.policy import Policy, default_policy
+from policies.resolver import ServiceResolver, StaticResolver
+from webhook.admission import (
+    AdmissionError,
+    AdmissionRequest,
+    MalformedReviewError,
+    Verdict,
+    Webhook,
+    build_response,
+    parse_review,
+    review_request,
+)
+from webhook.clisettings import ChainResolver
+from webhook.metrics import Metrics
+from webhook.services import ServiceCache, build_core_api
+from webhook.settings import ServeSettings
+from webhook.tlsreload import CertReloader
+
+logger = logging.getLogger(__name__)
+
+CACHE_STOP_SECONDS = 5.0
+MEMO_SIZE = 256
+STATIC_SOURCE = "static --service map"
+
+
+class Reviewer:
+    """The engine bound to the server's policy and resolver, with a small memo of recent answers.
+
+    `evaluate` is pure given the document, the policy and the resolver's answers, so a result is reused
+    while the document is byte-for-byte the same and the resolver's `generation` has not moved (the
+    apiserver re-sends the same object on reinvocation, and reconcile loops re-apply unchanged filters).
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        resolver: ServiceResolver,
+        *,
+        generation: Callable[[], int] = lambda: 0,
+        memo_size: int = MEMO_SIZE,
+    ) -> None:
+        self.policy = policy
+        self._resolver = resolver
+        self._generation = generation
+        self._memo: OrderedDict[tuple[int, str], Evaluation] = OrderedDict()
+        self._memo_size = memo_size
+        self.hits = 0
+        self.misses = 0
+
+    def evaluate(self, document: Mapping[str, Any]) -> Evaluation:
+        key = (self._generation(), json.dumps(document, sort_keys=True, separators=(",", ":")))
+        cached = self._memo.get(key)
+        if cached is not None:
+            self._memo.move_to_end(key)
+            self.hits += 1
+            return cached
+        self.misses += 1
+        result = evaluate(document, policy=self.policy, resolver=self._resolver)
+        if self._memo_size > 0:
+            self._memo[key] = result
+            if len(self._memo) > self._memo_size:
+                self._memo.popitem(last=False)
+        return result
+
+
+SETTINGS_KEY = web.AppKey("settings", ServeSettings)
+METRICS_KEY = web.AppKey("metrics", Metrics)
+REVIEWER_KEY = web.AppKey("reviewer", Reviewer)
+CACHE_KEY = web.AppKey("service_cache", ServiceCache)
+TLS_KEY = web.AppKey("tls", CertReloader)
+
+
+class RequestRefusedError(AdmissionError):
+    """A request refused before it is parsed (content type, size, a body that never arrives)."""
+
+
+def build_resolver(settings: ServeSettings, cache: ServiceCache | None) -> ServiceResolver:
+    """Static `--service` answers first; then the Service cache, when there is one."""
+    static = StaticResolver(settings.services)
+    if cache is None:
+        return static
+    return ChainResolver((static, cache))
+
+
+def make_app(settings: ServeSettings, *, kube_api: Any = None) -> web.Application:
+    """The whole server as an `aiohttp` application (TLS comes from `app[TLS_KEY].context`).
+
+    `kube_api` is a `CoreV1Api` to use instead of building one from `settings.kube`. Bad certificate files
+    or an unusable kubeconfig raise here, before anything listens.
+    """
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[translate_errors],
+    )
+    metrics = Metrics()
+    cache: ServiceCache | None = None
+    if settings.kube is not None:
+        api = (
+            kube_api
+            if kube_api is not None
+            else build_core_api(kubeconfig=settings.kube.kubeconfig, context=settings.kube.context)
+        )
+        cache = ServiceCache(api, settings.kube)
+        app[CACHE_KEY] = cache
+        metrics.bind_cache(age=cache.age, synced=lambda: cache.synced, size=cache.size)
+    policy = settings.policy if settings.policy is not None else default_policy()
+    resolver = build_resolver(settings, cache)
+    app[SETTINGS_KEY] = settings
+    app[METRICS_KEY] = metrics
+    generation: Callable[[], int] = (lambda: cache.generation) if cache is not None else (lambda: 0)
+    app[REVIEWER_KEY] = Reviewer(policy, resolver, generation=generation)
+    app[TLS_KEY] = CertReloader(
+        settings.tls, on_reload=lambda ok: metrics.cert_reloads.labels("ok" if ok else "failed").inc()
+    )
+    app.cleanup_ctx.append(_run_service_cache)
+    app.cleanup_ctx.append(_run_cert_reloader)
+    app.router.add_post("/mutate", functools.partial(handle_review, webhook=Webhook.MUTATE))
+    app.router.add_post("/validate", functools.partial(handle_review, webhook=Webhook.VALIDATE))
+    app.router.add_get("/healthz", handle_healthz)
+    app.router.add_get("/readyz", handle_readyz)
+    app.router.add_get("/metrics", handle_metrics)
+    return app
+
+
+async def _run_service_cache(app: web.Application) -> AsyncIterator[None]:
+    cache = app.get(CACHE_KEY)
+    if cache is not None:
+        cache.start()
+    try:
+        yield
+    finally:
+        if cache is not None:
+            await asyncio.to_thread(cache.stop, CACHE_STOP_SECONDS)
+
+
+async def _run_cert_reloader(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(app[TLS_KEY].run(), name="tls-reload")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _plain(status: int, reason: str) -> web.Response:
+    return web.Response(status=status, text=reason + "\n")
+
+
+@web.middleware
+async def translate_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every refusal is a 4xx with one plain line; nothing escapes as a traceback."""
+    try:
+        return await handler(request)
+    except AdmissionError as error:
+        request.app[METRICS_KEY].malformed.labels(request.path).inc()
+        logger.info("refused %s %s: %s", request.method, request.path, error.reason)
+        return _plain(error.status, error.reason)
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[SETTINGS_KEY].max_body_bytes
+        request.app[METRICS_KEY].malformed.labels(request.path).inc()
+        return _plain(400, f"request body is larger than {limit} bytes")
+    except web.HTTPNotFound:
+        return _plain(
+            404, f"no such path: {request.path} (try /mutate, /validate, /healthz, /readyz, /metrics)"
+        )
+    except web.HTTPMethodNotAllowed as error:
+        return _plain(
+            405, f"{request.method} is not allowed on {request.path} (use {', '.join(error.allowed_methods)})"
+        )
+    except web.HTTPException as error:
+        if error.status >= 500:
+            logger.error("server error on %s %s: %s", request.method, request.path, error.reason)
+        return _plain(error.status, error.reason)
+
+
+async def read_body(request: web.Request) -> bytes:
+    settings = request.app[SETTINGS_KEY]
+    if request.content_type != "application/json":
+        raise RequestRefusedError(f"Content-Type must be application/json, not {request.content_type!r}")
+    length = request.content_length
+    if length is not None and length > settings.max_body_bytes:
+        raise RequestRefusedError(f"request body is larger than {settings.max_body_bytes} bytes")
+    try:
+        async with asyncio.timeout(settings.body_timeout_seconds):
+            body = await request.read()
+    except TimeoutError:
+        raise RequestRefusedError(
+            f"request body not received within {settings.body_timeout_seconds:g} seconds"
+        ) from None
+    if not body:
+        raise RequestRefusedError("request body is empty (expected an AdmissionReview)")
+    return body
+
+
+def encode_review(request: AdmissionRequest, verdict: Verdict) -> bytes:
+    try:
+        return json.dumps(build_response(request, verdict), separators=(",", ":"), allow_nan=False).encode()
+    except ValueError:
+        raise MalformedReviewError("the object holds a number JSON cannot carry (NaN or Infinity)") from None
+
+
+async def handle_review(request: web.Request, *, webhook: Webhook) -> web.Response:
+    body = await read_body(request)
+    started = time.perf_counter()
+    review = parse_review(body)
+    reviewer = request.app[REVIEWER_KEY]
+    verdict = review_request(review, webhook=webhook, evaluate=reviewer.evaluate, policy=reviewer.policy)
+    payload = encode_review(review, verdict)
+    seconds = time.perf_counter() - started
+    patched = bool(verdict.patch) and not review.dry_run
+    request.app[METRICS_KEY].record_review(
+        webhook=webhook,
+        operation=review.operation,
+        outcome=verdict.outcome,
+        rules=verdict.rules,
+        seconds=seconds,
+        patched=patched,
+    )
+    logger.info(
+        "review webhook=%s uid=%s kind=%s object=%s operation=%s dry_run=%s result=%s rules=%s ms=%.2f",
+        webhook.value,
+        review.uid,
+        review.kind.kind,
+        review.object_name,
+        review.operation,
+        str(review.dry_run).lower(),
+        verdict.outcome.value,
+        ",".join(verdict.rules) or "-",
+        seconds * 1000,
+    )
+    return web.Response(body=payload, content_type="application/json")
+
+
+async def handle_healthz(request: web.Request) -> web.Response:
+    return _plain(200, "ok")
+
+
+def describe_readiness(app: web.Application) -> tuple[bool, dict[str, Any]]:
+    """Ready when ClusterIPs can be answered: the Service cache has synced (or only static answers)."""
+    cache = app.get(CACHE_KEY)
+    settings = app[SETTINGS_KEY]
+    tls = app[TLS_KEY]
+    state: dict[str, Any] = {"tls_fingerprint": tls.fingerprint}
+    if cache is None:
+        state["services"] = {"source": STATIC_SOURCE, "count": len(settings.services)}
+        return True, {"ready": True, **state}
+    age = cache.age()
+    stale_after = settings.kube.stale_after_seconds if settings.kube is not None else 0.0
+    cache_state: Mapping[str, Any] = {
+        "source": "kubernetes",
+        "synced": cache.synced,
+        "count": cache.size(),
+        "age_seconds": None if age is None else round(age, 3),
+        "stale": age is not None and age > stale_after,
+        "last_error": cache.last_error or None,
+    }
+    ready = cache.synced
+    return ready, {"ready": ready, **state, "services": dict(cache_state)}
+
+
+async def handle_readyz(request: web.Request) -> web.Response:
+    ready, state = describe_readiness(request.app)
+    return web.json_response(state, status=200 if ready else 503)
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    body = request.app[METRICS_KEY].render()
+    response = web.Response(body=body)
+    response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    response.charset = "utf-8"
+    return response
+
+
+async def start_server(app: web.Application, *, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Listen with TLS; return the runner (call `cleanup()`) and the bound port (useful with port 0)."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, ssl_context=app[TLS_KEY].context)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound = runner.addresses[0][1] if runner.addresses else port
+    return runner, int(bound)
