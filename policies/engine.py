@@ -15,8 +15,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from policies.diff import copy_tree, diff_documents
@@ -35,16 +36,43 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
+class _Repair:
+    patch: tuple[PatchOp, ...]
+    fixed: dict[str, Any]
+    remaining: tuple[Finding, ...]
+
+
+@dataclass(frozen=True, eq=False)
 class Evaluation:
-    """What the policy says about one document, and its corrected form."""
+    """What the policy says about one document, and its corrected form.
+
+    `patch`, `fixed` and `remaining` are computed on first use: `check` reads only `findings`.
+    """
 
     applicable: bool
     namespace: str
     name: str
     findings: tuple[Finding, ...]
-    patch: tuple[PatchOp, ...]
-    fixed: dict[str, Any]
-    remaining: tuple[Finding, ...]
+    _repair: Callable[[], _Repair] = field(repr=False)
+
+    @cached_property
+    def _repaired(self) -> _Repair:
+        return self._repair()
+
+    @property
+    def patch(self) -> tuple[PatchOp, ...]:
+        """A minimal RFC 6902 patch (only rule-owned paths) from the document to its corrected form."""
+        return self._repaired.patch
+
+    @property
+    def fixed(self) -> dict[str, Any]:
+        """The corrected document (the given document itself when nothing changes)."""
+        return self._repaired.fixed
+
+    @property
+    def remaining(self) -> tuple[Finding, ...]:
+        """The findings of `fixed`: what the fix could not repair."""
+        return self._repaired.remaining
 
     @property
     def enforced(self) -> tuple[Finding, ...]:
@@ -59,6 +87,21 @@ class Evaluation:
     @property
     def changed(self) -> bool:
         return bool(self.patch)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Evaluation):
+            return NotImplemented
+        return (
+            self.applicable == other.applicable
+            and self.namespace == other.namespace
+            and self.name == other.name
+            and self.findings == other.findings
+            and self.patch == other.patch
+            and self.fixed == other.fixed
+            and self.remaining == other.remaining
+        )
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 def _subject(document: Mapping[str, Any], policy: Policy, resolver: ServiceResolver) -> Subject | None:
@@ -126,49 +169,53 @@ def _repair(
     return working
 
 
-def _not_applicable(envoy_filter: EnvoyFilter | None, document: Mapping[str, Any]) -> Evaluation:
-    fixed = document if isinstance(document, dict) else dict(document)
+def _not_applicable(envoy_filter: EnvoyFilter | None, document: dict[str, Any]) -> Evaluation:
+    unchanged = _Repair(patch=(), fixed=document, remaining=())
     return Evaluation(
         applicable=False,
         namespace=envoy_filter.namespace if envoy_filter else "",
         name=envoy_filter.name if envoy_filter else "",
         findings=(),
-        patch=(),
-        fixed=fixed,
-        remaining=(),
+        _repair=lambda: unchanged,
     )
 
 
+def _repaired(
+    document: dict[str, Any],
+    subject: Subject,
+    active: list[tuple[Rule, Level]],
+    results: list[tuple[Rule, Level, list[Violation]]],
+    findings: tuple[Finding, ...],
+) -> _Repair:
+    working = None
+    if any(violation.fixable for *_, violations in results for violation in violations):
+        working = _repair(document, subject, results)
+    if working is None:
+        return _Repair(patch=(), fixed=document, remaining=findings)
+    final = _subject(working, subject.policy, subject.resolver)
+    remaining = _findings(_check(final, active)) if final is not None else ()
+    return _Repair(patch=tuple(diff_documents(document, working)), fixed=working, remaining=remaining)
+
+
 def evaluate(document: Mapping[str, Any], *, policy: Policy, resolver: ServiceResolver) -> Evaluation:
-    """Check one document and compute its fix. Raises `DocumentError` only for a non-mapping document."""
+    """Check one document; its fix is computed when first asked for. Raises `DocumentError` only for a
+    document that is not a mapping."""
     envoy_filter = read_envoy_filter(document)
+    plain = document if isinstance(document, dict) else copy_tree(document)
     if envoy_filter is None or policy.excludes(envoy_filter.namespace, envoy_filter.annotations):
-        return _not_applicable(envoy_filter, document)
+        return _not_applicable(envoy_filter, plain)
+    envoy_filter = EnvoyFilter.of(plain)
     pieces = locate_ext_proc(envoy_filter, policy.filter_name)
     if pieces is None:
-        return _not_applicable(envoy_filter, document)
+        return _not_applicable(envoy_filter, plain)
     subject = Subject(pieces, policy, resolver)
     active = _active_rules(policy)
     results = _check(subject, active)
     findings = _findings(results)
-    working = (
-        _repair(document, subject, results) if any(v.fixable for *_, vs in results for v in vs) else None
-    )
-    if working is None:
-        fixed = document if isinstance(document, dict) else dict(document)
-        patch: tuple[PatchOp, ...] = ()
-        remaining = findings
-    else:
-        patch = tuple(diff_documents(document, working))
-        fixed = working
-        final = _subject(working, policy, resolver)
-        remaining = _findings(_check(final, active)) if final is not None else ()
     return Evaluation(
         applicable=True,
         namespace=envoy_filter.namespace,
         name=envoy_filter.name,
         findings=findings,
-        patch=patch,
-        fixed=fixed,
-        remaining=remaining,
+        _repair=lambda: _repaired(plain, subject, active, results, findings),
     )

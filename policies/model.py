@@ -10,8 +10,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from policies.patch import pointer
-
 ISTIO_NETWORKING_GROUP: Final = "networking.istio.io"
 API_VERSIONS: Final = frozenset(f"{ISTIO_NETWORKING_GROUP}/{v}" for v in ("v1alpha3", "v1beta1", "v1"))
 EMPTY: Final[Mapping[str, Any]] = {}
@@ -23,27 +21,31 @@ class DocumentError(Exception):
 
 def as_mapping(value: Any) -> Mapping[str, Any]:
     """`value` if it is a mapping, else an empty one (malformed shapes are read as absent)."""
-    return value if isinstance(value, Mapping) else EMPTY
+    return value if isinstance(value, dict) else EMPTY
 
 
 def is_envoy_filter(document: Mapping[str, Any]) -> bool:
     return document.get("kind") == "EnvoyFilter" and document.get("apiVersion") in API_VERSIONS
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ConfigPatch:
     """One entry of `spec.configPatches` that is a mapping."""
 
     index: int
     raw: Mapping[str, Any]
+    path: str
+    """`/spec/configPatches/<index>`."""
+    apply_to: str
+    patch: Mapping[str, Any]
+    """The entry's `patch` (empty when missing or malformed)."""
+    operation: str
+    value: Mapping[str, Any] | None
+    """`patch.value` when it is a mapping."""
 
     @property
-    def path(self) -> str:
-        return pointer("spec", "configPatches", self.index)
-
-    @property
-    def apply_to(self) -> str:
-        return str(self.raw.get("applyTo") or "")
+    def value_path(self) -> str:
+        return self.path + "/patch/value"
 
     @property
     def match(self) -> Mapping[str, Any]:
@@ -53,23 +55,6 @@ class ConfigPatch:
     def context(self) -> str | None:
         context = self.match.get("context")
         return context if isinstance(context, str) else None
-
-    @property
-    def patch(self) -> Mapping[str, Any]:
-        return as_mapping(self.raw.get("patch"))
-
-    @property
-    def operation(self) -> str:
-        return str(self.patch.get("operation") or "")
-
-    @property
-    def value(self) -> Mapping[str, Any] | None:
-        value = self.patch.get("value")
-        return value if isinstance(value, Mapping) else None
-
-    @property
-    def value_path(self) -> str:
-        return self.path + "/patch/value"
 
     @property
     def sub_filter_name(self) -> str | None:
@@ -82,27 +67,44 @@ class ConfigPatch:
         return name if isinstance(name, str) else None
 
 
-@dataclass(frozen=True, slots=True)
+def read_config_patch(index: int, raw: Mapping[str, Any]) -> ConfigPatch:
+    patch = as_mapping(raw.get("patch"))
+    value = patch.get("value")
+    return ConfigPatch(
+        index=index,
+        raw=raw,
+        path=f"/spec/configPatches/{index}",
+        apply_to=str(raw.get("applyTo") or ""),
+        patch=patch,
+        operation=str(patch.get("operation") or ""),
+        value=value if isinstance(value, dict) else None,
+    )
+
+
+@dataclass(slots=True)
 class EnvoyFilter:
     """A view of a networking.istio.io EnvoyFilter (v1alpha3, v1beta1 or v1)."""
 
     raw: Mapping[str, Any]
+    metadata: Mapping[str, Any]
+    name: str
+    namespace: str
+    annotations: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, raw: Mapping[str, Any]) -> EnvoyFilter:
+        metadata = as_mapping(raw.get("metadata"))
+        return cls(
+            raw=raw,
+            metadata=metadata,
+            name=str(metadata.get("name") or ""),
+            namespace=str(metadata.get("namespace") or ""),
+            annotations=as_mapping(metadata.get("annotations")),
+        )
 
     @property
-    def metadata(self) -> Mapping[str, Any]:
-        return as_mapping(self.raw.get("metadata"))
-
-    @property
-    def name(self) -> str:
-        return str(self.metadata.get("name") or "")
-
-    @property
-    def namespace(self) -> str:
-        return str(self.metadata.get("namespace") or "")
-
-    @property
-    def annotations(self) -> Mapping[str, Any]:
-        return as_mapping(self.metadata.get("annotations"))
+    def api_version(self) -> str:
+        return str(self.raw.get("apiVersion") or "")
 
     @property
     def spec(self) -> Mapping[str, Any]:
@@ -115,7 +117,7 @@ class EnvoyFilter:
         if not isinstance(patches, list):
             return ()
         return tuple(
-            ConfigPatch(index, entry) for index, entry in enumerate(patches) if isinstance(entry, Mapping)
+            read_config_patch(index, entry) for index, entry in enumerate(patches) if isinstance(entry, dict)
         )
 
     @property
@@ -130,4 +132,4 @@ def read_envoy_filter(document: Any) -> EnvoyFilter | None:
         raise DocumentError(f"a document must be a mapping, not a {type(document).__name__}")
     if not is_envoy_filter(document):
         return None
-    return EnvoyFilter(document)
+    return EnvoyFilter.of(document)

@@ -1,15 +1,19 @@
-"""Finding the ext_proc pieces of an EnvoyFilter: the filter, the EPP cluster and per-route overrides."""
+"""Finding the ext_proc pieces of an EnvoyFilter: the filter, the EPP cluster and per-route overrides.
+
+Everything is located once per document (paths included), so rules only read attributes.
+"""
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from policies.model import ConfigPatch, EnvoyFilter, as_mapping
-from policies.patch import pointer
-from policies.spelling import Spelling, detect_spelling, find_key, get_field, get_mapping
+from policies.model import ConfigPatch, EnvoyFilter
+from policies.patch import escape_token
+from policies.spelling import Spelling, detect_spelling, find_key
 
 EXT_PROC_TYPE: Final = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
 PER_ROUTE_TYPE: Final = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
@@ -22,17 +26,33 @@ def type_name(value: Mapping[str, Any]) -> str:
     return type_url.rsplit("/", 1)[-1] if isinstance(type_url, str) else ""
 
 
+_IPV4: Final = re.compile(r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}")
+
+
 def is_ip_address(host: Any) -> bool:
+    """Whether `host` is an IPv4 or IPv6 address literal (not a host name)."""
     if not isinstance(host, str):
         return False
+    if _IPV4.fullmatch(host):
+        return True
+    if ":" not in host:
+        return False
     try:
-        ipaddress.ip_address(host)
+        ipaddress.IPv6Address(host)
     except ValueError:
         return False
     return True
 
 
-@dataclass(frozen=True, slots=True)
+def _child(parent: Any, snake: str) -> tuple[str | None, Any]:
+    """(key, value) of an Envoy field in either spelling; (None, None) when absent or parent is no dict."""
+    if not isinstance(parent, dict):
+        return None, None
+    key = find_key(parent, snake)
+    return (key, parent[key]) if key is not None else (None, None)
+
+
+@dataclass(slots=True)
 class ModeSite:
     """One processing_mode: the filter's own (global) or a per-route override's."""
 
@@ -45,87 +65,98 @@ class ModeSite:
     is_global: bool
 
 
-@dataclass(frozen=True, slots=True)
+def _mode_site(parent: dict[str, Any], parent_path: str, *, is_global: bool) -> ModeSite:
+    key, mode = _child(parent, "processing_mode")
+    return ModeSite(
+        path=f"{parent_path}/{key or 'processing_mode'}",
+        parent_path=parent_path,
+        parent=parent,
+        mode=mode if isinstance(mode, dict) else None,
+        is_global=is_global,
+    )
+
+
+@dataclass(slots=True)
 class FilterPiece:
     """An HTTP_FILTER patch that installs ext_proc."""
 
     patch: ConfigPatch
     config: Mapping[str, Any] | None
-    """The ExternalProcessor (`typed_config` without its `@type`); None if missing or not a mapping."""
+    """The ExternalProcessor (`typed_config`, `@type` included); None if missing or not a mapping."""
     config_path: str
-
-    @property
-    def cluster_name(self) -> str | None:
-        if self.config is None:
-            return None
-        grpc = get_mapping(self.config, "grpc_service")
-        envoy_grpc = get_mapping(grpc, "envoy_grpc") if grpc is not None else None
-        name = get_field(envoy_grpc, "cluster_name") if envoy_grpc is not None else None
-        return name if isinstance(name, str) else None
-
-    @property
-    def cluster_name_path(self) -> str:
-        config = self.config or {}
-        grpc = get_mapping(config, "grpc_service") or {}
-        envoy_grpc = get_mapping(grpc, "envoy_grpc") or {}
-        return "/".join(
-            (
-                self.config_path,
-                find_key(config, "grpc_service") or "grpc_service",
-                find_key(grpc, "envoy_grpc") or "envoy_grpc",
-                find_key(envoy_grpc, "cluster_name") or "cluster_name",
-            )
-        )
-
-    @property
-    def mode_site(self) -> ModeSite | None:
-        if self.config is None:
-            return None
-        key = find_key(self.config, "processing_mode")
-        mode = self.config.get(key) if key else None
-        return ModeSite(
-            path=f"{self.config_path}/{key or 'processing_mode'}",
-            parent_path=self.config_path,
-            parent=self.config,
-            mode=mode if isinstance(mode, Mapping) else None,
-            is_global=True,
-        )
+    cluster_name: str | None
+    cluster_name_path: str
+    mode_site: ModeSite | None
+    uses_google_grpc: bool
 
 
-@dataclass(frozen=True, slots=True)
+def _filter_piece(patch: ConfigPatch, value: dict[str, Any]) -> FilterPiece:
+    key, config = _child(value, "typed_config")
+    config_path = f"{patch.value_path}/{key or 'typed_config'}"
+    if not isinstance(config, dict):
+        return FilterPiece(patch, None, config_path, None, config_path, None, False)
+    grpc_key, grpc = _child(config, "grpc_service")
+    envoy_key, envoy_grpc = _child(grpc, "envoy_grpc")
+    name_key, name = _child(envoy_grpc, "cluster_name")
+    google_key, _ = _child(grpc, "google_grpc")
+    name_path = (
+        f"{config_path}/{grpc_key or 'grpc_service'}/{envoy_key or 'envoy_grpc'}/{name_key or 'cluster_name'}"
+    )
+    return FilterPiece(
+        patch=patch,
+        config=config,
+        config_path=config_path,
+        cluster_name=name if isinstance(name, str) else None,
+        cluster_name_path=name_path,
+        mode_site=_mode_site(config, config_path, is_global=True),
+        uses_google_grpc=google_key is not None,
+    )
+
+
+@dataclass(slots=True)
 class Endpoint:
     """One `socket_address` of a cluster's load_assignment."""
 
     path: str
     socket: Mapping[str, Any]
-
-    @property
-    def address(self) -> Any:
-        return self.socket.get("address")
+    address: Any
+    port: Any
 
     @property
     def address_path(self) -> str:
         return self.path + "/address"
 
-    @property
-    def port(self) -> Any:
-        return get_field(self.socket, "port_value")
+
+def _endpoints(value: dict[str, Any], base: str) -> tuple[Endpoint, ...]:
+    key, assignment = _child(value, "load_assignment")
+    eps_key, localities = _child(assignment, "endpoints")
+    if not isinstance(localities, list):
+        return ()
+    found: list[Endpoint] = []
+    for i, locality in enumerate(localities):
+        lb_key, lb_endpoints = _child(locality, "lb_endpoints")
+        if not isinstance(lb_endpoints, list):
+            continue
+        for j, lb_endpoint in enumerate(lb_endpoints):
+            endpoint = lb_endpoint.get("endpoint") if isinstance(lb_endpoint, dict) else None
+            address = endpoint.get("address") if isinstance(endpoint, dict) else None
+            sock_key, socket = _child(address, "socket_address")
+            if isinstance(socket, dict):
+                path = f"{base}/{key}/{eps_key}/{i}/{lb_key}/{j}/endpoint/address/{sock_key}"
+                _, port = _child(socket, "port_value")
+                found.append(Endpoint(path, socket, socket.get("address"), port))
+    return tuple(found)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ClusterPiece:
-    """The CLUSTER patch (operation ADD) that defines a cluster ext_proc names."""
+    """A CLUSTER patch (operation ADD) and the cluster it defines."""
 
     patch: ConfigPatch
     value: Mapping[str, Any]
-
-    @property
-    def name(self) -> str:
-        return str(self.value.get("name") or "")
-
-    @property
-    def path(self) -> str:
-        return self.patch.value_path
+    name: str
+    path: str
+    endpoints: tuple[Endpoint, ...]
 
     @property
     def cluster_type(self) -> str:
@@ -133,71 +164,40 @@ class ClusterPiece:
         value = self.value.get("type")
         return value if isinstance(value, str) else "STATIC"
 
-    @property
-    def endpoints(self) -> tuple[Endpoint, ...]:
-        key = find_key(self.value, "load_assignment")
-        assignment = self.value.get(key) if key else None
-        if not isinstance(assignment, Mapping):
-            return ()
-        found: list[Endpoint] = []
-        base = f"{self.path}/{key}"
-        eps_key = find_key(assignment, "endpoints")
-        localities = assignment.get(eps_key) if eps_key else None
-        if not isinstance(localities, list):
-            return ()
-        for i, locality in enumerate(localities):
-            lb_key = find_key(as_mapping(locality), "lb_endpoints")
-            lb_endpoints = as_mapping(locality).get(lb_key) if lb_key else None
-            if not isinstance(lb_endpoints, list):
-                continue
-            for j, lb_endpoint in enumerate(lb_endpoints):
-                endpoint = as_mapping(as_mapping(lb_endpoint).get("endpoint"))
-                address = as_mapping(endpoint.get("address"))
-                sock_key = find_key(address, "socket_address")
-                socket = address.get(sock_key) if sock_key else None
-                if isinstance(socket, Mapping):
-                    found.append(
-                        Endpoint(f"{base}/{eps_key}/{i}/{lb_key}/{j}/endpoint/address/{sock_key}", socket)
-                    )
-        return tuple(found)
 
-
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RoutePiece:
     """An ExtProcPerRoute entry in an HTTP_ROUTE / VIRTUAL_HOST patch's `typed_per_filter_config`."""
 
     patch: ConfigPatch
     entry: Mapping[str, Any]
     path: str
-
-    @property
-    def disabled(self) -> bool:
-        return get_field(self.entry, "disabled") is True
-
-    @property
-    def overrides(self) -> Mapping[str, Any] | None:
-        return get_mapping(self.entry, "overrides")
-
-    @property
-    def mode_site(self) -> ModeSite | None:
-        overrides = self.overrides
-        if overrides is None:
-            return None
-        over_key = find_key(self.entry, "overrides")
-        key = find_key(overrides, "processing_mode")
-        if key is None:
-            return None
-        mode = overrides.get(key)
-        return ModeSite(
-            path=f"{self.path}/{over_key}/{key}",
-            parent_path=f"{self.path}/{over_key}",
-            parent=overrides,
-            mode=mode if isinstance(mode, Mapping) else None,
-            is_global=False,
-        )
+    disabled: bool
+    overrides: Mapping[str, Any] | None
+    overrides_path: str
+    mode_site: ModeSite | None
+    """The override's processing_mode, when the override sets one."""
 
 
-@dataclass(frozen=True, slots=True)
+def _route_piece(patch: ConfigPatch, entry: dict[str, Any], path: str) -> RoutePiece:
+    over_key, overrides = _child(entry, "overrides")
+    overrides_path = f"{path}/{over_key or 'overrides'}"
+    site = None
+    if isinstance(overrides, dict) and find_key(overrides, "processing_mode") is not None:
+        site = _mode_site(overrides, overrides_path, is_global=False)
+    _, disabled = _child(entry, "disabled")
+    return RoutePiece(
+        patch=patch,
+        entry=entry,
+        path=path,
+        disabled=disabled is True,
+        overrides=overrides if isinstance(overrides, dict) else None,
+        overrides_path=overrides_path,
+        mode_site=site,
+    )
+
+
+@dataclass(slots=True)
 class ExtProcPieces:
     """Everything in one EnvoyFilter that makes up its ext_proc path."""
 
@@ -206,60 +206,29 @@ class ExtProcPieces:
     clusters: Mapping[str, ClusterPiece]
     routes: tuple[RoutePiece, ...]
     spelling: Spelling
-
-    @property
-    def mode_sites(self) -> tuple[ModeSite, ...]:
-        sites = [f.mode_site for f in self.filters] + [r.mode_site for r in self.routes if not r.disabled]
-        return tuple(site for site in sites if site is not None)
-
-    def cluster_for(self, piece: FilterPiece) -> ClusterPiece | None:
-        name = piece.cluster_name
-        return self.clusters.get(name) if name is not None else None
-
-    @property
-    def epp_clusters(self) -> tuple[ClusterPiece, ...]:
-        """The defined clusters some ext_proc filter names, each once."""
-        seen: dict[str, ClusterPiece] = {}
-        for piece in self.filters:
-            cluster = self.cluster_for(piece)
-            if cluster is not None:
-                seen.setdefault(cluster.name, cluster)
-        return tuple(seen.values())
+    mode_sites: tuple[ModeSite, ...]
+    """The global processing_mode of every filter, then every enabled override's."""
+    epp_clusters: tuple[ClusterPiece, ...]
+    """The defined clusters some ext_proc filter names, each once."""
 
 
-def _typed_config(value: Mapping[str, Any]) -> tuple[str | None, Any]:
-    key = find_key(value, "typed_config")
-    return key, (value.get(key) if key else None)
-
-
-def installs_ext_proc(patch: ConfigPatch, filter_name: str) -> bool:
-    """Whether an HTTP_FILTER patch puts ext_proc into the chain (by filter name or by `@type`)."""
-    if patch.apply_to != "HTTP_FILTER":
-        return False
-    value = patch.value
-    if value is None:
-        return False
+def installs_ext_proc(value: dict[str, Any], filter_name: str) -> bool:
+    """Whether an HTTP_FILTER patch value is ext_proc (by filter name or by the typed_config `@type`)."""
     if value.get("name") == filter_name:
         return True
-    _, config = _typed_config(value)
-    return isinstance(config, Mapping) and config.get("@type") == EXT_PROC_TYPE
+    _, config = _child(value, "typed_config")
+    return isinstance(config, dict) and config.get("@type") == EXT_PROC_TYPE
 
 
-def _route_entries(patch: ConfigPatch, filter_name: str) -> list[RoutePiece]:
-    value = patch.value
-    if value is None:
-        return []
-    key = find_key(value, "typed_per_filter_config")
-    per_filter = value.get(key) if key else None
-    if not isinstance(per_filter, Mapping):
+def _route_entries(patch: ConfigPatch, value: dict[str, Any], filter_name: str) -> list[RoutePiece]:
+    key, per_filter = _child(value, "typed_per_filter_config")
+    if not isinstance(per_filter, dict):
         return []
     pieces = []
     for name, entry in per_filter.items():
-        if not isinstance(entry, Mapping):
-            continue
-        if name == filter_name or entry.get("@type") == PER_ROUTE_TYPE:
-            path = f"{patch.value_path}/{key}/{pointer(str(name))[1:]}"
-            pieces.append(RoutePiece(patch, entry, path))
+        if isinstance(entry, dict) and (name == filter_name or entry.get("@type") == PER_ROUTE_TYPE):
+            path = f"{patch.value_path}/{key}/{escape_token(str(name))}"
+            pieces.append(_route_piece(patch, entry, path))
     return pieces
 
 
@@ -267,29 +236,33 @@ def locate_ext_proc(envoy_filter: EnvoyFilter, filter_name: str) -> ExtProcPiece
     """The ext_proc pieces of a filter, or None when it has no ext_proc content."""
     filters: list[FilterPiece] = []
     routes: list[RoutePiece] = []
-    cluster_patches: list[ConfigPatch] = []
+    cluster_patches: list[tuple[ConfigPatch, dict[str, Any]]] = []
     for patch in envoy_filter.config_patches:
-        if patch.apply_to == "HTTP_FILTER":
-            if patch.operation != "REMOVE" and installs_ext_proc(patch, filter_name):
-                value = patch.value or {}
-                key, config = _typed_config(value)
-                filters.append(
-                    FilterPiece(
-                        patch=patch,
-                        config=config if isinstance(config, Mapping) else None,
-                        config_path=f"{patch.value_path}/{key or 'typed_config'}",
-                    )
-                )
-        elif patch.apply_to in ROUTE_TARGETS:
-            routes.extend(_route_entries(patch, filter_name))
-        elif patch.apply_to == "CLUSTER" and patch.operation == "ADD" and patch.value is not None:
-            cluster_patches.append(patch)
+        value = patch.value
+        if not isinstance(value, dict):
+            continue
+        apply_to = patch.apply_to
+        if apply_to == "HTTP_FILTER":
+            if patch.operation != "REMOVE" and installs_ext_proc(value, filter_name):
+                filters.append(_filter_piece(patch, value))
+        elif apply_to in ROUTE_TARGETS:
+            routes.extend(_route_entries(patch, value, filter_name))
+        elif apply_to == "CLUSTER" and patch.operation == "ADD":
+            cluster_patches.append((patch, value))
     if not filters and not routes:
         return None
     clusters: dict[str, ClusterPiece] = {}
-    for patch in cluster_patches:
-        piece = ClusterPiece(patch, patch.value or {})
-        clusters.setdefault(piece.name, piece)
+    for patch, value in cluster_patches:
+        name = str(value.get("name") or "")
+        if name not in clusters:
+            path = patch.value_path
+            clusters[name] = ClusterPiece(patch, value, name, path, _endpoints(value, path))
+    epp: dict[str, ClusterPiece] = {}
+    for piece in filters:
+        cluster = clusters.get(piece.cluster_name) if piece.cluster_name is not None else None
+        if cluster is not None:
+            epp.setdefault(cluster.name, cluster)
+    sites = [f.mode_site for f in filters] + [r.mode_site for r in routes if not r.disabled]
     values: list[Any] = [f.patch.value for f in filters] + [r.entry for r in routes]
     values += [c.value for c in clusters.values()]
     return ExtProcPieces(
@@ -298,4 +271,6 @@ def locate_ext_proc(envoy_filter: EnvoyFilter, filter_name: str) -> ExtProcPiece
         clusters=clusters,
         routes=tuple(routes),
         spelling=detect_spelling(values),
+        mode_sites=tuple(site for site in sites if site is not None),
+        epp_clusters=tuple(epp.values()),
     )

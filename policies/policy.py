@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.resources
 from collections.abc import Mapping
+from functools import cached_property
 from typing import Any
 
 import yaml
@@ -89,25 +90,24 @@ class Policy(BaseModel):
                 )
         return self
 
-    @property
+    @cached_property
     def profile_spec(self) -> Profile:
         return PROFILES[self.profile]
 
-    @property
+    @cached_property
     def body_modes(self) -> frozenset[str]:
         """The body modes EPX002 allows."""
         modes = self.allowed_body_modes if self.allowed_body_modes is not None else _ALLOWED_BY_DEFAULT
         return frozenset(modes)
 
+    @cached_property
+    def levels(self) -> Mapping[str, Level]:
+        """Every rule's level: the file's setting, else the rule's default."""
+        return {info.id: self.rules.get(info.id, info.default_level) for info in CATALOG}
+
     def level(self, rule_id: str) -> Level:
-        """The level of a rule: the file's setting, else the rule's default."""
-        level = self.rules.get(rule_id)
-        if level is not None:
-            return level
-        for info in CATALOG:
-            if info.id == rule_id:
-                return info.default_level
-        raise KeyError(rule_id)
+        """The level of one rule (`KeyError` for an unknown id)."""
+        return self.levels[rule_id]
 
     def excludes(self, namespace: str, annotations: Mapping[str, Any]) -> bool:
         """Whether the policy leaves a filter in `namespace` with `annotations` alone."""

@@ -50,6 +50,8 @@ _WRAPPERS: Final = frozenset(
 _FAILED_FIELD: Final = re.compile(r"Failed to parse (\S+) field")
 
 Path = tuple[str | int, ...]
+Doubt = list[str | int]
+"""A path built leaf first while the walk unwinds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,74 +178,83 @@ def _node_for_type_url(type_url: str) -> _Node | None:
         return None
 
 
-def _first_doubt_in_single(value: Any, info: _Field, path: Path) -> Path | None:
-    if info.scalar is not None:
-        return None if info.scalar.accepts(value) else path
-    return _first_doubt(value, info.message_node(), path)
+def _doubt_element(value: Any, info: _Field) -> Doubt | None:
+    scalar = info.scalar
+    if scalar is not None:
+        return None if scalar.accepts(value) else []
+    return _doubt_message(value, info.node or info.message_node())
 
 
-def _first_doubt_in_field(value: Any, info: _Field, path: Path) -> Path | None:
-    shape = info.shape
-    if shape == "single":
-        return _first_doubt_in_single(value, info, path)
-    if shape == "repeated":
-        if not isinstance(value, list):
-            return path
-        for index, item in enumerate(value):
-            doubt = _first_doubt_in_single(item, info, (*path, index))
-            if doubt is not None:
-                return doubt
-        return None
-    if shape == "map" and isinstance(value, Mapping):
-        for key, item in value.items():
-            doubt = _first_doubt_in_single(item, info, (*path, str(key)))
-            if doubt is not None:
-                return doubt
-        return None
-    return path
-
-
-def _first_doubt(value: Any, node: _Node, path: Path) -> Path | None:
-    """The path of the first spot the walk is not sure about, or None when the value surely parses."""
+def _doubt_message(value: Any, node: _Node) -> Doubt | None:
+    """The reversed path of the first spot the walk is not sure about; None when the value surely parses."""
     if node.special:
-        return _first_doubt_well_known(value, node, path)
-    if not isinstance(value, Mapping):
-        return path
+        return _doubt_well_known(value, node)
+    if not isinstance(value, dict):
+        return []
     fields = node.fields
     oneofs: list[str] = []
     for key, item in value.items():
         info = fields.get(key)
         if info is None or item is None:
-            return (*path, key)
+            return [key]
         if info.oneof is not None:
             if info.oneof in oneofs:
-                return (*path, key)
+                return [key]
             oneofs.append(info.oneof)
-        doubt = _first_doubt_in_field(item, info, (*path, key))
+        shape = info.shape
+        doubt: Doubt | None = None
+        if shape == "single":
+            scalar = info.scalar
+            if scalar is not None:
+                if scalar.accepts(item):
+                    continue
+                return [key]
+            doubt = _doubt_message(item, info.node or info.message_node())
+        elif shape == "repeated" and isinstance(item, list):
+            for index, element in enumerate(item):
+                doubt = _doubt_element(element, info)
+                if doubt is not None:
+                    doubt.append(index)
+                    break
+        elif shape == "map" and isinstance(item, dict):
+            for name, element in item.items():
+                doubt = _doubt_element(element, info)
+                if doubt is not None:
+                    doubt.append(str(name))
+                    break
+        else:
+            return [key]
         if doubt is not None:
+            doubt.append(key)
             return doubt
     return None
 
 
-def _first_doubt_well_known(value: Any, node: _Node, path: Path) -> Path | None:
+def _doubt_well_known(value: Any, node: _Node) -> Doubt | None:
     special = node.special
     if special == "duration":
-        return None if isinstance(value, str) and _DURATION.fullmatch(value) else path
+        return None if isinstance(value, str) and _DURATION.fullmatch(value) else []
     if special == "wrapper":
-        return None if node.scalar is not None and node.scalar.accepts(value) else path
+        return None if node.scalar is not None and node.scalar.accepts(value) else []
     if special == "empty":
-        return None if isinstance(value, Mapping) and not value else path
-    if special != "any" or not isinstance(value, Mapping):
-        return path
+        return None if isinstance(value, dict) and not value else []
+    if special != "any" or not isinstance(value, dict):
+        return []
     type_url = value.get("@type")
     if not isinstance(type_url, str):
-        return path
+        return []
     inner_node = _node_for_type_url(type_url)
     if inner_node is None:
-        return (*path, "@type")
+        return ["@type"]
     if inner_node.special:
-        return path
-    return _first_doubt({k: v for k, v in value.items() if k != "@type"}, inner_node, path)
+        return []
+    return _doubt_message({k: v for k, v in value.items() if k != "@type"}, inner_node)
+
+
+def first_doubt(value: Any, descriptor: Descriptor) -> Path | None:
+    """Where the descriptor walk stops being sure `value` parses (None: it surely does)."""
+    doubt = _doubt_message(value, _node(descriptor))
+    return None if doubt is None else tuple(reversed(doubt))
 
 
 def _message_class(descriptor: Descriptor) -> type[Message]:
@@ -269,7 +280,7 @@ def _path_from_message(error: json_format.ParseError) -> Path:
 
 def parse_error(value: Mapping[str, Any], descriptor: Descriptor) -> SchemaError | None:
     """The first reason `value` does not parse as `descriptor`'s message, or None when it parses."""
-    doubt = _first_doubt(value, _node(descriptor), ())
+    doubt = first_doubt(value, descriptor)
     if doubt is None:
         return None
     try:

@@ -46,7 +46,7 @@ def get_field(mapping: Mapping[str, Any], snake: str, default: Any = None) -> An
 def get_mapping(mapping: Mapping[str, Any], snake: str) -> Mapping[str, Any] | None:
     """The field `snake` if it holds a mapping, else None."""
     value = get_field(mapping, snake)
-    return value if isinstance(value, Mapping) else None
+    return value if isinstance(value, dict) else None
 
 
 def spelling_of(mapping: Mapping[str, Any]) -> Spelling | None:
@@ -67,7 +67,7 @@ def detect_spelling(values: Iterable[Any], default: Spelling = Spelling.SNAKE) -
     stack.reverse()
     while stack:
         item = stack.pop()
-        if isinstance(item, Mapping):
+        if isinstance(item, dict):
             found = spelling_of(item)
             if found is not None:
                 return found

@@ -16,7 +16,7 @@ from policies.spelling import Spelling
 EPP_SERVICE_ANNOTATION: Final = "extproc-guard.io/epp-service"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ServiceTarget:
     """Which Service an EPP cluster stands for and, when the resolver knows, its live address.
 
@@ -51,7 +51,7 @@ def parse_service_annotation(value: Any) -> ServiceRef | None:
     return ServiceRef(namespace, name)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Subject:
     """One EnvoyFilter with ext_proc content, as the rules see it."""
 

@@ -194,8 +194,7 @@ def check_cluster_ref(subject: Subject) -> Iterator[Violation]:
     for piece in pieces.filters:
         if piece.config is None:
             continue
-        grpc = get_mapping(piece.config, "grpc_service")
-        if grpc is not None and get_mapping(grpc, "google_grpc") is not None:
+        if piece.uses_google_grpc:
             continue
         name = piece.cluster_name
         if name is not None and name in pieces.clusters:

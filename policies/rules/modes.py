@@ -140,16 +140,14 @@ def check_header_mode(subject: Subject) -> Iterator[Violation]:
 def _route_override_ops(subject: Subject, route: RoutePiece) -> Iterator[PatchOp]:
     spelling = subject.spelling
     full_mode = dict(subject.profile.route_mode)
-    overrides = route.overrides
-    if overrides is None:
+    if route.overrides is None:
         value = spell_tree({"processing_mode": full_mode}, spelling)
         yield set_field(route.path, route.entry, "overrides", value, spelling)
         return
     site = route.mode_site
     if site is None or site.mode is None:
-        over_key = find_key(route.entry, "overrides") or "overrides"
-        parent_path = f"{route.path}/{over_key}"
-        yield set_field(parent_path, overrides, "processing_mode", spell_tree(full_mode, spelling), spelling)
+        processing_mode = spell_tree(full_mode, spelling)
+        yield set_field(route.overrides_path, route.overrides, "processing_mode", processing_mode, spelling)
         return
     yield set_field(site.path, site.mode, "request_header_mode", "SEND", spelling)
 
