@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
 
@@ -88,23 +89,13 @@ class PodExec:
     timeout: float = 30.0
 
     def read(self, endpoint: str) -> str:
-        from kubernetes import client, config
-        from kubernetes.config.config_exception import ConfigException
+        from kubernetes import client
         from kubernetes.stream import stream
+        from kubernetes.stream.ws_client import ERROR_CHANNEL, STDERR_CHANNEL, STDOUT_CHANNEL
 
+        api = client.CoreV1Api(self._api_client())
         try:
-            if self.kubeconfig:
-                config.load_kube_config(config_file=self.kubeconfig)  # type: ignore[no-untyped-call]
-            else:
-                try:
-                    config.load_incluster_config()  # type: ignore[no-untyped-call]
-                except ConfigException:
-                    config.load_kube_config()  # type: ignore[no-untyped-call]
-        except (ConfigException, OSError) as error:
-            raise AdminReadError(f"no Kubernetes configuration: {error}") from None
-        api = client.CoreV1Api()
-        try:
-            output = stream(
+            session = stream(
                 api.connect_get_namespaced_pod_exec,
                 self.target.name,
                 self.target.namespace,
@@ -114,14 +105,61 @@ class PodExec:
                 stdin=False,
                 stdout=True,
                 tty=False,
+                _preload_content=False,
                 _request_timeout=self.timeout,
             )
         except Exception as error:  # the client raises many types (ApiException, websocket, urllib3)
             raise AdminReadError(f"exec in pod {self.describe()} failed: {_one_line(error)}") from None
-        return str(output)
+        try:
+            session.run_forever(timeout=self.timeout)
+            if session.is_open():
+                raise AdminReadError(f"exec in pod {self.describe()} did not finish in {self.timeout:g} s")
+            stdout = str(session.read_channel(STDOUT_CHANNEL) or "")
+            stderr = str(session.read_channel(STDERR_CHANNEL) or "")
+            status_text = str(session.read_channel(ERROR_CHANNEL) or "")
+        finally:
+            session.close()
+        failure = _exec_failure(status_text, stderr)
+        if failure:
+            raise AdminReadError(
+                f"`{' '.join(pilot_agent_command(endpoint))}` in pod {self.describe()}: {failure}"
+            )
+        return stdout
+
+    def _api_client(self) -> Any:
+        """A client of its own (the kubernetes package's global default configuration stays untouched)."""
+        from kubernetes import client, config
+        from kubernetes.config.config_exception import ConfigException
+
+        try:
+            if self.kubeconfig:
+                return config.new_client_from_config(config_file=self.kubeconfig)  # type: ignore[no-untyped-call]
+            configuration = client.Configuration()
+            try:
+                config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+            except ConfigException:
+                return config.new_client_from_config()  # type: ignore[no-untyped-call]
+            return client.ApiClient(configuration)
+        except Exception as error:  # config loading raises ConfigException, YAML, OS and key errors
+            raise AdminReadError(f"no Kubernetes configuration: {_one_line(error)}") from None
 
     def describe(self) -> str:
         return f"{self.target.namespace}/{self.target.name} ({self.target.container})"
+
+
+def _exec_failure(status_text: str, stderr: str) -> str | None:
+    """The reason an exec failed, from its status channel (a metav1.Status as JSON), or None on success."""
+    if not status_text.strip():
+        return None
+    try:
+        status = json.loads(status_text)
+    except json.JSONDecodeError:
+        return _one_line(ValueError(status_text))
+    if not isinstance(status, dict) or status.get("status") == "Success":
+        return None
+    reason = str(status.get("message") or status.get("reason") or "failed")
+    detail = stderr.strip().splitlines()
+    return f"{reason} ({detail[-1]})" if detail else reason
 
 
 def _one_line(error: BaseException) -> str:
