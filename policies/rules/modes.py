@@ -9,10 +9,13 @@ from typing import Any
 from policies.findings import Level
 from policies.patch import PatchOp
 from policies.pieces import PER_ROUTE_TYPE, ModeSite, RoutePiece
-from policies.profile import BODY_FIELDS, ENVOY_MODE_DEFAULTS, MODE_FIELDS
+from policies.profile import BODY_FIELDS, BODY_MODES, ENVOY_MODE_DEFAULTS, MODE_FIELDS
 from policies.rules.base import Rule, Violation, set_field, spell_tree
 from policies.spelling import find_key, get_field
 from policies.subject import Subject
+
+KNOWN_MODES = frozenset(BODY_MODES) | {"SEND", "SKIP"}
+"""Mode values the rules reason about; anything else is EPX008's."""
 
 
 def mode_value(site: ModeSite, field: str) -> Any:
@@ -58,7 +61,7 @@ def _disallowed_bodies(subject: Subject, site: ModeSite) -> Iterator[tuple[str, 
     allowed = subject.policy.body_modes
     for field in BODY_FIELDS:
         value = mode_value(site, field)
-        if isinstance(value, str) and value not in allowed:
+        if value in BODY_MODES and value not in allowed:
             yield field, value
 
 
@@ -230,7 +233,7 @@ def _profile_mismatches(subject: Subject, site: ModeSite) -> dict[str, Any]:
     wrong: dict[str, Any] = {}
     for field, wanted in subject.profile.pinned.items():
         value = effective_mode(site, field)
-        if value == wanted:
+        if value == wanted or value not in KNOWN_MODES:
             continue
         if skip_disallowed and field in BODY_FIELDS and isinstance(value, str) and value not in allowed:
             continue
