@@ -388,6 +388,11 @@ def test_every_workload_pod_is_hardened(builds: dict[str, list[Manifest]]) -> No
                 assert set(resources["requests"]) == {"cpu", "memory"}, where
                 assert set(resources["limits"]) == {"cpu", "memory"}, where
                 assert container["image"] == "extproc-guard:0.1.0", where
+                # A read-only root still needs somewhere for temporary files.
+                tmp = {m["mountPath"]: m["name"] for m in container.get("volumeMounts") or []}.get("/tmp")
+                volumes = {v["name"]: v for v in spec.get("volumes") or []}
+                assert tmp is not None, where
+                assert "emptyDir" in volumes[tmp], where
                 checked += 1
     assert checked >= 4
 
