@@ -1,0 +1,203 @@
+"""`extproc-guard serve` as a process: static `--service` answers, ready at once, one log line per review."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.webhook.webhookrig import Pki, client_context, load_document, review_of
+
+START_SECONDS = 30.0
+SERVICE = "llm-d-inference-scheduler/gaie-inference-scheduling-epp=10.96.45.12:9002"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def serve_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "webhook.cli", "serve", *args]
+
+
+def request(url: str, context: ssl.SSLContext, body: bytes | None = None) -> tuple[int, bytes]:
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    try:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, data=body, headers=headers), context=context, timeout=10
+        ) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+@pytest.fixture(scope="module")
+def pki() -> Pki:
+    return Pki()
+
+
+@pytest.fixture(scope="module")
+def serving(
+    pki: Pki, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    tls = pki.write_serving(tmp_path_factory.mktemp("tls"))
+    port = free_port()
+    log = tmp_path_factory.mktemp("log") / "serve.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            serve_command(
+                "--tls-cert",
+                str(tls.cert_file),
+                "--tls-key",
+                str(tls.key_file),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--service",
+                SERVICE,
+            ),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        context = client_context(pki)
+        deadline = time.monotonic() + START_SECONDS
+        while True:
+            try:
+                if request(f"https://127.0.0.1:{port}/readyz", context)[0] == 200:
+                    break
+            except (OSError, ssl.SSLError):
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"serve did not become ready: {log.read_text()[-2000:]}")
+            time.sleep(0.1)
+        yield Served(port, process, log)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+def test_serve_with_static_services_is_ready_at_once_and_mutates(pki: Pki, serving: Served) -> None:
+    port = serving.port
+    review = review_of(load_document("seed-bad.yaml"), uid="cli-uid-1")
+    status, body = request(
+        f"https://127.0.0.1:{port}/mutate", client_context(pki), json.dumps(review).encode()
+    )
+    assert status == 200
+    response = json.loads(body)["response"]
+    assert response["uid"] == "cli-uid-1"
+    assert response["patchType"] == "JSONPatch"
+
+
+def test_serve_logs_one_line_per_review(pki: Pki, serving: Served) -> None:
+    port = serving.port
+    review = review_of(load_document("unfixable.yaml"), uid="cli-uid-2")
+    request(f"https://127.0.0.1:{port}/validate", client_context(pki), json.dumps(review).encode())
+    log = serving.log
+    deadline = time.monotonic() + 10
+    lines: list[str] = []
+    while not lines and time.monotonic() < deadline:
+        lines = [line for line in log.read_text().splitlines() if "uid=cli-uid-2" in line]
+        time.sleep(0.05)
+    (line,) = lines
+    assert "webhook=validate" in line
+    assert "object=llm-d-inference-scheduler/epp-ext-proc-unfixable" in line
+    assert "operation=CREATE" in line
+    assert "result=denied" in line
+    assert "EPX007" in line
+
+
+def test_serve_stops_cleanly_on_sigterm(pki: Pki, tmp_path: Path) -> None:
+    tls = pki.write_serving(tmp_path)
+    port = free_port()
+    process = subprocess.Popen(
+        serve_command(
+            "--tls-cert",
+            str(tls.cert_file),
+            "--tls-key",
+            str(tls.key_file),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--service",
+            SERVICE,
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + START_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                if request(f"https://127.0.0.1:{port}/healthz", client_context(pki))[0] == 200:
+                    break
+            except (OSError, ssl.SSLError):
+                time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(
+            ("--tls-cert", "missing.crt", "--tls-key", "missing.key"),
+            "cannot read the certificate",
+            id="missing-cert",
+        ),
+        pytest.param(
+            ("--tls-cert", "{cert}", "--tls-key", "{cert}"),
+            "not a usable certificate and key",
+            id="cert-as-key",
+        ),
+        pytest.param(
+            ("--tls-cert", "{cert}", "--tls-key", "{key}", "--service", "nope"), "--service", id="bad-service"
+        ),
+        pytest.param(
+            ("--tls-cert", "{cert}", "--tls-key", "{key}", "--port", "99999"), "port", id="bad-port"
+        ),
+        pytest.param(
+            ("--tls-cert", "{cert}", "--tls-key", "{key}", "--kubeconfig", "missing"),
+            "kubeconfig",
+            id="bad-kubeconfig",
+        ),
+    ],
+)
+def test_unusable_flags_exit_2_with_one_line(
+    pki: Pki, tmp_path: Path, args: tuple[str, ...], message: str
+) -> None:
+    tls = pki.write_serving(tmp_path)
+    argv = [a.format(cert=tls.cert_file, key=tls.key_file) for a in args]
+    result = subprocess.run(
+        serve_command(*argv, "--port", str(free_port())) if "--port" not in argv else serve_command(*argv),
+        capture_output=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    stderr = result.stderr.decode()
+    assert message in stderr
+    assert stderr.count("\n") == 1, stderr
