@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -190,7 +191,8 @@ EXPECTED_RBAC: dict[tuple[str, str], set[Rule]] = {
         ("wgpolicyk8s.io", "policyreports", (), ("create", "get", "list", "patch", "update")),
     },
     ("Role", "extproc-guard-reconciler-leader-election"): {
-        ("coordination.k8s.io", "leases", (), ("create", "get", "update")),
+        ("coordination.k8s.io", "leases", ("extproc-guard-reconciler",), ("get", "update")),
+        ("coordination.k8s.io", "leases", (), ("create",)),
     },
     ("Role", "extproc-guard-certs"): {
         ("", "secrets", ("extproc-guard-tls", "extproc-guard-tls-ca"), ("get", "update")),
@@ -431,6 +433,22 @@ def test_webhook_serves_the_mounted_secret_and_policy(base: list[Manifest]) -> N
     assert policy_volume["configMap"]["name"] == "extproc-guard-policy"
 
 
+def test_reconciler_elects_a_leader_with_the_lease_its_role_allows(base: list[Manifest]) -> None:
+    deployment = find(base, "Deployment", "extproc-guard-reconciler")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    args = parse_command_args(expand_env(container, deployment))
+    assert deployment["spec"]["replicas"] == 2
+    assert args.lease_name is not None
+    assert args.lease_namespace == NAMESPACE
+    assert args.identity == "extproc-guard-reconciler-0"
+    role = find(base, "Role", "extproc-guard-reconciler-leader-election")
+    assert {n for rule in role["rules"] for n in rule.get("resourceNames", [])} == {args.lease_name}
+    probe_port = container["livenessProbe"]["httpGet"]["port"]
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports[probe_port] == args.metrics_port
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
 def test_reconciler_uses_the_same_image_and_policy(base: list[Manifest]) -> None:
     deployment = find(base, "Deployment", "extproc-guard-reconciler")
     pod = deployment["spec"]["template"]["spec"]
@@ -443,6 +461,23 @@ def test_reconciler_uses_the_same_image_and_policy(base: list[Manifest]) -> None
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes[mounts[str(policy.parent)]]["configMap"]["name"] == "extproc-guard-policy"
     assert policy.name in find(base, "ConfigMap", "extproc-guard-policy")["data"]
+
+
+def expand_env(container: dict[str, Any], workload: Manifest) -> list[str]:
+    """Expand `$(VAR)` in args as the kubelet does, for a Pod WORKLOAD-0 in the workload's namespace."""
+    pod_fields = {
+        "metadata.name": f"{workload['metadata']['name']}-0",
+        "metadata.namespace": workload["metadata"]["namespace"],
+    }
+    values: dict[str, str] = {}
+    for env in container.get("env") or []:
+        if "value" in env:
+            values[env["name"]] = env["value"]
+        else:
+            values[env["name"]] = pod_fields[env["valueFrom"]["fieldRef"]["fieldPath"]]
+    expanded = [re.sub(r"\$\((\w+)\)", lambda m: values[m[1]], arg) for arg in container["args"]]
+    assert all("$(" not in arg for arg in expanded)
+    return expanded
 
 
 def parse_command_args(argv: list[str]) -> argparse.Namespace:
@@ -463,7 +498,7 @@ def container_args(builds: dict[str, list[Manifest]]) -> Iterator[tuple[str, lis
     for build, objects in builds.items():
         for obj in workloads(objects):
             for container in iter_containers(obj):
-                yield f"{build}:{obj['kind']}/{obj['metadata']['name']}", container["args"]
+                yield f"{build}:{obj['kind']}/{obj['metadata']['name']}", expand_env(container, obj)
 
 
 @pytest.mark.parametrize("command", ["serve", "reconcile", "certs", "epp"])
