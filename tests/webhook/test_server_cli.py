@@ -49,10 +49,15 @@ def pki() -> Pki:
     return Pki()
 
 
+@dataclass(frozen=True)
+class Served:
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
 @pytest.fixture(scope="module")
-def serving(
-    pki: Pki, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+def serving(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     tls = pki.write_serving(tmp_path_factory.mktemp("tls"))
     port = free_port()
     log = tmp_path_factory.mktemp("log") / "serve.log"
