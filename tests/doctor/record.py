@@ -22,6 +22,8 @@ async def record(names: set[str]) -> None:
         async with booted_case(case) as rig:
             (DATA / f"{case.name}.stats.txt").write_text(rig.read_admin("stats"))
             (DATA / f"{case.name}.clusters.txt").write_text(rig.read_admin("clusters"))
+            if case.name == "healthy":
+                (DATA / "healthy.stats.json").write_text(rig.read_admin("stats?format=json"))
             meta = {
                 "case": case.name,
                 "client_statuses": rig.statuses,

@@ -339,3 +339,12 @@ def test_tls_errors_rank_the_tls_mismatch_above_the_failed_connects_they_cause()
     diagnosis = diagnose(load_stats("tls-cluster-plaintext-epp"), settings=DoctorSettings())
     assert [cause.rule for cause in diagnosis.causes] == ["EPX010", "EPX006"]
     assert diagnosis.causes[0].evidence["cluster.epp-cluster.ssl.connection_error"] == 5
+
+
+def test_json_stats_from_the_same_envoy_give_the_same_counters_and_verdict() -> None:
+    text = load_stats("healthy")
+    as_json = parse_stats((DATA / "healthy.stats.json").read_text())
+    assert set(as_json.values) == set(text.values)
+    gateway = [name for name in text.values if name.startswith(("http.outbound_0.0.0.0_80.", "cluster."))]
+    assert {name: as_json.get(name) for name in gateway} == {name: text.get(name) for name in gateway}
+    assert diagnose(as_json, settings=DoctorSettings()).verdict is Verdict.HEALTHY
