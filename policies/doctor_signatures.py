@@ -229,9 +229,11 @@ def match_ext_proc_never_runs(window: Window, counts: Counts, found: Sequence[Ca
         evidence,
         "make sure the gateway has an ext_proc filter to replace (InferencePool attached and"
         " ENABLE_GATEWAY_API_INFERENCE_EXTENSION on), or insert the filter instead of replacing it",
-        0.85 if no_filter else 0.3,
+        0.85,
     )
-    return [missing, override] if no_filter else [override, missing]
+    # Counters at zero prove the filter is installed; no counters at all may also mean stats read with
+    # `usedonly`, so the override stays a second candidate then.
+    return [missing, override] if no_filter else [override]
 
 
 def match_epp_without_endpoint(window: Window, counts: Counts, found: Sequence[Cause]) -> list[Cause]:

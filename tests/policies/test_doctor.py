@@ -348,3 +348,13 @@ def test_json_stats_from_the_same_envoy_give_the_same_counters_and_verdict() -> 
     gateway = [name for name in text.values if name.startswith(("http.outbound_0.0.0.0_80.", "cluster."))]
     assert {name: as_json.get(name) for name in gateway} == {name: text.get(name) for name in gateway}
     assert diagnose(as_json, settings=DoctorSettings()).verdict is Verdict.HEALTHY
+
+
+@pytest.mark.parametrize(
+    ("case", "rules"),
+    [("no-route-override", ["EPX004"]), ("no-ext-proc-filter", ["EPX012", "EPX004"])],
+    ids=["filter-installed-without-override", "filter-missing"],
+)
+def test_zero_ext_proc_counters_rule_out_a_missing_filter(case: str, rules: list[str]) -> None:
+    diagnosis = diagnose(load_stats(case), settings=DoctorSettings())
+    assert [cause.rule for cause in diagnosis.causes] == rules
