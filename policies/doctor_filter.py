@@ -4,18 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
+
+from policies.profile import ProfileName
 
 EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
 _EXT_PROC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
-
-
-class Profile(StrEnum):
-    """The EPP the path was built for (see the policy's profiles)."""
-
-    HEADERS_EPP = "headers-epp"
-    GIE_EPP = "gie-epp"
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +21,7 @@ class FilterFacts:
     request_body_mode: str | None
     failure_mode_allow: bool
     cluster_tls: bool
-    profile: Profile
+    profile: ProfileName
 
 
 def _field(mapping: Mapping[str, Any], snake: str) -> Any:
@@ -74,7 +68,9 @@ def read_filter_facts(document: Mapping[str, Any]) -> FilterFacts | None:
         if cluster_name is not None and value.get("name") == cluster_name:
             cluster_tls = bool(_field(value, "transport_socket"))
     body = str(body_mode) if body_mode is not None else None
-    profile = Profile.GIE_EPP if cluster_tls or body == "FULL_DUPLEX_STREAMED" else Profile.HEADERS_EPP
+    profile = (
+        ProfileName.GIE_EPP if cluster_tls or body == "FULL_DUPLEX_STREAMED" else ProfileName.HEADERS_EPP
+    )
     return FilterFacts(
         name=str(_mapping(document.get("metadata")).get("name", "")),
         cluster_name=str(cluster_name) if isinstance(cluster_name, str) and cluster_name else None,

@@ -8,7 +8,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
-from policies.doctor_filter import Profile
+from policies.profile import ProfileName
 
 DEFAULT_EPP_CLUSTER = "epp-cluster"
 
@@ -31,7 +31,7 @@ class DoctorSettings:
     """
 
     epp_cluster: str = DEFAULT_EPP_CLUSTER
-    profile: Profile = Profile.HEADERS_EPP
+    profile: ProfileName = ProfileName.HEADERS_EPP
     stat_prefix: str | None = None
 
 

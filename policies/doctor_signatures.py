@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from policies.doctor_filter import Profile
 from policies.doctor_model import Cause
 from policies.doctor_window import Counts, Window
+from policies.profile import ProfileName
 
 Matcher = Callable[[Window, Counts, Sequence[Cause]], list[Cause]]
 
@@ -146,7 +146,7 @@ def match_plaintext_cluster_tls_epp(window: Window, counts: Counts, found: Seque
         .ext_proc("streams_started", "streams_failed")
         .build()
     )
-    strong = window.settings.profile is Profile.GIE_EPP or counts.rq_503 >= counts.failed
+    strong = window.settings.profile is ProfileName.GIE_EPP or counts.rq_503 >= counts.failed
     return [Cause("EPX010", cause, evidence, ADD_TLS_FIX, 0.85 if strong else 0.7)]
 
 
@@ -163,7 +163,7 @@ def match_body_wait(window: Window, counts: Counts, found: Sequence[Cause]) -> l
         .requests()
         .build()
     )
-    fix = GIE_BODY_FIX if window.settings.profile is Profile.GIE_EPP else HEADERS_BODY_FIX
+    fix = GIE_BODY_FIX if window.settings.profile is ProfileName.GIE_EPP else HEADERS_BODY_FIX
     return [Cause("EPX013", cause, evidence, fix, 0.9 if counts.timeouts * 2 >= counts.started else 0.6)]
 
 
@@ -182,7 +182,7 @@ def match_failure_mode_allow(window: Window, counts: Counts, found: Sequence[Cau
 
 def match_partial_override(window: Window, counts: Counts, found: Sequence[Cause]) -> list[Cause]:
     """Two messages per stream on a headers-only path: response headers go to the EPP too."""
-    if window.settings.profile is not Profile.HEADERS_EPP or not counts.clean_streams:
+    if window.settings.profile is not ProfileName.HEADERS_EPP or not counts.clean_streams:
         return []
     if counts.sent < 2 * counts.started:
         return []

@@ -225,3 +225,29 @@ async def test_admin_serving_garbage_exits_2() -> None:
     async for url in _serve(admin):
         run = await asyncio.to_thread(run_doctor, ["--admin", url])
     assert_one_line_error(run)
+
+
+def test_policy_file_gives_the_epp_cluster_and_the_profile(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"profile: gie-epp\nepp_cluster: '{ISTIO_CLUSTER}'\n")
+    broken = run_doctor(["--stats", stats("istio-names-no-http2"), "--policy", str(policy), "-o", "json"])
+    assert json.loads(broken.stdout)["causes"][0]["rule"] == "EPX005"
+    waiting = run_doctor(["--stats", stats("body-none-epp-waits"), "--policy", str(policy), "-o", "json"])
+    assert json.loads(waiting.stdout)["causes"][0]["fix"].startswith(
+        "set request_body_mode: FULL_DUPLEX_STREAMED"
+    )
+
+
+def test_profile_flag_wins_over_the_policy(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("profile: gie-epp\n")
+    run = run_doctor(
+        ["--stats", stats("body-none-epp-waits"), "--policy", str(policy), "--profile", "headers-epp"]
+    )
+    assert "profile headers-epp" in run.stdout
+
+
+def test_unusable_policy_file_exits_2_with_one_line(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("profile: no-such-profile\n")
+    assert_one_line_error(run_doctor(["--stats", stats("healthy"), "--policy", str(policy)]))

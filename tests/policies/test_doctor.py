@@ -16,7 +16,7 @@ from types import MappingProxyType
 import pytest
 
 from policies.doctor import DoctorSettings, Verdict, diagnose
-from policies.doctor_filter import Profile, read_filter_facts
+from policies.doctor_filter import read_filter_facts
 from policies.doctor_stats import (
     EnvoyStats,
     StatsFormatError,
@@ -24,6 +24,7 @@ from policies.doctor_stats import (
     parse_stats,
     subtract_stats,
 )
+from policies.profile import ProfileName
 
 DATA = Path(__file__).parent.parent / "doctor" / "data"
 ISTIO_CLUSTER = "outbound|9002||gaie-epp.llm-d.svc.cluster.local"
@@ -179,16 +180,16 @@ def test_a_counter_that_went_down_counts_from_zero_after_a_restart() -> None:
 
 @pytest.mark.parametrize(
     ("profile", "expected"),
-    [(Profile.GIE_EPP, "FULL_DUPLEX_STREAMED"), (Profile.HEADERS_EPP, "decides on request headers")],
+    [(ProfileName.GIE_EPP, "FULL_DUPLEX_STREAMED"), (ProfileName.HEADERS_EPP, "decides on request headers")],
     ids=["gie-epp", "headers-epp"],
 )
-def test_body_wait_fix_follows_the_profile(profile: Profile, expected: str) -> None:
+def test_body_wait_fix_follows_the_profile(profile: ProfileName, expected: str) -> None:
     diagnosis = diagnose(load_stats("body-none-epp-waits"), settings=DoctorSettings(profile=profile))
     assert expected in diagnosis.causes[0].fix
 
 
 def test_partial_override_is_not_blamed_under_the_gie_profile_that_sends_more_messages() -> None:
-    diagnosis = diagnose(load_stats("partial-override"), settings=DoctorSettings(profile=Profile.GIE_EPP))
+    diagnosis = diagnose(load_stats("partial-override"), settings=DoctorSettings(profile=ProfileName.GIE_EPP))
     assert diagnosis.verdict is Verdict.HEALTHY
 
 
@@ -274,7 +275,7 @@ def test_filter_gives_the_epp_cluster_name_and_the_headers_profile() -> None:
     assert facts is not None
     assert (facts.cluster_name, facts.profile, facts.request_body_mode) == (
         "epp-cluster",
-        Profile.HEADERS_EPP,
+        ProfileName.HEADERS_EPP,
         "NONE",
     )
 
@@ -303,7 +304,7 @@ def test_filter_in_camel_case_with_tls_cluster_is_the_gie_profile() -> None:
     }
     facts = read_filter_facts(document)
     assert facts is not None
-    assert (facts.cluster_name, facts.profile) == (ISTIO_CLUSTER, Profile.GIE_EPP)
+    assert (facts.cluster_name, facts.profile) == (ISTIO_CLUSTER, ProfileName.GIE_EPP)
 
 
 @pytest.mark.parametrize(

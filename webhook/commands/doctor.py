@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from policies.doctor import DEFAULT_EPP_CLUSTER, Diagnosis, DoctorSettings, Verdict, diagnose
-from policies.doctor_filter import FilterFacts, Profile, read_filter_facts
+from policies.doctor_filter import FilterFacts, read_filter_facts
 from policies.doctor_stats import (
     ClustersView,
     EnvoyStats,
@@ -23,6 +23,8 @@ from policies.doctor_stats import (
     parse_stats,
     subtract_stats,
 )
+from policies.profile import ProfileName
+from webhook.clisettings import SettingsError, add_policy_argument, load_policy_file
 from webhook.envoyadmin import AdminReadError, AdminSource, PodExec, parse_admin_url, parse_pod
 
 logger = logging.getLogger(__name__)
@@ -84,9 +86,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--epp-cluster",
         metavar="NAME",
-        help=f"the EPP cluster's name (default: from --filter, else {DEFAULT_EPP_CLUSTER})",
+        help=f"the EPP cluster's name (default: from --filter, else the policy's, {DEFAULT_EPP_CLUSTER})",
     )
-    parser.add_argument("--profile", choices=[p.value for p in Profile], help="EPP profile (headers-epp)")
+    parser.add_argument(
+        "--profile",
+        choices=[p.value for p in ProfileName],
+        help="EPP profile (default: the policy's, or what --filter shows)",
+    )
+    add_policy_argument(parser)
     parser.add_argument(
         "--stat-prefix", metavar="PREFIX", help="the gateway connection manager's stat_prefix"
     )
@@ -114,10 +121,19 @@ def run_doctor(args: argparse.Namespace) -> int:
 
 
 def _build_settings(args: argparse.Namespace) -> DoctorSettings:
+    """Flags first, then the EnvoyFilter (`--filter`), then the policy (`--policy` or the built-in one)."""
+    try:
+        policy = load_policy_file(args.policy)
+    except SettingsError as error:
+        raise _InputError(str(error)) from None
     facts = _read_filter(args.filter) if args.filter else None
-    cluster = args.epp_cluster or (facts.cluster_name if facts else None) or DEFAULT_EPP_CLUSTER
-    default_profile = facts.profile if facts else Profile.HEADERS_EPP
-    profile = Profile(args.profile) if args.profile else default_profile
+    cluster = args.epp_cluster or (facts.cluster_name if facts else None) or policy.epp_cluster
+    if args.profile:
+        profile = ProfileName(args.profile)
+    elif facts is not None and args.policy is None:
+        profile = facts.profile
+    else:
+        profile = policy.profile
     return DoctorSettings(epp_cluster=cluster, profile=profile, stat_prefix=args.stat_prefix)
 
 
