@@ -1,0 +1,250 @@
+"""The reconciler's reads and writes on the Kubernetes API, as plain JSON objects.
+
+Every call here blocks (the `kubernetes` client is synchronous): the reconciler runs them with
+`asyncio.to_thread`. EnvoyFilters, Leases, Events and PolicyReports all go through `CustomObjectsApi`,
+which addresses any `/apis/GROUP/VERSION` resource and keeps objects as plain dicts, the shape the policy
+engine reads. Errors become three small exceptions: `ConflictError` (a precondition failed: 409, or 422
+from a JSON Patch `test` op), `NotFoundError` (404) and `KubeAPIError` (anything else).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+
+from policies.patch import PatchOp
+
+logger = logging.getLogger(__name__)
+
+LIST_PAGE_SIZE = 250
+JSON_PATCH = "application/json-patch+json"
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    group: str
+    version: str
+    plural: str
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}"
+
+
+ENVOY_FILTERS = Resource("networking.istio.io", "v1alpha3", "envoyfilters")
+LEASES = Resource("coordination.k8s.io", "v1", "leases")
+EVENTS = Resource("events.k8s.io", "v1", "events")
+POLICY_REPORTS = Resource("wgpolicyk8s.io", "v1alpha2", "policyreports")
+
+
+class KubeAPIError(Exception):
+    """A request the API refused or could not answer; `status` is the HTTP status (0 = no answer)."""
+
+    def __init__(self, what: str, status: int, reason: str) -> None:
+        super().__init__(f"{what}: {reason}" if not status else f"{what}: {status} {reason}")
+        self.status = status
+        self.reason = reason
+
+
+class ConflictError(KubeAPIError):
+    """A write whose precondition (resourceVersion) no longer holds: someone else wrote first."""
+
+
+class NotFoundError(KubeAPIError):
+    """The object does not exist (404)."""
+
+
+class KubeConfigError(Exception):
+    """The kubeconfig or in-cluster configuration cannot be used; one plain line."""
+
+
+def build_api_client(*, kubeconfig: Path | None, context: str | None, user_agent: str) -> Any:
+    """An `ApiClient` of its own (kubeconfig None = the pod's service account); the library's global
+    default configuration is left alone."""
+    try:
+        if kubeconfig is None:
+            configuration = client.Configuration()
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+            api_client = client.ApiClient(configuration)
+        else:
+            if not kubeconfig.is_file():
+                raise KubeConfigError(f"{kubeconfig}: kubeconfig file not found")
+            api_client = config.new_client_from_config(  # type: ignore[no-untyped-call]
+                config_file=str(kubeconfig), context=context, persist_config=False
+            )
+    except (ConfigException, OSError, ValueError, TypeError) as error:
+        where = str(kubeconfig) if kubeconfig is not None else "in-cluster config"
+        raise KubeConfigError(f"{where}: cannot use it: {' '.join(str(error).split())}") from None
+    api_client.user_agent = user_agent
+    return api_client
+
+
+def _message(error: ApiException) -> str:
+    """The Status message the apiserver put in the body, else the HTTP reason."""
+    body = getattr(error, "body", None)
+    if body:
+        try:
+            status = json.loads(body)
+        except (ValueError, TypeError):
+            status = None
+        if isinstance(status, Mapping) and isinstance(status.get("message"), str):
+            return " ".join(str(status["message"]).split())[:300]
+    return str(getattr(error, "reason", "") or "error")
+
+
+def _translate(what: str, error: Exception) -> KubeAPIError:
+    if isinstance(error, ApiException):
+        status = int(error.status or 0)
+        reason = _message(error)
+        if status == 404:
+            return NotFoundError(what, status, reason)
+        if status == 409 or (status == 422 and "test" in reason.lower()):
+            return ConflictError(what, status, reason)
+        return KubeAPIError(what, status, reason)
+    text = " ".join(str(error).split())[:200]
+    return KubeAPIError(what, 0, f"the API is unreachable ({type(error).__name__}: {text})")
+
+
+def _as_object(value: object, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise KubeAPIError(what, 0, f"the API answered a {type(value).__name__}, not an object")
+    return value
+
+
+def object_ref(obj: Mapping[str, Any]) -> tuple[str, str]:
+    metadata = obj.get("metadata") or {}
+    return str(metadata.get("namespace") or ""), str(metadata.get("name") or "")
+
+
+def resource_version(obj: Mapping[str, Any]) -> str:
+    metadata = obj.get("metadata") or {}
+    return str(metadata.get("resourceVersion") or "")
+
+
+class KubeObjects:
+    """Blocking reads and writes of the objects the reconciler touches, on one `ApiClient`."""
+
+    def __init__(self, api_client: Any, *, field_manager: str, timeout: float = 15.0) -> None:
+        self._custom = client.CustomObjectsApi(api_client)
+        self._field_manager = field_manager
+        self._timeout = timeout
+
+    # -- generic -----------------------------------------------------------------------------------
+    def list_objects(self, resource: Resource, namespace: str | None) -> list[dict[str, Any]]:
+        """Every object of `resource` in `namespace` (None = all namespaces), page by page."""
+        return list(self._iter_objects(resource, namespace))
+
+    def _iter_objects(self, resource: Resource, namespace: str | None) -> Iterator[dict[str, Any]]:
+        token: str | None = None
+        where = f"list {resource.plural}" + (f" in {namespace}" if namespace else "")
+        while True:
+            kwargs: dict[str, Any] = {"limit": LIST_PAGE_SIZE, "_request_timeout": self._timeout}
+            if token:
+                kwargs["var_continue"] = token
+            try:
+                if namespace is None:
+                    page = self._custom.list_cluster_custom_object(
+                        resource.group, resource.version, resource.plural, **kwargs
+                    )
+                else:
+                    page = self._custom.list_namespaced_custom_object(
+                        resource.group, resource.version, namespace, resource.plural, **kwargs
+                    )
+            except Exception as error:
+                raise _translate(where, error) from None
+            page = _as_object(page, where)
+            for item in page.get("items") or ():
+                if isinstance(item, dict):
+                    yield item
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return
+
+    def get_object(self, resource: Resource, namespace: str, name: str) -> dict[str, Any]:
+        what = f"get {resource.plural} {namespace}/{name}"
+        try:
+            found = self._custom.get_namespaced_custom_object(
+                resource.group,
+                resource.version,
+                namespace,
+                resource.plural,
+                name,
+                _request_timeout=self._timeout,
+            )
+        except Exception as error:
+            raise _translate(what, error) from None
+        return _as_object(found, what)
+
+    def create_object(self, resource: Resource, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        what = f"create {resource.plural} in {namespace}"
+        try:
+            created = self._custom.create_namespaced_custom_object(
+                resource.group,
+                resource.version,
+                namespace,
+                resource.plural,
+                dict(body),
+                field_manager=self._field_manager,
+                _request_timeout=self._timeout,
+            )
+        except Exception as error:
+            raise _translate(what, error) from None
+        return _as_object(created, what)
+
+    def replace_object(self, resource: Resource, body: Mapping[str, Any]) -> dict[str, Any]:
+        """PUT with the body's resourceVersion: the API refuses it (409) if the object moved on."""
+        namespace, name = object_ref(body)
+        what = f"replace {resource.plural} {namespace}/{name}"
+        try:
+            replaced = self._custom.replace_namespaced_custom_object(
+                resource.group,
+                resource.version,
+                namespace,
+                resource.plural,
+                name,
+                dict(body),
+                field_manager=self._field_manager,
+                _request_timeout=self._timeout,
+            )
+        except Exception as error:
+            raise _translate(what, error) from None
+        return _as_object(replaced, what)
+
+    def patch_object(
+        self,
+        resource: Resource,
+        namespace: str,
+        name: str,
+        *,
+        expected_version: str,
+        ops: Sequence[PatchOp],
+    ) -> dict[str, Any]:
+        """A JSON Patch that applies only to `expected_version`: a leading `test` op on
+        /metadata/resourceVersion fails (422) on any other version, so a concurrent write is never
+        overwritten."""
+        body = [{"op": "test", "path": "/metadata/resourceVersion", "value": expected_version}]
+        body.extend(op.to_json() for op in ops)
+        what = f"patch {resource.plural} {namespace}/{name}"
+        try:
+            patched = self._custom.patch_namespaced_custom_object(
+                resource.group,
+                resource.version,
+                namespace,
+                resource.plural,
+                name,
+                body,
+                field_manager=self._field_manager,
+                _content_type=JSON_PATCH,
+                _request_timeout=self._timeout,
+            )
+        except Exception as error:
+            raise _translate(what, error) from None
+        return _as_object(patched, what)

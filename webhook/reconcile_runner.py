@@ -1,0 +1,224 @@
+"""The long-running side of `extproc-guard reconcile`: Lease, audit interval, drift watch, metrics.
+
+`run_reconciler` owns every background part and stops them all, in order, when `stop` is set (SIGTERM):
+the loops are cancelled and awaited, the Lease is released so another replica takes over at once, the
+Service cache thread is stopped, the metrics server is closed. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from aiohttp import web
+from kubernetes import client
+
+from policies.policy import Policy
+from policies.resolver import ServiceAddress, ServiceRef, ServiceResolver, StaticResolver
+from webhook.clisettings import ChainResolver
+from webhook.leader import LeaseElector
+from webhook.reconcile_kube import KubeObjects, build_api_client
+from webhook.reconcile_metrics import ReconcileMetrics, make_metrics_app
+from webhook.reconcile_settings import ReconcileSettings
+from webhook.reconciler import Action, AuditResult, Reconciler
+from webhook.services import ServiceCache
+from webhook.settings import KubeSettings
+
+logger = logging.getLogger(__name__)
+
+STOP_TIMEOUT_SECONDS = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """The long-lived objects one reconciler process is made of."""
+
+    kube: KubeObjects
+    cache: ServiceCache
+    reconciler: Reconciler
+    elector: LeaseElector | None
+    metrics: ReconcileMetrics
+
+
+def build_parts(
+    settings: ReconcileSettings, *, policy: Policy, services: Mapping[ServiceRef, ServiceAddress]
+) -> Parts:
+    """Raises `KubeConfigError` for an unusable kubeconfig."""
+    api_client = build_api_client(
+        kubeconfig=settings.kubeconfig,
+        context=settings.context,
+        user_agent=f"extproc-guard-reconciler/{settings.identity}",
+    )
+    kube = KubeObjects(
+        api_client, field_manager=settings.field_manager, timeout=settings.request_timeout_seconds
+    )
+    cache = ServiceCache(client.CoreV1Api(api_client), KubeSettings(kubeconfig=settings.kubeconfig))
+    resolver: ServiceResolver = cache
+    if services:
+        resolver = ChainResolver((StaticResolver(services), cache))
+    elector = None
+    if settings.lease is not None and not settings.dry_run:
+        elector = LeaseElector(kube, settings.lease)
+    metrics = ReconcileMetrics()
+    may_write = elector.holds if elector is not None else _always
+    metrics.bind_leader(may_write)
+    reconciler = Reconciler(
+        kube, policy=policy, resolver=resolver, settings=settings, metrics=metrics, may_write=may_write
+    )
+    return Parts(kube, cache, reconciler, elector, metrics)
+
+
+def _always() -> bool:
+    return True
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+async def _wait_any(*events: asyncio.Event, seconds: float) -> None:
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+
+
+async def keep_lease(
+    elector: LeaseElector, *, retry_seconds: float, wake: asyncio.Event, stop: asyncio.Event
+) -> None:
+    held = False
+    while not stop.is_set():
+        now_held = await asyncio.to_thread(elector.step)
+        if now_held and not held:
+            wake.set()
+        held = now_held
+        await _sleep_or_stop(stop, retry_seconds)
+
+
+async def audit_periodically(
+    reconciler: Reconciler,
+    *,
+    may_write: Callable[[], bool],
+    interval: float,
+    wake: asyncio.Event,
+    stop: asyncio.Event,
+) -> None:
+    """Audit when leading: at once on gaining the Lease, then every `interval` seconds."""
+    while not stop.is_set():
+        if may_write():
+            wake.clear()
+            await reconciler.audit()
+        await _wait_any(wake, stop, seconds=interval)
+
+
+async def repair_on_drift(
+    reconciler: Reconciler, *, may_write: Callable[[], bool], poll: float, stop: asyncio.Event
+) -> None:
+    """Compare pinned Services' live addresses with what filters were pinned to; repair at once."""
+    while not stop.is_set():
+        if may_write() and reconciler.drifted():
+            await reconciler.repair_drift()
+        await _sleep_or_stop(stop, poll)
+
+
+async def _start_metrics(settings: ReconcileSettings, metrics: ReconcileMetrics) -> web.AppRunner | None:
+    if settings.metrics_port is None:
+        return None
+    runner = web.AppRunner(make_metrics_app(metrics), access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    await web.TCPSite(runner, settings.metrics_host, settings.metrics_port).start()
+    logger.info("metrics on %s:%d/metrics", settings.metrics_host, settings.metrics_port)
+    return runner
+
+
+async def run_reconciler(parts: Parts, settings: ReconcileSettings, *, stop: asyncio.Event) -> None:
+    """Run until `stop` is set; then stop every part (bounded) and release the Lease."""
+    parts.cache.start()
+    metrics_runner: web.AppRunner | None = None
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        metrics_runner = await _start_metrics(settings, parts.metrics)
+        synced = await asyncio.to_thread(parts.cache.wait_synced, settings.cache_sync_timeout_seconds)
+        if not synced:
+            logger.warning(
+                "service cache not synced after %.0fs; auditing anyway", settings.cache_sync_timeout_seconds
+            )
+        wake = asyncio.Event()
+        may_write = parts.elector.holds if parts.elector is not None else _always
+        loops: list[Awaitable[None]] = [
+            audit_periodically(
+                parts.reconciler,
+                may_write=may_write,
+                interval=settings.interval_seconds,
+                wake=wake,
+                stop=stop,
+            ),
+            repair_on_drift(
+                parts.reconciler, may_write=may_write, poll=settings.drift_poll_seconds, stop=stop
+            ),
+        ]
+        if parts.elector is not None and settings.lease is not None:
+            loops.append(
+                keep_lease(parts.elector, retry_seconds=settings.lease.retry_seconds, wake=wake, stop=stop)
+            )
+        else:
+            wake.set()
+        tasks = [asyncio.ensure_future(loop) for loop in loops]
+        stopper = asyncio.ensure_future(stop.wait())
+        done, _pending = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        for task in done:
+            if task is not stopper and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        await _shutdown(parts, tasks, metrics_runner)
+
+
+async def _shutdown(
+    parts: Parts, tasks: list[asyncio.Task[None]], metrics_runner: web.AppRunner | None
+) -> None:
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=STOP_TIMEOUT_SECONDS)
+    if parts.elector is not None:
+        try:
+            await asyncio.wait_for(asyncio.to_thread(parts.elector.release), timeout=STOP_TIMEOUT_SECONDS)
+        except TimeoutError:
+            logger.warning("lease release did not finish within %.0fs", STOP_TIMEOUT_SECONDS)
+    await asyncio.to_thread(parts.cache.stop, STOP_TIMEOUT_SECONDS)
+    if metrics_runner is not None:
+        await metrics_runner.cleanup()
+
+
+async def audit_once(parts: Parts, settings: ReconcileSettings) -> AuditResult | None:
+    """One audit (for `--once`): None when another replica holds the Lease (nothing was written)."""
+    parts.cache.start()
+    try:
+        synced = await asyncio.to_thread(parts.cache.wait_synced, settings.cache_sync_timeout_seconds)
+        if not synced:
+            logger.warning(
+                "service cache not synced after %.0fs; auditing anyway", settings.cache_sync_timeout_seconds
+            )
+        if parts.elector is not None and not await asyncio.to_thread(parts.elector.step):
+            return None
+        return await parts.reconciler.audit()
+    finally:
+        if parts.elector is not None:
+            await asyncio.to_thread(parts.elector.release)
+        await asyncio.to_thread(parts.cache.stop, STOP_TIMEOUT_SECONDS)
+
+
+def audit_exit_code(result: AuditResult) -> int:
+    """0: every filter clean or fixed; 1: findings left unfixed, changes only proposed, or API errors."""
+    pending = (Action.WOULD_FIX, Action.BACKING_OFF, Action.GAVE_UP, Action.ERROR, Action.NOT_LEADER)
+    if result.errors or any(o.action in pending or o.unfixed for o in result.outcomes):
+        return 1
+    return 0
