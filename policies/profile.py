@@ -43,7 +43,7 @@ class ProfileName(StrEnum):
 class Profile:
     """The processing modes and transport one EPP kind needs.
 
-    `global_mode` is the filter's own processing_mode (a pass-through: request headers SKIP),
+    `global_mode` is the filter's own processing_mode (a pass-through: nothing goes to the EPP),
     `route_mode` the per-route override that makes ext_proc run, `pinned` the fields EPX013 holds to
     the profile's values wherever a processing_mode appears, `tls` whether the EPP serves TLS.
     """
@@ -71,7 +71,7 @@ HEADERS_EPP: Final = Profile(
 
 GIE_EPP: Final = Profile(
     name=ProfileName.GIE_EPP,
-    global_mode=_modes("SKIP", "FULL_DUPLEX_STREAMED", "SKIP", "FULL_DUPLEX_STREAMED", "SEND", "SEND"),
+    global_mode=_modes("SKIP", "NONE", "SKIP", "NONE", "SKIP", "SKIP"),
     route_mode=_modes("SEND", "FULL_DUPLEX_STREAMED", "SEND", "FULL_DUPLEX_STREAMED", "SEND", "SEND"),
     pinned=MappingProxyType(
         {
