@@ -1,0 +1,110 @@
+"""Session fixtures for the end-to-end tests: a real etcd + kube-apiserver, the real kubectl, the
+EnvoyFilter CRD, and the seed's EPP Service with the ClusterIP the apiserver allocated.
+
+Without the control plane binaries (build them with `tests/e2e/controlplane/build.sh`) the tests skip
+with one line; with EXTPROC_GUARD_REQUIRE_E2E=1 (as CI sets it) they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+import yaml
+
+from tests.e2e.cluster import (
+    BUILD_SCRIPT,
+    REQUIRE_ENV,
+    ControlPlane,
+    ControlPlaneError,
+    ControlPlaneInfo,
+    Kubectl,
+    find_bin_dir,
+    install_envoyfilter_crd,
+    missing_binaries,
+)
+
+EPP_NAMESPACE = "llm-d-inference-scheduler"
+EPP_SERVICE = "gaie-inference-scheduling-epp"
+EPP_PORT = 9002
+
+
+@dataclass(frozen=True)
+class EppService:
+    """The seed's EPP Service as created in the control plane, with its allocated ClusterIP."""
+
+    namespace: str
+    name: str
+    cluster_ip: str
+    port: int
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip the e2e tests, or fail them when the environment requires them to run."""
+    if os.environ.get(REQUIRE_ENV) == "1":
+        pytest.fail(f"{reason} ({REQUIRE_ENV}=1 requires the e2e tests to run)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def control_plane() -> Iterator[ControlPlaneInfo]:
+    """etcd + kube-apiserver on loopback with the EnvoyFilter CRD Established; torn down at session end."""
+    bin_dir = find_bin_dir()
+    missing = missing_binaries(bin_dir)
+    if missing:
+        skip_or_fail(f"control plane binaries missing ({', '.join(missing)}): run {BUILD_SCRIPT.name}")
+    plane = ControlPlane(bin_dir)
+    try:
+        info = plane.start()
+        try:
+            install_envoyfilter_crd(info.kubectl)
+        except ControlPlaneError as error:
+            raise ControlPlaneError(f"{error}\n{plane.log_tails()}") from error
+        yield info
+    finally:
+        plane.stop()
+
+
+@pytest.fixture(scope="session")
+def kubectl(control_plane: ControlPlaneInfo) -> Kubectl:
+    """The real kubectl bound to the control plane's admin kubeconfig."""
+    return control_plane.kubectl
+
+
+def create_namespace(kubectl: Kubectl, name: str) -> str:
+    kubectl.run("create", "namespace", name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def epp_service(kubectl: Kubectl) -> EppService:
+    """The seed's EPP Service (gRPC port 9002) in its namespace, and the ClusterIP the apiserver gave it."""
+    create_namespace(kubectl, EPP_NAMESPACE)
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": EPP_SERVICE, "namespace": EPP_NAMESPACE},
+        "spec": {
+            "selector": {"app": EPP_SERVICE},
+            "ports": [{"name": "grpc-ext-proc", "port": EPP_PORT, "targetPort": EPP_PORT, "protocol": "TCP"}],
+        },
+    }
+    kubectl.apply(yaml.safe_dump(service))
+    cluster_ip = kubectl.run(
+        "get", "service", EPP_SERVICE, "-n", EPP_NAMESPACE, "-o", "jsonpath={.spec.clusterIP}"
+    ).stdout.strip()
+    return EppService(EPP_NAMESPACE, EPP_SERVICE, cluster_ip, EPP_PORT)
+
+
+@pytest.fixture
+def namespace(kubectl: Kubectl) -> str:
+    """A fresh namespace for one test. Not deleted: without a controller manager a namespace never
+    finishes terminating, and the whole control plane goes away at the end of the session."""
+    return create_namespace(kubectl, f"e2e-{uuid.uuid4().hex[:8]}")

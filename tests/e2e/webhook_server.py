@@ -1,0 +1,201 @@
+"""`extproc-guard serve` as a child process on loopback, and the webhook configurations that point the
+apiserver at it. Shared by the end-to-end tests and the end-to-end benchmark."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import shutil
+import ssl
+import subprocess
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.e2e import pki
+from tests.e2e.cluster import (
+    LOOPBACK,
+    START_TIMEOUT_S,
+    Kubectl,
+    ManagedProcess,
+    find_cli,
+    pick_free_port,
+    wait_until,
+)
+
+logger = logging.getLogger(__name__)
+
+CONFIGURATION_NAME = "extproc-guard-e2e"
+MUTATING_WEBHOOK = "envoyfilters.mutate.extproc-guard.io"
+VALIDATING_WEBHOOK = "envoyfilters.validate.extproc-guard.io"
+
+
+def serve_help() -> str | None:
+    """`extproc-guard serve --help`, or None when the command (or its serve sub-command) is missing."""
+    cli = find_cli()
+    if cli is None:
+        return None
+    try:
+        result = subprocess.run(
+            [str(cli), "serve", "--help"], capture_output=True, text=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout if result.returncode == 0 else None
+
+
+def webhook_configurations(port: int, ca_pem: bytes) -> list[dict[str, Any]]:
+    """Mutating + Validating configurations for EnvoyFilter CREATE/UPDATE, calling 127.0.0.1:port."""
+    ca_bundle = base64.b64encode(ca_pem).decode()
+
+    def webhook(name: str, path: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "admissionReviewVersions": ["v1"],
+            "clientConfig": {"url": f"https://{LOOPBACK}:{port}{path}", "caBundle": ca_bundle},
+            "rules": [
+                {
+                    "apiGroups": ["networking.istio.io"],
+                    "apiVersions": ["*"],
+                    "resources": ["envoyfilters"],
+                    "operations": ["CREATE", "UPDATE"],
+                    "scope": "Namespaced",
+                }
+            ],
+            "failurePolicy": "Fail",
+            "matchPolicy": "Equivalent",
+            "sideEffects": "None",
+            "timeoutSeconds": 5,
+        }
+
+    mutating = webhook(MUTATING_WEBHOOK, "/mutate")
+    mutating["reinvocationPolicy"] = "IfNeeded"
+    return [
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": CONFIGURATION_NAME},
+            "webhooks": [mutating],
+        },
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingWebhookConfiguration",
+            "metadata": {"name": CONFIGURATION_NAME},
+            "webhooks": [webhook(VALIDATING_WEBHOOK, "/validate")],
+        },
+    ]
+
+
+@dataclass
+class WebhookServer:
+    """`extproc-guard serve` on a loopback port with a generated CA and a serving cert for 127.0.0.1."""
+
+    cli: Path
+    kubeconfig: Path
+    work_dir: Path
+    port: int
+    ca_pem: bytes
+    cert_file: Path
+    key_file: Path
+    process: ManagedProcess
+
+    @classmethod
+    def create(cls, cli: Path, kubeconfig: Path, help_text: str) -> WebhookServer:
+        """Certificates in a private temp dir and the command line; nothing runs until start()."""
+        work_dir = Path(tempfile.mkdtemp(prefix="extproc-guard-webhook-"))
+        ca = pki.create_ca("extproc-guard-e2e-webhook-ca")
+        serving = pki.issue_cert(ca, "extproc-guard-webhook", ips=[LOOPBACK])
+        cert_file, key_file = work_dir / "tls.crt", work_dir / "tls.key"
+        cert_file.write_bytes(serving.cert_pem)
+        key_file.write_bytes(serving.key_pem)
+        key_file.chmod(0o600)
+        port = pick_free_port()
+        argv = [
+            str(cli),
+            "serve",
+            "--tls-cert",
+            str(cert_file),
+            "--tls-key",
+            str(key_file),
+            "--port",
+            str(port),
+            "--kubeconfig",
+            str(kubeconfig),
+        ]
+        # Listen on loopback only, where the command lets us say so.
+        for flag in ("--host", "--bind", "--address"):
+            if flag in help_text:
+                argv += [flag, LOOPBACK]
+                break
+        process = ManagedProcess("extproc-guard serve", argv, work_dir / "serve.log")
+        return cls(cli, kubeconfig, work_dir, port, ca.cert_pem, cert_file, key_file, process)
+
+    @property
+    def url(self) -> str:
+        return f"https://{LOOPBACK}:{self.port}"
+
+    def start(self) -> None:
+        """Start the server and wait (bounded) until its /readyz answers 200 over TLS."""
+        self.process.start()
+        context = ssl.create_default_context(cadata=self.ca_pem.decode())
+        wait_until(
+            lambda: _get_ok(f"{self.url}/readyz", context),
+            timeout=START_TIMEOUT_S,
+            what="extproc-guard serve /readyz",
+            alive=self.process.death,
+        )
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    def log_tail(self) -> str:
+        return self.process.log_tail()
+
+    def remove(self) -> None:
+        """Stop the server and delete its temp dir."""
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+def _get_ok(url: str, context: ssl.SSLContext) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2, context=context) as response:
+            return int(response.status) == 200
+    except (urllib.error.URLError, OSError, ssl.SSLError):
+        return False
+
+
+def register_webhooks(kubectl: Kubectl, server: WebhookServer, probe: dict[str, Any]) -> None:
+    """Install the configurations, then wait until the apiserver really calls the webhook: a server
+    dry run of `probe` (a filter the webhook changes) comes back changed."""
+    kubectl.apply(yaml.safe_dump_all(webhook_configurations(server.port, server.ca_pem)))
+    wait_until(
+        lambda: _probe_mutated(kubectl, probe),
+        timeout=60,
+        what="webhook configurations in effect",
+        alive=server.process.death,
+    )
+
+
+def _probe_mutated(kubectl: Kubectl, probe: dict[str, Any]) -> bool:
+    result = kubectl.apply(yaml.safe_dump(probe), "--dry-run=server", "-o", "yaml", check=False)
+    if result.returncode != 0:
+        # Denied is also proof the webhook is called; anything else (not yet wired) is not.
+        return "denied the request" in result.stderr
+    returned = yaml.safe_load(result.stdout)
+    return isinstance(returned, dict) and returned.get("spec") != probe.get("spec")
+
+
+def unregister_webhooks(kubectl: Kubectl) -> None:
+    """Delete the configurations (missing ones are fine)."""
+    for kind in ("mutatingwebhookconfiguration", "validatingwebhookconfiguration"):
+        result = kubectl.run("delete", kind, CONFIGURATION_NAME, "--ignore-not-found", check=False)
+        if result.returncode != 0:
+            logger.warning("could not delete %s: %s", kind, result.stderr.strip())
