@@ -33,7 +33,7 @@ from policies.render import RenderOptions, SocketAddress, render_gateway
 from tests.envoy_rig import EnvoyRig, run_envoy
 
 DATA = Path(__file__).parent / "data"
-CORRECTED = DATA / "seed-corrected.yaml"
+CORRECTED = Path(__file__).parents[2] / "manifests" / "examples" / "seed-corrected.yaml"
 DESTINATION_HEADER = "x-gateway-destination-endpoint"
 REQUESTS = 5
 

@@ -18,6 +18,7 @@ from aiohttp import web
 from tests.doctor.runner import DoctorRun, run_doctor
 
 DATA = Path(__file__).parent / "data"
+CORRECTED = Path(__file__).parents[2] / "manifests" / "examples" / "seed-corrected.yaml"
 ISTIO_CLUSTER = "outbound|9002||gaie-epp.llm-d.svc.cluster.local"
 
 
@@ -78,7 +79,7 @@ def test_stats_from_stdin() -> None:
 
 
 def test_filter_file_names_the_istio_cluster(tmp_path: Path) -> None:
-    original = (DATA / "seed-corrected.yaml").read_text()
+    original = CORRECTED.read_text()
     envoy_filter = tmp_path / "filter.yaml"
     envoy_filter.write_text(original.replace("epp-cluster", ISTIO_CLUSTER))
     run = run_doctor(["--stats", stats("istio-names-no-http2"), "--filter", str(envoy_filter), "-o", "json"])
@@ -94,7 +95,7 @@ def test_epp_cluster_flag_wins_over_the_filter() -> None:
             "--stats",
             stats("istio-names-no-http2"),
             "--filter",
-            str(DATA / "seed-corrected.yaml"),
+            str(CORRECTED),
             "--epp-cluster",
             ISTIO_CLUSTER,
             "-o",

@@ -27,6 +27,7 @@ from policies.doctor_stats import (
 from policies.profile import ProfileName
 
 DATA = Path(__file__).parent.parent / "doctor" / "data"
+CORRECTED = Path(__file__).parents[2] / "manifests" / "examples" / "seed-corrected.yaml"
 ISTIO_CLUSTER = "outbound|9002||gaie-epp.llm-d.svc.cluster.local"
 
 
@@ -265,7 +266,7 @@ def test_clusters_garbage_is_refused(text: str) -> None:
 def corrected() -> dict[str, object]:
     import yaml
 
-    document = yaml.safe_load((DATA / "seed-corrected.yaml").read_text())
+    document = yaml.safe_load(CORRECTED.read_text())
     assert isinstance(document, dict)
     return document
 
