@@ -53,12 +53,12 @@ class AdminUrl:
         return self.base
 
 
-def parse_admin_url(value: str) -> AdminUrl:
+def parse_admin_url(value: str, *, timeout: float = 10.0) -> AdminUrl:
     """Check an `--admin` value: an http(s) URL with a host; raise ValueError with a plain reason."""
     parts = urllib.parse.urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"not an http URL: {value!r} (expected e.g. http://127.0.0.1:15000)")
-    return AdminUrl(value)
+    return AdminUrl(value, timeout=timeout)
 
 
 @dataclass(frozen=True, slots=True)

@@ -141,6 +141,8 @@ BAD_INPUTS: dict[str, MakeArgv] = {
         _write(tmp, "f.yaml", b"kind: Service\n"),
     ],
     "admin-not-a-url": lambda tmp: ["--admin", "localhost:15000"],
+    "zero-timeout": lambda tmp: ["--admin", "http://127.0.0.1:15000", "--timeout", "0"],
+    "watch-too-long": lambda tmp: ["--admin", "http://127.0.0.1:15000", "--watch", "86400"],
     "pod-without-namespace": lambda tmp: ["--pod", "gateway-pod"],
     "no-source": lambda tmp: [],
     "two-sources": lambda tmp: ["--stats", stats("healthy"), "--admin", "http://127.0.0.1:1"],

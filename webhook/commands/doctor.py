@@ -9,11 +9,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 
-from policies.doctor import DEFAULT_EPP_CLUSTER, Diagnosis, DoctorSettings, Verdict, diagnose
+from policies.doctor import DEFAULT_EPP_CLUSTER, Diagnosis, DoctorSettings, Evidence, Verdict, diagnose
 from policies.doctor_filter import FilterFacts, read_filter_facts
 from policies.doctor_stats import (
     ClustersView,
@@ -153,9 +152,9 @@ def _read_filter(path: str) -> FilterFacts:
 
 
 def _read_text(path: str) -> str:
-    if path == "-":
-        return sys.stdin.read()
     try:
+        if path == "-":
+            return sys.stdin.read()
         return Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise _InputError(f"{path}: not UTF-8 text") from None
@@ -178,6 +177,8 @@ def _parse_clusters_text(text: str, origin: str) -> ClustersView:
 
 
 def _read_inputs(args: argparse.Namespace) -> _Inputs:
+    if not 0 < args.timeout <= 600:
+        raise _InputError("--timeout takes 0 < SECONDS <= 600")
     if args.stats is not None:
         if args.watch is not None:
             raise _InputError("--watch needs --admin or --pod")
@@ -197,8 +198,7 @@ def _read_inputs(args: argparse.Namespace) -> _Inputs:
 def _build_source(args: argparse.Namespace) -> AdminSource:
     try:
         if args.admin:
-            url = parse_admin_url(args.admin)
-            return type(url)(url.base, timeout=args.timeout)
+            return parse_admin_url(args.admin, timeout=args.timeout)
         pod = parse_pod(args.pod, args.container)
     except ValueError as error:
         raise _InputError(str(error)) from None
@@ -242,5 +242,5 @@ def render_text(diagnosis: Diagnosis, *, source: str, settings: DoctorSettings) 
     return "\n".join(lines)
 
 
-def _evidence_lines(evidence: Any, *, indent: str) -> list[str]:
+def _evidence_lines(evidence: Evidence, *, indent: str) -> list[str]:
     return [f"{indent}{name} = {value}" for name, value in evidence.items()]
