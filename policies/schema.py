@@ -78,9 +78,7 @@ class _Scalar:
     def accepts(self, value: Any) -> bool:
         kind = self.kind
         if kind == "enum":
-            if isinstance(value, str):
-                return value in self.names
-            return isinstance(value, int) and not isinstance(value, bool)
+            return isinstance(value, str) and value in self.names
         if kind == "string":
             return isinstance(value, str)
         if kind == "bool":
@@ -289,6 +287,6 @@ def parse_error(value: Mapping[str, Any], descriptor: Descriptor) -> SchemaError
         walked = _path_from_message(exc)
         path = doubt if len(doubt) >= len(walked) else walked
         return SchemaError(path, _reason(exc))
-    except (TypeError, ValueError, AttributeError) as exc:
-        return SchemaError(doubt, str(exc) or type(exc).__name__)
+    except Exception as exc:  # ParseDict lets a few Python errors through (OverflowError for inf)
+        return SchemaError(doubt, f"{type(exc).__name__}: {exc}")
     return None
