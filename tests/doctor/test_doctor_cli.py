@@ -61,7 +61,10 @@ def test_text_output_numbers_causes_best_first_with_evidence_and_fix() -> None:
     assert run.code == 1
     lines = run.stdout.splitlines()
     numbered = [line for line in lines if line[:2] in ("1.", "2.")]
-    assert [line.split(":")[0] for line in numbered] == ["1. EPX009", "2. EPX006"]
+    assert [line.split(":")[0] for line in numbered] == [
+        "1. EPX009 failure-mode-allow",
+        "2. EPX006 epp-clusterip-stale",
+    ]
     assert any(line.strip().startswith("fix: set failure_mode_allow: false") for line in lines)
 
 

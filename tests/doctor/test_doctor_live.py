@@ -75,7 +75,7 @@ async def test_doctor_reads_the_cluster_name_from_the_filter_on_a_live_istio_gat
         envoy_filter.write_text(json.dumps(rig.filter_document))
         run = await asyncio.to_thread(run_doctor, ["--admin", rig.admin_url, "--filter", str(envoy_filter)])
     assert run.code == 1
-    assert "1. EPX005:" in run.stdout
+    assert "1. EPX005 epp-cluster-http2:" in run.stdout
     assert f"cluster.{case.epp_cluster}.upstream_cx_protocol_error = 5" in run.stdout
 
 

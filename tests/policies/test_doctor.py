@@ -15,6 +15,7 @@ from types import MappingProxyType
 
 import pytest
 
+from policies.catalog import RULE_IDS
 from policies.doctor import DoctorSettings, Verdict, diagnose
 from policies.doctor_filter import read_filter_facts
 from policies.doctor_stats import (
@@ -73,6 +74,7 @@ def test_each_recorded_signature_names_its_cause_first(
     diagnosis = diagnose(load_stats(case), settings=settings_for(case), clusters=clusters)
     assert diagnosis.verdict == Verdict(verdict)
     assert (diagnosis.causes[0].rule if diagnosis.causes else None) == first_rule
+    assert {cause.rule for cause in diagnosis.causes} <= {*RULE_IDS, None}
 
 
 @pytest.mark.parametrize(("case", "verdict", "first_rule"), RECORDED, ids=[row[0] for row in RECORDED])

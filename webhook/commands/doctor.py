@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from policies.catalog import CATALOG
 from policies.doctor import DEFAULT_EPP_CLUSTER, Diagnosis, DoctorSettings, Evidence, Verdict, diagnose
 from policies.doctor_filter import FilterFacts, read_filter_facts
 from policies.doctor_stats import (
@@ -44,6 +45,9 @@ exit codes:
   2  usage error or unreadable input
   3  unknown: too little evidence (e.g. no requests in the window); send traffic and look again
 """
+
+
+_SLUGS = {info.id: info.slug for info in CATALOG}
 
 
 class _InputError(Exception):
@@ -231,7 +235,7 @@ def render_text(diagnosis: Diagnosis, *, source: str, settings: DoctorSettings) 
     ]
     if diagnosis.causes:
         for number, cause in enumerate(diagnosis.causes, start=1):
-            rule = cause.rule or "(no rule)"
+            rule = f"{cause.rule} {_SLUGS.get(cause.rule, '')}".strip() if cause.rule else "(no rule)"
             lines.append(f"{number}. {rule}: {cause.cause}")
             lines.extend(_evidence_lines(cause.evidence, indent="     "))
             lines.append(f"   fix: {cause.fix}")
