@@ -233,7 +233,7 @@ def _profile_mismatches(subject: Subject, site: ModeSite) -> dict[str, Any]:
     wrong: dict[str, Any] = {}
     for field, wanted in subject.profile.pinned.items():
         value = effective_mode(site, field)
-        if value == wanted or value not in KNOWN_MODES:
+        if value == wanted or not isinstance(value, str) or value not in KNOWN_MODES:
             continue
         if skip_disallowed and field in BODY_FIELDS and isinstance(value, str) and value not in allowed:
             continue

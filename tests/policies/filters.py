@@ -17,6 +17,12 @@ EXT_PROC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.E
 PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 SPELLINGS = ("snake", "camel")
+DNS_FORMS = (
+    f"{SERVICE}.{NAMESPACE}.svc.cluster.local",
+    f"{SERVICE}.{NAMESPACE}.svc",
+    f"{SERVICE}.{NAMESPACE}",
+    SERVICE,
+)
 
 HEADERS_GLOBAL = {
     "request_header_mode": "SKIP",
