@@ -25,8 +25,16 @@ from certs.pki import (
     matches_key,
     service_dns_names,
 )
+from certs.rotation import StoredCerts
 from tests.certs.fake_apiserver import FakeApiState, run_fake_apiserver
-from webhook.cabundle import build_ca_bundle_patch
+from webhook.cabundle import (
+    CaBundleError,
+    SecretNames,
+    build_api_client,
+    build_ca_bundle_patch,
+    read_secrets,
+    write_serving_secret,
+)
 from webhook.cli import _Parser
 from webhook.commands import certs as certs_command
 
@@ -370,3 +378,28 @@ def test_a_conflicting_webhook_write_is_not_overwritten(
     current["webhooks"][0]["clientConfig"]["caBundle"] = "QUJD"
     current["webhooks"][1]["clientConfig"]["caBundle"] = "QUJD"
     assert build_ca_bundle_patch(current, "QUJD") == []
+
+
+def test_extra_dns_names_and_a_cluster_domain_end_up_in_the_san(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [*BASE, "--out-dir", str(tmp_path), "--cluster-domain", "corp.example"]
+    args += ["--dns-name", "guard.example"]
+    assert run_cli(args, capsys)[0] == 0
+    expected = [*service_dns_names("guard", "ops", cluster_domain="corp.example"), "guard.example"]
+    assert covers_names((tmp_path / "tls.crt").read_bytes(), dns_names=expected)
+
+
+def test_a_secret_changed_since_it_was_read_is_a_conflict_not_an_overwrite(
+    apiserver: tuple[FakeApiState, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    state, kubeconfig = apiserver
+    assert run_cli([*BASE, "--secret", "guard-tls", "--kubeconfig", str(kubeconfig)], capsys)[0] == 0
+    names = SecretNames(namespace="ops", serving="guard-tls", ca="guard-tls-ca")
+    with build_api_client(kubeconfig) as api:
+        found = read_secrets(api, names)
+        state.objects["secret/ops/guard-tls"]["metadata"]["resourceVersion"] = state.next_version()
+        other = StoredCerts(serving_cert=b"x", serving_key=b"y", ca_bundle=found.certs.ca_bundle)
+        with pytest.raises(CaBundleError, match="HTTP 409"):
+            write_serving_secret(api, names, other, version=found.serving_version)
+    assert _secret_data(state, "guard-tls")["tls.crt"] != b"x"
