@@ -240,7 +240,7 @@ class ControlPlane:
                 server = self._start_once(files, attempt)
             except ControlPlaneError as error:
                 logger.warning("control plane start attempt %d failed: %s", attempt, error)
-                last_error = error
+                last_error = ControlPlaneError(f"{error}\n{self.log_tails()}")
                 self.stop_processes()
                 continue
             kubeconfig = self._write_kubeconfig(server, ca.cert_pem, admin)

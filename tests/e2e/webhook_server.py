@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from tests.e2e import pki
 from tests.e2e.cluster import (
     LOOPBACK,
     START_TIMEOUT_S,
+    ControlPlaneError,
     Kubectl,
     ManagedProcess,
     find_cli,
@@ -49,12 +51,15 @@ def serve_help() -> str | None:
     return result.stdout if result.returncode == 0 else None
 
 
-def webhook_configurations(port: int, ca_pem: bytes) -> list[dict[str, Any]]:
-    """Mutating + Validating configurations for EnvoyFilter CREATE/UPDATE, calling 127.0.0.1:port."""
+def webhook_configurations(
+    port: int, ca_pem: bytes, namespace_labels: Mapping[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """Mutating + Validating configurations for EnvoyFilter CREATE/UPDATE, calling 127.0.0.1:port;
+    with `namespace_labels`, only for namespaces that carry those labels."""
     ca_bundle = base64.b64encode(ca_pem).decode()
 
     def webhook(name: str, path: str) -> dict[str, Any]:
-        return {
+        config: dict[str, Any] = {
             "name": name,
             "admissionReviewVersions": ["v1"],
             "clientConfig": {"url": f"https://{LOOPBACK}:{port}{path}", "caBundle": ca_bundle},
@@ -72,6 +77,9 @@ def webhook_configurations(port: int, ca_pem: bytes) -> list[dict[str, Any]]:
             "sideEffects": "None",
             "timeoutSeconds": 5,
         }
+        if namespace_labels:
+            config["namespaceSelector"] = {"matchLabels": dict(namespace_labels)}
+        return config
 
     mutating = webhook(MUTATING_WEBHOOK, "/mutate")
     mutating["reinvocationPolicy"] = "IfNeeded"
@@ -143,12 +151,17 @@ class WebhookServer:
         """Start the server and wait (bounded) until its /readyz answers 200 over TLS."""
         self.process.start()
         context = ssl.create_default_context(cadata=self.ca_pem.decode())
-        wait_until(
-            lambda: _get_ok(f"{self.url}/readyz", context),
-            timeout=START_TIMEOUT_S,
-            what="extproc-guard serve /readyz",
-            alive=self.process.death,
-        )
+        try:
+            wait_until(
+                lambda: _get_ok(f"{self.url}/readyz", context),
+                timeout=START_TIMEOUT_S,
+                what="extproc-guard serve /readyz",
+                alive=self.process.death,
+            )
+        except ControlPlaneError as error:
+            if self.process.death() is not None:
+                raise  # its message already ends with the log
+            raise ControlPlaneError(f"{error}; last log lines:\n{self.log_tail()}") from error
 
     def stop(self) -> None:
         self.process.stop()
@@ -172,10 +185,16 @@ def _get_ok(url: str, context: ssl.SSLContext) -> bool:
         return False
 
 
-def register_webhooks(kubectl: Kubectl, server: WebhookServer, probe: dict[str, Any]) -> None:
+def register_webhooks(
+    kubectl: Kubectl,
+    server: WebhookServer,
+    probe: dict[str, Any],
+    namespace_labels: Mapping[str, str] | None = None,
+) -> None:
     """Install the configurations, then wait until the apiserver really calls the webhook: a server
     dry run of `probe` (a filter the webhook changes) comes back changed."""
-    kubectl.apply(yaml.safe_dump_all(webhook_configurations(server.port, server.ca_pem)))
+    configurations = webhook_configurations(server.port, server.ca_pem, namespace_labels)
+    kubectl.apply(yaml.safe_dump_all(configurations))
     wait_until(
         lambda: _probe_mutated(kubectl, probe),
         timeout=60,

@@ -19,8 +19,13 @@ bin="$here/bin"
 log="$bin/build.log"
 stamp_file="$bin/.stamp"
 
+# The newest `go` directive of the two modules: the oldest toolchain that builds both.
+required_go() {
+    awk '$1 == "go" { print $2 }' "$here/go.mod" "$here/etcd/go.mod" | sort -V | tail -n 1
+}
+
 if ! command -v go >/dev/null 2>&1; then
-    echo "build.sh: Go is not installed (need Go >= 1.25 on PATH to build etcd, kube-apiserver and kubectl for the e2e tests)" >&2
+    echo "build.sh: Go is not installed (need Go >= $(required_go) on PATH to build etcd, kube-apiserver and kubectl for the e2e tests)" >&2
     exit 1
 fi
 
@@ -32,6 +37,11 @@ export GOFLAGS=-mod=readonly
 export CGO_ENABLED=0
 
 go_version="$(go env GOVERSION)"
+need="$(required_go)"
+if [[ "$(printf '%s\n%s\n' "$need" "${go_version#go}" | sort -V | head -n 1)" != "$need" ]]; then
+    echo "build.sh: $go_version is too old; building the e2e control plane needs Go >= $need" >&2
+    exit 1
+fi
 # The version go.mod requires for a module, in a `require (...)` block or on one `require` line.
 module_version() {
     awk -v m="$2" '$1 == "require" { $1 = ""; $0 = $0 } $1 == m && $2 ~ /^v/ { print $2; exit }' "$1"
