@@ -94,7 +94,7 @@ class Report:
 def summary_line(report: Report) -> str:
     enforce, warn = report.count(Level.ENFORCE), report.count(Level.WARN)
     counts = f"{enforce} enforce, {warn} warn" if enforce or warn else "no findings"
-    skipped = f", {len(report.errors)} unreadable input(s)" if report.errors else ""
+    skipped = f", {_plural(len(report.errors), 'input error')}" if report.errors else ""
     return (
         f"{_plural(report.documents, 'document')}, {_plural(report.envoyfilters, 'envoyfilter')}: "
         f"{counts}{skipped}"

@@ -1,0 +1,149 @@
+"""Benchmark `check`: EnvoyFilters per second, and the ratio to merely loading the same YAML.
+
+Generates N EnvoyFilters (default 10,000) from the shapes in `manifests/examples/` (the seed's bad form,
+the corrected form, the camelCase variant without HTTP/2, the failure_mode_allow variant), with varied
+names, namespaces and addresses, written as multi-document files. Then, in the same process and on the
+same files, it times:
+
+- load only: read each file and `yaml.load_all` it with libyaml (`yaml.CSafeLoader`), the floor;
+- check: `check` end to end (read, parse, evaluate every rule, place findings on lines, render text).
+
+Run: `python bench/check_bench.py [--documents N] [--per-file N] [--repeat N]`. Prints numbers; asserts
+nothing (tests never depend on timing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from policies.findings import Level  # noqa: E402
+from policies.policy import default_policy  # noqa: E402
+from policies.resolver import ServiceAddress, ServiceRef, StaticResolver  # noqa: E402
+from webhook.report import OutputFormat, render_report  # noqa: E402
+from webhook.scan import ScanSettings, check_sources  # noqa: E402
+from webhook.sources import expand_paths  # noqa: E402
+
+EXAMPLES = ROOT / "manifests" / "examples"
+SHAPES = ("seed-bad.yaml", "seed-corrected.yaml", "camelcase-no-http2.yaml", "failure-mode-allow.yaml")
+EPP = "gaie-inference-scheduling-epp"
+
+
+def load_shapes() -> list[dict[str, Any]]:
+    shapes = []
+    for name in SHAPES:
+        text = (EXAMPLES / name).read_text(encoding="utf-8")
+        shapes.append(
+            next(doc for doc in yaml.safe_load_all(text) if doc and doc.get("kind") == "EnvoyFilter")
+        )
+    return shapes
+
+
+def make_document(shape: dict[str, Any], number: int, rng: random.Random) -> dict[str, Any]:
+    document = copy.deepcopy(shape)
+    namespace = f"team-{number % 50}"
+    document["metadata"]["name"] = f"epp-ext-proc-{number}"
+    document["metadata"]["namespace"] = namespace
+    annotations = document["metadata"].get("annotations")
+    if annotations:
+        annotations["extproc-guard.io/epp-service"] = f"{namespace}/{EPP}"
+    text = yaml.safe_dump(document, sort_keys=False)
+    text = text.replace("llm-d-inference-scheduler", namespace)
+    if rng.random() < 0.5:
+        text = text.replace("10.96.45.12", f"10.96.{number % 250}.{1 + number % 200}")
+    loaded: dict[str, Any] = yaml.safe_load(text)
+    return loaded
+
+
+def generate(folder: Path, documents: int, per_file: int, seed: int) -> int:
+    rng = random.Random(seed)
+    shapes = load_shapes()
+    written = 0
+    file_number = 0
+    while written < documents:
+        batch = []
+        for _ in range(min(per_file, documents - written)):
+            batch.append(make_document(shapes[written % len(shapes)], written, rng))
+            written += 1
+        text = yaml.dump_all(batch, Dumper=yaml.CSafeDumper, sort_keys=False, explicit_start=True)
+        (folder / f"filters-{file_number:04d}.yaml").write_text(text, encoding="utf-8")
+        file_number += 1
+    return file_number
+
+
+def resolver_for_all_namespaces() -> StaticResolver:
+    services = {ServiceRef(f"team-{n}", EPP): ServiceAddress("10.96.45.12", (9002,)) for n in range(50)}
+    return StaticResolver(services)
+
+
+def time_best(repeat: int, run: Callable[[], object]) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--documents", type=int, default=10_000)
+    parser.add_argument("--per-file", type=int, default=100)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="check-bench-") as tmp:
+        folder = Path(tmp)
+        files = generate(folder, args.documents, args.per_file, args.seed)
+        paths = sorted(folder.glob("*.yaml"))
+        settings = ScanSettings(policy=default_policy(), resolver=resolver_for_all_namespaces())
+        summary: dict[str, Any] = {}
+
+        def load_only() -> None:
+            count = 0
+            for path in paths:
+                count += sum(
+                    1 for _ in yaml.load_all(path.read_text(encoding="utf-8"), Loader=yaml.CSafeLoader)
+                )
+            summary["loaded"] = count
+
+        def check() -> None:
+            sources, errors = expand_paths([str(folder)])
+            report = check_sources(sources, settings, stdin=io.BytesIO(), errors=errors)
+            summary["rendered"] = len(render_report(report, OutputFormat.TEXT))
+            summary["report"] = report
+
+        load_seconds = time_best(args.repeat, load_only)
+        check_seconds = time_best(args.repeat, check)
+
+    report = summary["report"]
+    documents = report.documents
+    print(f"documents: {documents} EnvoyFilters in {files} files ({args.per_file} per file)")
+    print(f"findings: {report.count(Level.ENFORCE)} enforce, {report.count(Level.WARN)} warn")
+    print(
+        f"load only (yaml.CSafeLoader): {load_seconds:.3f} s, {summary['loaded'] / load_seconds:,.0f} docs/s"
+    )
+    print(
+        f"check (parse, evaluate, lines, render): {check_seconds:.3f} s, "
+        f"{documents / check_seconds:,.0f} docs/s"
+    )
+    print(f"check / load-only time: {check_seconds / load_seconds:.2f}x (best of {args.repeat})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
