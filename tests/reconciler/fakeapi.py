@@ -112,6 +112,7 @@ class FakeKubeAPI:
     version: int = 1000
     serve_policy_reports: bool = True
     before_patch: list[Callable[[], None]] = field(default_factory=list)
+    before_put: list[Callable[[], None]] = field(default_factory=list)
     port: int = 0
     _runner: web.AppRunner | None = None
     _tick: int = 0
@@ -237,9 +238,13 @@ class FakeKubeAPI:
             self._record(request, key, 404)
             return _status(404, "NotFound", "the server could not find the requested resource")
         if request.method == "PATCH":
-            for hook in self.before_patch:
-                hook()
-            self.before_patch.clear()
+            hooks, self.before_patch = self.before_patch, []
+        elif request.method == "PUT":
+            hooks, self.before_put = self.before_put, []
+        else:
+            hooks = []
+        for hook in hooks:
+            hook()
         current = self.objects.get(key)
         if current is None:
             self._record(request, key, 404)
