@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from epp.endpoints import Endpoint
-from epp.scorer import Candidate, LoadSample, ScoreWeights, pick_endpoint, score_load
+from epp.scorer import LoadSample, ScoreWeights, pick_least_loaded, score_load
 from epp.telemetry import EppMetrics
 
 logger = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ class _State:
     sample: LoadSample | None = None
     last_ok: float = 0.0
     assigned: int = 0
+    base: float | None = None  # the sample's score, computed once per scrape
     reason: str = "not scraped yet"
 
 
@@ -89,6 +90,9 @@ class Picker:
         if state is None:
             return
         state.sample = sample
+        state.base = (
+            None if sample is None else score_load(sample, assigned=0, weights=self._settings.weights)
+        )
         state.last_ok = self._clock()
         state.assigned = 0
         self._set_health(state, Health.HEALTHY, "scrape ok" if sample else "scrape ok, no load metrics")
@@ -99,25 +103,32 @@ class Picker:
         if state is None:
             return
         state.sample = None
+        state.base = None
         self._set_health(state, Health.UNHEALTHY, reason)
         self._publish(state)
 
     def pick(self) -> Endpoint | None:
         stale_after = self._settings.stale_after
         now = self._clock() if stale_after else 0.0
-        candidates = []
+        per_assigned = self._settings.weights.assigned
+        healthy: list[_State] = []
+        loads: list[float | None] = []
         for state in self._states.values():
+            if state.health is Health.UNHEALTHY:
+                continue
             if stale_after and state.health is Health.HEALTHY and now - state.last_ok > stale_after:
                 self._set_health(state, Health.UNHEALTHY, f"no good scrape for {now - state.last_ok:.1f}s")
                 self._publish(state)
-            candidates.append(
-                Candidate(state.endpoint, state.health is not Health.UNHEALTHY, state.sample, state.assigned)
-            )
-        chosen = pick_endpoint(candidates, turn=self._turn, weights=self._settings.weights)
+                continue
+            healthy.append(state)
+            loads.append(None if state.base is None else state.base + per_assigned * state.assigned)
+        index = pick_least_loaded(loads, turn=self._turn, tolerance=self._settings.weights.tie_tolerance)
         self._turn += 1
-        if chosen is not None:
-            self._states[chosen].assigned += 1
-        return chosen
+        if index is None:
+            return None
+        chosen = healthy[index]
+        chosen.assigned += 1
+        return chosen.endpoint
 
     def statuses(self) -> tuple[EndpointStatus, ...]:
         return tuple(

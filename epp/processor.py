@@ -106,8 +106,7 @@ class Processor:
     async def process(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> AsyncIterator[bytes]:
-        self._serial += 1
-        stream = _Stream(self._serial)
+        stream = self.open_stream()
         outcome = "completed"
         try:
             async for raw in requests:
@@ -123,7 +122,12 @@ class Processor:
             logger.error("stream failed request_id=%s error=%r", stream.request_id, exc)
             raise
         finally:
-            self._finish(stream, outcome)
+            self.finish_stream(stream, outcome)
+
+    def open_stream(self) -> _Stream:
+        """State for one new Process stream (for transports that drive the processor themselves)."""
+        self._serial += 1
+        return _Stream(self._serial)
 
     def handle_message(self, stream: _Stream, raw: bytes) -> list[bytes]:
         """Answer one message of a stream (possibly with nothing yet, possibly with several answers)."""
@@ -291,7 +295,8 @@ class Processor:
         self._metrics.unexpected.labels(kind).inc()
         logger.warning("unexpected message request_id=%s kind=%s detail=%r", stream.request_id, kind, why)
 
-    def _finish(self, stream: _Stream, outcome: str) -> None:
+    def finish_stream(self, stream: _Stream, outcome: str) -> None:
+        """Count and log a stream's end: completed, cancelled or error."""
         self._metrics.streams.labels(outcome).inc()
         if not logger.isEnabledFor(logging.INFO):
             return

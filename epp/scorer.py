@@ -50,6 +50,23 @@ def score_load(sample: LoadSample, *, assigned: int, weights: ScoreWeights) -> f
     )
 
 
+def pick_least_loaded(loads: Sequence[float | None], *, turn: int, tolerance: float = 1e-9) -> int | None:
+    """Index of the least loaded of some healthy endpoints; ties, and loads without metrics, rotate by `turn`.
+
+    `loads[i]` is endpoint i's score, or None when it has no load metrics. When any is None, loads cannot be
+    compared fairly and all take turns. An empty sequence gives None.
+    """
+    count = len(loads)
+    if not count:
+        return None
+    if None in loads:
+        return turn % count
+    best = min(loads)  # type: ignore[type-var]
+    limit = best + tolerance  # type: ignore[operator]
+    tied = [i for i, load in enumerate(loads) if load <= limit]  # type: ignore[operator]
+    return tied[turn % len(tied)]
+
+
 def pick_endpoint(candidates: Sequence[Candidate], *, turn: int, weights: ScoreWeights) -> Endpoint | None:
     """The least loaded healthy endpoint; ties (and endpoints without any metrics) rotate by `turn`.
 
@@ -57,11 +74,9 @@ def pick_endpoint(candidates: Sequence[Candidate], *, turn: int, weights: ScoreW
     endpoints take turns. No healthy endpoint: None.
     """
     healthy = [c for c in candidates if c.healthy]
-    if not healthy:
-        return None
-    if any(c.sample is None for c in healthy):
-        return healthy[turn % len(healthy)].endpoint
-    scores = [score_load(c.sample, assigned=c.assigned, weights=weights) for c in healthy if c.sample]
-    best = min(scores)
-    tied = [c for c, s in zip(healthy, scores, strict=True) if s <= best + weights.tie_tolerance]
-    return tied[turn % len(tied)].endpoint
+    loads = [
+        None if c.sample is None else score_load(c.sample, assigned=c.assigned, weights=weights)
+        for c in healthy
+    ]
+    index = pick_least_loaded(loads, turn=turn, tolerance=weights.tie_tolerance)
+    return None if index is None else healthy[index].endpoint

@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from epp.discovery import KubeDiscovery
+from epp.h2server import H2GrpcServer
 from epp.picker import Picker
 from epp.processor import SERVICE_NAME, Processor
 from epp.scraper import Scraper
@@ -35,6 +36,7 @@ class EppServer:
         self.port = 0
         self.metrics_port = 0
         self._server: grpc.aio.Server | None = None
+        self._h2: H2GrpcServer | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -48,7 +50,25 @@ class EppServer:
         self._tasks.append(
             asyncio.create_task(Scraper(self.picker, settings.scrape).run(), name="epp-scraper")
         )
+        if settings.transport == "h2" and settings.tls is None:
+            self._h2 = H2GrpcServer(self.processor)
+            self.port = await self._h2.start(settings.host, settings.port, reuse_port=settings.workers > 1)
+        else:
+            await self._start_grpcio()
+        if settings.metrics_port is not None:
+            await self._start_metrics()
+        logger.info(
+            "epp listening address=%s:%d transport=%s tls=%s endpoints=%s metrics_port=%s",
+            settings.host,
+            self.port,
+            "h2" if self._h2 else "grpcio",
+            "on" if settings.tls else "off",
+            ",".join(map(str, self.picker.endpoints)) or ("kubernetes" if settings.discovery else "-"),
+            self.metrics_port or "off",
+        )
 
+    async def _start_grpcio(self) -> None:
+        settings = self.settings
         server = grpc.aio.server(
             options=[
                 ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
@@ -70,18 +90,11 @@ class EppServer:
         self._server = server
         for service in ("", SERVICE_NAME):
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-        if settings.metrics_port is not None:
-            await self._start_metrics()
-        logger.info(
-            "epp listening address=%s:%d tls=%s endpoints=%s metrics_port=%s",
-            settings.host,
-            self.port,
-            "on" if settings.tls else "off",
-            ",".join(map(str, self.picker.endpoints)) or ("kubernetes" if settings.discovery else "-"),
-            self.metrics_port or "off",
-        )
 
     async def stop(self) -> None:
+        if self._h2 is not None:
+            await self._h2.stop(self.settings.grace)
+            self._h2 = None
         if self._server is not None:
             await self._server.stop(self.settings.grace)
             self._server = None

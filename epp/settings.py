@@ -30,4 +30,5 @@ class EppSettings:
     processor: ProcessorSettings = field(default_factory=ProcessorSettings)
     tls: TlsFiles | None = None
     workers: int = 1
+    transport: str = "h2"  # "h2": the EPP's own HTTP/2 server (plaintext); "grpcio": grpcio (TLS possible)
     grace: float = 2.0  # seconds streams get to finish on shutdown

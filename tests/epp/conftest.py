@@ -65,7 +65,12 @@ async def exchange(
         return [answer async for answer in call]
 
 
-def make_settings(endpoints: Sequence[Endpoint], *, scrape_interval: float = 0.0) -> EppSettings:
+TRANSPORTS = ["h2", "grpcio"]
+
+
+def make_settings(
+    endpoints: Sequence[Endpoint], *, scrape_interval: float = 0.0, transport: str = "h2"
+) -> EppSettings:
     return EppSettings(
         host="127.0.0.1",
         port=0,
@@ -73,14 +78,22 @@ def make_settings(endpoints: Sequence[Endpoint], *, scrape_interval: float = 0.0
         scrape=ScrapeSettings(interval=scrape_interval, timeout=0.5),
         picker=PickerSettings(stale_after=3 * scrape_interval),
         grace=0.5,
+        transport=transport,
     )
 
 
 STATIC = (Endpoint("10.0.0.1", 8000), Endpoint("10.0.0.2", 8000), Endpoint("10.0.0.3", 8000))
 
 
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    """Both gRPC transports: the EPP's own HTTP/2 server and grpcio."""
+    name: str = request.param
+    return name
+
+
 @pytest.fixture
-async def epp() -> AsyncIterator[EppServer]:
+async def epp(transport: str) -> AsyncIterator[EppServer]:
     """An EPP with three static endpoints and scraping off (endpoints take turns)."""
-    async with running_epp(make_settings(STATIC)) as server:
+    async with running_epp(make_settings(STATIC, transport=transport)) as server:
         yield server

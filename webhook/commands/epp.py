@@ -36,6 +36,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate (PEM)")
     parser.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
     parser.add_argument(
+        "--transport",
+        choices=["h2", "grpcio"],
+        default=None,
+        help="gRPC server: the EPP's own HTTP/2 server (default; plaintext) or grpcio (default with TLS)",
+    )
+    parser.add_argument(
         "--workers", type=int, default=1, help="EPP processes sharing the port (SO_REUSEPORT)"
     )
     parser.add_argument(
@@ -81,6 +87,9 @@ def build_settings(args: argparse.Namespace) -> EppSettings:
         raise ValueError("--tls-cert and --tls-key go together")
     if not 0 <= args.port < 65536:
         raise ValueError(f"--port {args.port} is not in 0..65535")
+    transport = args.transport or ("grpcio" if args.tls_cert else "h2")
+    if transport == "h2" and args.tls_cert:
+        raise ValueError("--transport h2 is plaintext; TLS needs --transport grpcio")
     if args.workers < 1:
         raise ValueError("--workers must be at least 1")
     if args.workers > 1 and args.port == 0:
@@ -98,6 +107,7 @@ def build_settings(args: argparse.Namespace) -> EppSettings:
         processor=ProcessorSettings(expect_response_messages=args.expect_response_messages),
         tls=TlsFiles(args.tls_cert, args.tls_key) if args.tls_cert else None,
         workers=args.workers,
+        transport=transport,
     )
 
 
