@@ -1,0 +1,165 @@
+"""The reconciler end to end: an EPP Service deleted and recreated gets a new ClusterIP from the real
+apiserver, and `extproc-guard reconcile` re-pins the stored EnvoyFilter to it."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.e2e.cluster import ControlPlaneInfo, Kubectl, ManagedProcess, find_cli, wait_until
+from tests.e2e.seeds import dump, load_document, pinned_to, renamed
+
+
+def reconcile_help() -> str | None:
+    cli = find_cli()
+    if cli is None:
+        return None
+    result = subprocess.run(
+        [str(cli), "reconcile", "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
+    return result.stdout if result.returncode == 0 else None
+
+
+RECONCILE_HELP = reconcile_help()
+if RECONCILE_HELP is None or "--once" not in RECONCILE_HELP:
+    pytest.skip("`extproc-guard reconcile --once` is not available yet", allow_module_level=True)
+
+pytestmark = pytest.mark.e2e
+
+EPP_NAME = "gaie-inference-scheduling-epp"
+PROVENANCE_ANNOTATION = "extproc-guard.io/epp-service"
+FILTER_NAME = "epp-ext-proc"
+
+
+def epp_service_manifest(namespace: str) -> str:
+    return yaml.safe_dump(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": EPP_NAME, "namespace": namespace},
+            "spec": {
+                "selector": {"app": EPP_NAME},
+                "ports": [{"name": "grpc-ext-proc", "port": 9002, "targetPort": 9002}],
+            },
+        }
+    )
+
+
+def cluster_ip_of(kubectl: Kubectl, namespace: str) -> str:
+    return kubectl.run(
+        "get", "service", EPP_NAME, "-n", namespace, "-o", "jsonpath={.spec.clusterIP}"
+    ).stdout.strip()
+
+
+def recreate_with_new_cluster_ip(kubectl: Kubectl, namespace: str, old_ip: str) -> str:
+    """Delete and recreate the Service until the apiserver allocates an address other than `old_ip`."""
+    for _ in range(5):
+        kubectl.run("delete", "service", EPP_NAME, "-n", namespace, "--wait=true", "--timeout=30s")
+        kubectl.apply(epp_service_manifest(namespace))
+        new_ip = cluster_ip_of(kubectl, namespace)
+        if new_ip != old_ip:
+            return new_ip
+    raise AssertionError(f"the apiserver kept allocating {old_ip}")
+
+
+def socket_address(filter_doc: dict[str, Any]) -> dict[str, Any]:
+    """The EPP cluster's socket_address mapping in a corrected-form filter."""
+    for patch in filter_doc["spec"]["configPatches"]:
+        if patch["applyTo"] == "CLUSTER":
+            endpoint = patch["patch"]["value"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+            address: dict[str, Any] = endpoint["endpoint"]["address"]["socket_address"]
+            return address
+    raise AssertionError("the filter has no CLUSTER patch")
+
+
+def pinned_address(filter_doc: dict[str, Any]) -> str:
+    return str(socket_address(filter_doc)["address"])
+
+
+@pytest.fixture
+def pinned_filter(kubectl: Kubectl, namespace: str) -> str:
+    """A namespace holding an EPP Service and a corrected filter pinned to its current ClusterIP."""
+    kubectl.apply(epp_service_manifest(namespace))
+    document = renamed(
+        pinned_to(load_document("seed-corrected.yaml"), cluster_ip_of(kubectl, namespace)),
+        FILTER_NAME,
+        namespace,
+    )
+    document["metadata"]["annotations"][PROVENANCE_ANNOTATION] = f"{namespace}/{EPP_NAME}"
+    kubectl.apply(dump(document))
+    return namespace
+
+
+def reconcile_argv(control_plane: ControlPlaneInfo, namespace: str, *extra: str) -> list[str]:
+    cli = find_cli()
+    assert cli is not None
+    return [
+        str(cli),
+        "reconcile",
+        "--kubeconfig",
+        str(control_plane.kubeconfig),
+        "--namespace",
+        namespace,
+        *extra,
+    ]
+
+
+def test_one_reconcile_pass_repins_the_filter_to_the_recreated_services_new_cluster_ip(
+    control_plane: ControlPlaneInfo, kubectl: Kubectl, pinned_filter: str
+) -> None:
+    namespace = pinned_filter
+    old_ip = cluster_ip_of(kubectl, namespace)
+    new_ip = recreate_with_new_cluster_ip(kubectl, namespace, old_ip)
+    stale = kubectl.get_json("envoyfilter", FILTER_NAME, "-n", namespace)
+    assert pinned_address(stale) == old_ip
+
+    result = subprocess.run(
+        reconcile_argv(control_plane, namespace, "--once"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+    repaired = kubectl.get_json("envoyfilter", FILTER_NAME, "-n", namespace)
+    expected = copy.deepcopy(stale)
+    socket_address(expected)["address"] = new_ip
+    assert repaired["spec"] == expected["spec"]
+
+
+@pytest.fixture
+def running_reconciler(
+    control_plane: ControlPlaneInfo, pinned_filter: str, tmp_path: Path
+) -> Iterator[ManagedProcess]:
+    """`extproc-guard reconcile` looping every second over the test's namespace."""
+    process = ManagedProcess(
+        "extproc-guard reconcile",
+        reconcile_argv(control_plane, pinned_filter, "--interval", "1"),
+        tmp_path / "reconcile.log",
+    )
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def test_a_running_reconciler_follows_the_service_to_its_new_cluster_ip(
+    kubectl: Kubectl, pinned_filter: str, running_reconciler: ManagedProcess
+) -> None:
+    namespace = pinned_filter
+    new_ip = recreate_with_new_cluster_ip(kubectl, namespace, cluster_ip_of(kubectl, namespace))
+
+    def repinned() -> bool:
+        return pinned_address(kubectl.get_json("envoyfilter", FILTER_NAME, "-n", namespace)) == new_ip
+
+    wait_until(
+        repinned, timeout=60, what="filter re-pinned by the reconciler", alive=running_reconciler.death
+    )
