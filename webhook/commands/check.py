@@ -37,9 +37,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "-o",
         "--output",
-        type=OutputFormat,
-        choices=list(OutputFormat),
-        default=OutputFormat.TEXT,
+        choices=[output.value for output in OutputFormat],
+        default=OutputFormat.TEXT.value,
         help="output format (default: text)",
     )
     parser.set_defaults(handler=run_check)
@@ -73,6 +72,6 @@ def run_check(args: argparse.Namespace) -> int:
     report = check_sources(sources, settings, stdin=sys.stdin.buffer, errors=path_errors)
     for error in report.errors:
         print_error(str(error))
-    sys.stdout.write(render_report(report, args.output))
+    sys.stdout.write(render_report(report, OutputFormat(args.output)))
     sys.stdout.flush()
     return report.exit_code
