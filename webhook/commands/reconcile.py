@@ -16,6 +16,7 @@ import socket
 import sys
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from webhook.clisettings import (
     SettingsError,
@@ -24,9 +25,10 @@ from webhook.clisettings import (
     load_policy_file,
     resolver_settings_from_args,
 )
-from webhook.reconcile_kube import KubeConfigError
-from webhook.reconcile_runner import Parts, audit_exit_code, audit_once, build_parts, run_reconciler
 from webhook.reconcile_settings import LeaseSettings, ReconcileSettings
+
+if TYPE_CHECKING:
+    from webhook.reconcile_runner import Parts
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +158,10 @@ def print_error(message: str) -> None:
 
 
 def run_reconcile(args: argparse.Namespace) -> int:
+    # The Kubernetes client and the runner load here, not when the CLI lists its commands.
+    from webhook.reconcile_kube import KubeConfigError
+    from webhook.reconcile_runner import audit_exit_code, audit_once, build_parts
+
     try:
         settings = settings_from_args(args)
         policy = load_policy_file(args.policy)
@@ -174,6 +180,8 @@ def run_reconcile(args: argparse.Namespace) -> int:
 
 
 async def _serve(parts: Parts, settings: ReconcileSettings) -> None:
+    from webhook.reconcile_runner import run_reconciler
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
