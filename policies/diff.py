@@ -10,10 +10,14 @@ from policies.patch import PatchOp, escape_token
 
 def copy_tree(value: Any) -> Any:
     """A deep copy of a JSON-like tree (mappings become dicts, lists stay lists, leaves are shared)."""
+    if isinstance(value, dict | list):
+        if isinstance(value, dict):
+            return {key: copy_tree(item) for key, item in value.items()}
+        return [copy_tree(item) for item in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
     if isinstance(value, Mapping):
         return {key: copy_tree(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [copy_tree(item) for item in value]
     return value
 
 
@@ -23,8 +27,9 @@ def _same(old: Any, new: Any) -> bool:
 
 def diff_documents(old: Any, new: Any, path: str = "") -> list[PatchOp]:
     """Operations that turn `old` into `new`: removals, additions and leaf replacements only where they
-    differ; a list that only grew gets `add`s at its end; any other list change replaces the list."""
-    if isinstance(old, Mapping) and isinstance(new, Mapping):
+    differ; a list that only grew gets `add`s at its end; any other list change replaces the list.
+    Mappings other than dicts are compared whole (the engine's documents are plain dicts)."""
+    if isinstance(old, dict) and isinstance(new, dict):
         ops: list[PatchOp] = []
         for key in old:
             if key not in new:

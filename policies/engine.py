@@ -28,6 +28,7 @@ from policies.pieces import locate_ext_proc
 from policies.policy import Policy
 from policies.resolver import ServiceResolver
 from policies.rules import RULES, Rule, Violation
+from policies.rules.base import fix_nothing
 from policies.subject import Subject
 
 __all__ = ["DocumentError", "Evaluation", "evaluate"]
@@ -150,6 +151,8 @@ def _repair(
     working: dict[str, Any] | None = None
     current = subject
     for rule, _level, violations in results:
+        if rule.fix is fix_nothing:
+            continue
         if working is not None:
             violations = list(rule.check(current))
         if not any(v.fixable for v in violations):

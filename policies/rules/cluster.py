@@ -199,7 +199,10 @@ def check_cluster_ref(subject: Subject) -> Iterator[Violation]:
         name = piece.cluster_name
         if name is not None and name in pieces.clusters:
             continue
-        what = f"names cluster {name!r}, which no CLUSTER ADD patch defines" if name else "names no cluster"
+        if name:
+            what = f"names cluster {name!r}, which no CLUSTER ADD patch defines"
+        else:
+            what = f"names no cluster (the policy's EPP cluster is {subject.policy.epp_cluster!r})"
         yield Violation(
             path=piece.cluster_name_path,
             message=(
