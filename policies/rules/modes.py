@@ -65,15 +65,17 @@ def _disallowed_bodies(subject: Subject, site: ModeSite) -> Iterator[tuple[str, 
             yield field, value
 
 
-def _body_replacement(subject: Subject, field: str) -> str:
-    wanted = subject.profile.pinned.get(field, "NONE")
+def _body_replacement(subject: Subject, site: ModeSite, field: str) -> str:
+    """The profile's body mode for this site (the route override's, or the pass-through global's)."""
+    profile = subject.profile
+    wanted = (profile.global_mode if site.is_global else profile.route_mode)[field]
     return wanted if wanted in subject.policy.body_modes else "NONE"
 
 
 def check_body_streamed(subject: Subject) -> Iterator[Violation]:
     for site in subject.pieces.mode_sites:
         for field, value in _disallowed_bodies(subject, site):
-            replacement = _body_replacement(subject, field)
+            replacement = _body_replacement(subject, site, field)
             yield Violation(
                 path=field_path(site, field),
                 message=(
@@ -88,7 +90,9 @@ def check_body_streamed(subject: Subject) -> Iterator[Violation]:
 
 def fix_body_streamed(subject: Subject) -> Iterator[PatchOp]:
     for site in subject.pieces.mode_sites:
-        fields = {field: _body_replacement(subject, field) for field, _ in _disallowed_bodies(subject, site)}
+        fields = {
+            field: _body_replacement(subject, site, field) for field, _ in _disallowed_bodies(subject, site)
+        }
         if fields:
             yield from set_mode_fields(subject, site, fields)
 

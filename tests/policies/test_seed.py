@@ -11,7 +11,7 @@ import yaml
 
 from policies.engine import evaluate
 from policies.patch import apply_patch
-from policies.policy import default_policy
+from policies.policy import default_policy, load_policy
 from policies.resolver import ServiceAddress, ServiceRef, StaticResolver
 
 DATA = Path(__file__).parent / "data"
@@ -68,3 +68,29 @@ def test_seed_without_a_known_service_is_not_pinned_to_a_guess() -> None:
     address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
     assert address["socket_address"]["address"].endswith(".svc.cluster.local")
     assert "annotations" not in result.fixed["metadata"]
+
+
+def test_seed_bad_under_gie_epp_streams_bodies_only_where_the_epp_runs(resolver: StaticResolver) -> None:
+    result = evaluate(load("seed-bad.yaml"), policy=load_policy("profile: gie-epp"), resolver=resolver)
+    assert [f.rule for f in result.remaining] == ["EPX012"]
+    patches = result.fixed["spec"]["configPatches"]
+    assert patches[0]["patch"]["value"]["typed_config"]["processing_mode"] == {
+        "request_header_mode": "SKIP",
+        "request_body_mode": "NONE",
+        "response_header_mode": "SKIP",
+        "response_body_mode": "NONE",
+        "request_trailer_mode": "SKIP",
+        "response_trailer_mode": "SKIP",
+    }
+    override = patches[2]["patch"]["value"]["typed_per_filter_config"]["envoy.filters.http.ext_proc"][
+        "overrides"
+    ]
+    assert override["processing_mode"] == {
+        "request_header_mode": "SEND",
+        "request_body_mode": "FULL_DUPLEX_STREAMED",
+        "response_header_mode": "SEND",
+        "response_body_mode": "FULL_DUPLEX_STREAMED",
+        "request_trailer_mode": "SEND",
+        "response_trailer_mode": "SEND",
+    }
+    assert patches[1]["patch"]["value"]["transport_socket"]["name"] == "envoy.transport_sockets.tls"
