@@ -297,3 +297,11 @@ def build_response(request: AdmissionRequest, verdict: Verdict) -> dict[str, Any
     if verdict.warnings:
         response["warnings"] = list(verdict.warnings)
     return {"apiVersion": ADMISSION_API_VERSION, "kind": "AdmissionReview", "response": response}
+
+
+def encode_review(request: AdmissionRequest, verdict: Verdict) -> bytes:
+    """The response body; a patch holding NaN or Infinity (not JSON) makes it a malformed review."""
+    try:
+        return json.dumps(build_response(request, verdict), separators=(",", ":"), allow_nan=False).encode()
+    except ValueError:
+        raise MalformedReviewError("the object holds a number JSON cannot carry (NaN or Infinity)") from None

@@ -10,31 +10,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from policies.engine import Evaluation, evaluate
-from policies.policy import Policy, default_policy
+from policies.policy import default_policy
 from policies.resolver import ServiceResolver, StaticResolver
 from webhook.admission import (
     AdmissionError,
-    AdmissionRequest,
-    MalformedReviewError,
-    Verdict,
     Webhook,
-    build_response,
     parse_review,
-    review_request,
 )
 from webhook.clisettings import ChainResolver
 from webhook.metrics import Metrics
+from webhook.reviewer import Reviewer
 from webhook.services import ServiceCache, build_core_api
 from webhook.settings import ServeSettings
 from webhook.tlsreload import CertReloader
@@ -42,48 +35,7 @@ from webhook.tlsreload import CertReloader
 logger = logging.getLogger(__name__)
 
 CACHE_STOP_SECONDS = 5.0
-MEMO_SIZE = 256
 STATIC_SOURCE = "static --service map"
-
-
-class Reviewer:
-    """The engine bound to the server's policy and resolver, with a small memo of recent answers.
-
-    `evaluate` is pure given the document, the policy and the resolver's answers, so a result is reused
-    while the document is byte-for-byte the same and the resolver's `generation` has not moved (the
-    apiserver re-sends the same object on reinvocation, and reconcile loops re-apply unchanged filters).
-    """
-
-    def __init__(
-        self,
-        policy: Policy,
-        resolver: ServiceResolver,
-        *,
-        generation: Callable[[], int] = lambda: 0,
-        memo_size: int = MEMO_SIZE,
-    ) -> None:
-        self.policy = policy
-        self._resolver = resolver
-        self._generation = generation
-        self._memo: OrderedDict[tuple[int, str], Evaluation] = OrderedDict()
-        self._memo_size = memo_size
-        self.hits = 0
-        self.misses = 0
-
-    def evaluate(self, document: Mapping[str, Any]) -> Evaluation:
-        key = (self._generation(), json.dumps(document, sort_keys=True, separators=(",", ":")))
-        cached = self._memo.get(key)
-        if cached is not None:
-            self._memo.move_to_end(key)
-            self.hits += 1
-            return cached
-        self.misses += 1
-        result = evaluate(document, policy=self.policy, resolver=self._resolver)
-        if self._memo_size > 0:
-            self._memo[key] = result
-            if len(self._memo) > self._memo_size:
-                self._memo.popitem(last=False)
-        return result
 
 
 SETTINGS_KEY = web.AppKey("settings", ServeSettings)
@@ -208,8 +160,11 @@ async def read_body(request: web.Request) -> bytes:
     if length is not None and length > settings.max_body_bytes:
         raise RequestRefusedError(f"request body is larger than {settings.max_body_bytes} bytes")
     try:
-        async with asyncio.timeout(settings.body_timeout_seconds):
+        if request.content.is_eof():  # the whole body has arrived with the headers: no timer needed
             body = await request.read()
+        else:
+            async with asyncio.timeout(settings.body_timeout_seconds):
+                body = await request.read()
     except TimeoutError:
         raise RequestRefusedError(
             f"request body not received within {settings.body_timeout_seconds:g} seconds"
@@ -219,20 +174,11 @@ async def read_body(request: web.Request) -> bytes:
     return body
 
 
-def encode_review(request: AdmissionRequest, verdict: Verdict) -> bytes:
-    try:
-        return json.dumps(build_response(request, verdict), separators=(",", ":"), allow_nan=False).encode()
-    except ValueError:
-        raise MalformedReviewError("the object holds a number JSON cannot carry (NaN or Infinity)") from None
-
-
 async def handle_review(request: web.Request, *, webhook: Webhook) -> web.Response:
     body = await read_body(request)
     started = time.perf_counter()
     review = parse_review(body)
-    reviewer = request.app[REVIEWER_KEY]
-    verdict = review_request(review, webhook=webhook, evaluate=reviewer.evaluate, policy=reviewer.policy)
-    payload = encode_review(review, verdict)
+    verdict, payload = request.app[REVIEWER_KEY].answer(review, webhook=webhook, body=body)
     seconds = time.perf_counter() - started
     patched = bool(verdict.patch) and not review.dry_run
     request.app[METRICS_KEY].record_review(

@@ -1,0 +1,77 @@
+"""The reviewer's memo: an answer is reused only for a body that differs from an earlier one in its uid."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from policies.policy import default_policy
+from policies.resolver import StaticResolver
+from tests.webhook.webhookrig import STATIC_SERVICES, load_document, review_of
+from webhook.admission import Webhook, build_response, parse_review
+from webhook.reviewer import Reviewer
+
+
+def compact(review: dict[str, Any]) -> bytes:
+    return json.dumps(review, separators=(",", ":")).encode()
+
+
+def reviewer(generation: list[int] | None = None) -> Reviewer:
+    counter = generation if generation is not None else [0]
+    return Reviewer(default_policy(), StaticResolver(STATIC_SERVICES), generation=lambda: counter[0])
+
+
+def answer(subject: Reviewer, body: bytes, webhook: Webhook = Webhook.MUTATE) -> dict[str, Any]:
+    request = parse_review(body)
+    verdict, payload = subject.answer(request, webhook=webhook, body=body)
+    decoded: dict[str, Any] = json.loads(payload)
+    assert decoded == build_response(request, verdict), "the reused answer is the one build_response gives"
+    return decoded
+
+
+def test_a_body_that_differs_only_in_uid_reuses_the_answer_with_its_own_uid() -> None:
+    subject = reviewer()
+    bad = load_document("seed-bad.yaml")
+    first = answer(subject, compact(review_of(bad, uid="first")))
+    second = answer(subject, compact(review_of(bad, uid="second")))
+    assert (subject.misses, subject.hits) == (1, 1)
+    assert second["response"]["uid"] == "second"
+    assert second["response"]["patch"] == first["response"]["patch"]
+
+
+def test_a_body_spelled_with_spaces_is_reused_too() -> None:
+    subject = reviewer()
+    bad = load_document("seed-bad.yaml")
+    answer(subject, json.dumps(review_of(bad, uid="a")).encode())
+    answer(subject, json.dumps(review_of(bad, uid="b")).encode())
+    assert subject.hits == 1
+
+
+def test_a_different_object_or_webhook_is_evaluated_again() -> None:
+    subject = reviewer()
+    bad = load_document("seed-bad.yaml")
+    answer(subject, compact(review_of(bad, uid="a")))
+    answer(subject, compact(review_of(load_document("seed-corrected.yaml"), uid="b")))
+    answer(subject, compact(review_of(bad, uid="c")), Webhook.VALIDATE)
+    assert (subject.misses, subject.hits) == (3, 0)
+
+
+def test_a_resolver_change_is_evaluated_again() -> None:
+    generation = [0]
+    subject = reviewer(generation)
+    bad = load_document("seed-bad.yaml")
+    answer(subject, compact(review_of(bad, uid="a")))
+    generation[0] += 1
+    answer(subject, compact(review_of(bad, uid="b")))
+    assert (subject.misses, subject.hits) == (2, 0)
+
+
+def test_a_uid_that_also_appears_in_the_object_is_not_memoized() -> None:
+    subject = reviewer()
+    bad = load_document("seed-bad.yaml")
+    bad["metadata"]["labels"] = {"x": "y"}
+    review = review_of(bad, uid="same")
+    review["request"]["object"]["spec"]["uid"] = "same"
+    answer(subject, compact(review))
+    answer(subject, compact(review))
+    assert (subject.misses, subject.hits) == (2, 0)

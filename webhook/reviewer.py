@@ -1,0 +1,80 @@
+"""Reviews: the engine bound to the server's policy and resolver, and a memo of recent answers."""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from policies.engine import Evaluation, evaluate
+from policies.policy import Policy
+from policies.resolver import ServiceResolver
+from webhook.admission import AdmissionRequest, Verdict, Webhook, encode_review, review_request
+
+MEMO_SIZE = 256
+MEMO_MAX_BODY = 64 * 1024
+RESPONSE_PREFIX = b'{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":'
+
+MemoKey = tuple[Webhook, int, int, bytes]
+
+
+class Reviewer:
+    """Answers reviews; an answer is reused for a body that differs from an earlier one only in its uid.
+
+    A verdict depends only on the request (its body), the policy and the resolver's answers, so it is reused
+    while the resolver's `generation` has not moved: the apiserver re-sends the same object on reinvocation,
+    and reconcile loops re-apply unchanged filters. The key is the body with its one `"uid":"..."` member
+    cut out, plus where it was cut, so two bodies share a key only when nothing but the uid differs.
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        resolver: ServiceResolver,
+        *,
+        generation: Callable[[], int] = lambda: 0,
+        memo_size: int = MEMO_SIZE,
+    ) -> None:
+        self.policy = policy
+        self._resolver = resolver
+        self._generation = generation
+        self._memo: OrderedDict[MemoKey, tuple[Verdict, bytes]] = OrderedDict()
+        self._memo_size = memo_size
+        self.hits = 0
+        self.misses = 0
+
+    def evaluate(self, document: Mapping[str, Any]) -> Evaluation:
+        return evaluate(document, policy=self.policy, resolver=self._resolver)
+
+    def answer(self, request: AdmissionRequest, *, webhook: Webhook, body: bytes) -> tuple[Verdict, bytes]:
+        """The verdict and the response body; raises `MalformedReviewError` for a patch JSON cannot carry."""
+        uid = json.dumps(request.uid).encode()
+        key = self._key(uid, webhook, body)
+        if key is not None:
+            cached = self._memo.get(key)
+            if cached is not None:
+                self._memo.move_to_end(key)
+                self.hits += 1
+                verdict, tail = cached
+                return verdict, RESPONSE_PREFIX + uid + tail
+        self.misses += 1
+        verdict = review_request(request, webhook=webhook, evaluate=self.evaluate, policy=self.policy)
+        payload = encode_review(request, verdict)
+        head = RESPONSE_PREFIX + uid
+        if key is not None and payload.startswith(head):
+            self._memo[key] = (verdict, payload[len(head) :])
+            if len(self._memo) > self._memo_size:
+                self._memo.popitem(last=False)
+        return verdict, payload
+
+    def _key(self, uid: bytes, webhook: Webhook, body: bytes) -> MemoKey | None:
+        if self._memo_size <= 0 or len(body) > MEMO_MAX_BODY:
+            return None
+        for token in (b'"uid":' + uid, b'"uid": ' + uid):
+            at = body.find(token)
+            if at >= 0:
+                if body.find(token, at + 1) >= 0:
+                    return None  # more than once: do not guess which is the request's
+                return (webhook, self._generation(), at, body[:at] + body[at + len(token) :])
+        return None
