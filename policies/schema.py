@@ -7,6 +7,9 @@ sure ParseDict accepts runs first, and ParseDict runs only when the walk is unsu
 
 from __future__ import annotations
 
+import importlib
+import logging
+import pkgutil
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +32,10 @@ KNOWN_ANY_TYPES: Final = (
     http_protocol_options_pb2.HttpProtocolOptions.DESCRIPTOR,
     tls_pb2.UpstreamTlsContext.DESCRIPTOR,
 )
+
+logger = logging.getLogger(__name__)
+
+_PROTO_PACKAGE: Final = re.compile(r"envoy(\.[a-z0-9_]+)+\.v[0-9]+(alpha|beta)?[0-9]*")
 
 _DURATION: Final = re.compile(r"-?\d+(\.\d{1,9})?s")
 _INT_RANGES: Final = {
@@ -167,11 +174,35 @@ def _node(descriptor: Descriptor) -> _Node:
     return _Node("", table, None)
 
 
+def _import_proto_package(full_name: str) -> None:
+    """Import the generated modules of the package a message type lives in, so the pool knows it."""
+    package = full_name.rpartition(".")[0]
+    # Only Envoy's own generated packages: a type URL is user input and must not pick what gets imported.
+    if not _PROTO_PACKAGE.fullmatch(package):
+        return
+    try:
+        module = importlib.import_module(package)
+    except Exception:  # a missing or broken package only means the type stays unknown
+        return
+    for info in pkgutil.iter_modules(getattr(module, "__path__", [])):
+        if info.name.endswith("_pb2"):
+            try:
+                importlib.import_module(f"{package}.{info.name}")
+            except Exception:  # as above: the type stays unknown and EPX008 reports it
+                logger.debug("proto module %s.%s does not import", package, info.name)
+
+
 @cache
 def _node_for_type_url(type_url: str) -> _Node | None:
-    """The node of an Any's payload type, None when the descriptor pool does not know it."""
+    """The node of an Any's payload type, None when no installed Envoy proto defines it."""
+    full_name = type_url.rsplit("/", 1)[-1]
+    pool = descriptor_pool.Default()
     try:
-        return _node(descriptor_pool.Default().FindMessageTypeByName(type_url.rsplit("/", 1)[-1]))
+        return _node(pool.FindMessageTypeByName(full_name))
+    except KeyError:
+        _import_proto_package(full_name)
+    try:
+        return _node(pool.FindMessageTypeByName(full_name))
     except KeyError:
         return None
 

@@ -171,3 +171,13 @@ def test_field_path_reads_like_a_proto_path() -> None:
     assert error.field_path == (
         "load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value"
     )
+
+
+def test_any_types_from_other_envoy_packages_resolve_on_demand() -> None:
+    raw_buffer = "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+    value = {"name": "c", "transport_socket": {"name": "raw", "typed_config": {"@type": raw_buffer}}}
+    assert parse_error(value, CLUSTER) is None
+    value["transport_socket"]["typed_config"]["@type"] = "type.googleapis.com/envoy.extensions.none.v3.Nope"
+    error = parse_error(value, CLUSTER)
+    assert error is not None
+    assert error.path == ("transport_socket", "typed_config", "@type")
