@@ -49,8 +49,10 @@ def build_event(
     warning: bool,
     instance: str,
     now: datetime,
+    suffix: str,
 ) -> dict[str, Any]:
-    """An Event about `obj` (an EnvoyFilter as read from the API)."""
+    """An Event about `obj` (an EnvoyFilter as read from the API), named `OBJECT.SUFFIX` as kubectl and
+    client-go name theirs (the API refuses a `generateName` ending in a dot)."""
     metadata = obj.get("metadata") or {}
     namespace = str(metadata.get("namespace") or "default")
     name = str(metadata.get("name") or "")
@@ -66,7 +68,7 @@ def build_event(
     return {
         "apiVersion": "events.k8s.io/v1",
         "kind": "Event",
-        "metadata": {"generateName": f"{name}.", "namespace": namespace},
+        "metadata": {"name": f"{name}.{suffix}"[:253], "namespace": namespace},
         "eventTime": micro_time(now),
         "reportingController": REPORTING_CONTROLLER,
         "reportingInstance": instance[:128],

@@ -3,8 +3,9 @@
 Every call here blocks (the `kubernetes` client is synchronous): the reconciler runs them with
 `asyncio.to_thread`. EnvoyFilters, Leases, Events and PolicyReports all go through `CustomObjectsApi`,
 which addresses any `/apis/GROUP/VERSION` resource and keeps objects as plain dicts, the shape the policy
-engine reads. Errors become three small exceptions: `ConflictError` (a precondition failed: 409, or 422
-from a JSON Patch `test` op), `NotFoundError` (404) and `KubeAPIError` (anything else).
+engine reads. Errors become three small exceptions: `ConflictError` (a precondition failed: 409, or a 422
+from a JSON Patch `test` op on a resourceVersion that moved on), `NotFoundError` (404) and `KubeAPIError`
+(anything else).
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def _translate(what: str, error: Exception) -> KubeAPIError:
         reason = _message(error)
         if status == 404:
             return NotFoundError(what, status, reason)
-        if status == 409 or (status == 422 and "test" in reason.lower()):
+        if status == 409:
             return ConflictError(what, status, reason)
         return KubeAPIError(what, status, reason)
     text = " ".join(str(error).split())[:200]
@@ -229,7 +230,7 @@ class KubeObjects:
     ) -> dict[str, Any]:
         """A JSON Patch that applies only to `expected_version`: a leading `test` op on
         /metadata/resourceVersion fails (422) on any other version, so a concurrent write is never
-        overwritten."""
+        overwritten. Raises `ConflictError` when that is why the patch was refused."""
         body = [{"op": "test", "path": "/metadata/resourceVersion", "value": expected_version}]
         body.extend(op.to_json() for op in ops)
         what = f"patch {resource.plural} {namespace}/{name}"
@@ -246,5 +247,17 @@ class KubeObjects:
                 _request_timeout=self._timeout,
             )
         except Exception as error:
-            raise _translate(what, error) from None
+            translated = _translate(what, error)
+            if translated.status == 422 and self._moved_on(resource, namespace, name, expected_version):
+                raise ConflictError(what, 422, "the object changed since it was read") from None
+            raise translated from None
         return _as_object(patched, what)
+
+    def _moved_on(self, resource: Resource, namespace: str, name: str, expected_version: str) -> bool:
+        """After a 422: did the `test` op fail because the object has a newer resourceVersion? (The API
+        answers a failed test op with a generic 422, the same code as a schema violation.)"""
+        try:
+            current = self.get_object(resource, namespace, name)
+        except NotFoundError:
+            return True
+        return resource_version(current) != expected_version

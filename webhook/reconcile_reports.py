@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -59,6 +60,7 @@ class Reporter:
             warning=warning,
             instance=self._instance,
             now=self._wall(),
+            suffix=uuid.uuid4().hex[:16],
         )
         try:
             await asyncio.to_thread(self._kube.create_object, EVENTS, namespace, body)

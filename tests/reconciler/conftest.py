@@ -14,6 +14,7 @@ import yaml
 
 from policies.policy import default_policy
 from policies.resolver import ServiceAddress, ServiceRef, ServiceResolver, StaticResolver
+from tests.e2e.conftest import control_plane, kubectl, namespace  # noqa: F401  (the real apiserver's fixtures)
 from tests.reconciler.fakeapi import FakeKubeAPI
 from webhook.reconcile_kube import KubeObjects, build_api_client
 from webhook.reconcile_metrics import ReconcileMetrics

@@ -1,0 +1,257 @@
+"""The reconciler's key behaviours on a real etcd + kube-apiserver (the end-to-end control plane), with the
+EnvoyFilter and PolicyReport CRDs installed and objects written by the real kubectl. Skipped with one line
+when the control plane binaries are not built (see tests/e2e)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from policies.patch import PatchOp
+from policies.policy import default_policy
+from tests.e2e.cluster import ControlPlaneInfo, Kubectl
+from tests.reconciler.conftest import OPERATOR, FakeClock, fixed_wall, load, static_epp, without_server_fields
+from tests.reconciler.test_audit import with_unrelated_content
+from webhook.leader import LeaseElector
+from webhook.reconcile_kube import KubeObjects, Resource, build_api_client
+from webhook.reconcile_metrics import ReconcileMetrics
+from webhook.reconcile_settings import FIELD_MANAGER, LeaseSettings, ReconcileSettings
+from webhook.reconciler import Action, Reconciler
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+POLICY_REPORT_CRD = REPO / "manifests" / "base" / "crds" / "policyreports.yaml"
+FILTER = "epp-ext-proc"
+
+
+class CountingKube(KubeObjects):
+    """The real client, counting the writes it sends and optionally letting another writer in first."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.writes: list[str] = []
+        self.before_first_patch: list[Any] = []
+
+    def patch_object(
+        self, resource: Resource, namespace: str, name: str, *, expected_version: str, ops: Sequence[PatchOp]
+    ) -> dict[str, Any]:
+        hooks, self.before_first_patch = self.before_first_patch, []
+        for hook in hooks:
+            hook()
+        self.writes.append(f"patch {resource.plural}")
+        return super().patch_object(resource, namespace, name, expected_version=expected_version, ops=ops)
+
+    def create_object(self, resource: Resource, namespace: str, body: Any) -> dict[str, Any]:
+        self.writes.append(f"create {resource.plural}")
+        return super().create_object(resource, namespace, body)
+
+    def replace_object(self, resource: Resource, body: Any) -> dict[str, Any]:
+        self.writes.append(f"replace {resource.plural}")
+        return super().replace_object(resource, body)
+
+
+@pytest.fixture(scope="session")
+def policy_report_crd(kubectl: Kubectl) -> None:
+    kubectl.run("apply", "-f", str(POLICY_REPORT_CRD))
+    kubectl.run("wait", "--for=condition=Established", "crd/policyreports.wgpolicyk8s.io", "--timeout=60s")
+
+
+def kube_for(control_plane: ControlPlaneInfo, identity: str) -> CountingKube:
+    api_client = build_api_client(
+        kubeconfig=control_plane.kubeconfig, context=None, user_agent=f"extproc-guard-reconciler/{identity}"
+    )
+    return CountingKube(api_client, field_manager=FIELD_MANAGER, timeout=30.0)
+
+
+def reconciler_for(
+    kube: KubeObjects,
+    namespace: str,
+    *,
+    clock: FakeClock | None = None,
+    may_write: Callable[[], bool] | None = None,
+    **overrides: Any,
+) -> Reconciler:
+    settings = replace(ReconcileSettings(namespaces=(namespace,)), **overrides)
+    return Reconciler(
+        kube,
+        policy=default_policy(),
+        resolver=static_epp(),
+        settings=settings,
+        metrics=ReconcileMetrics(),
+        clock=clock or FakeClock(),
+        wall=fixed_wall,
+        may_write=may_write or (lambda: True),
+    )
+
+
+def create(kubectl: Kubectl, document: dict[str, Any], namespace: str) -> None:
+    document = copy.deepcopy(document)
+    document["metadata"]["namespace"] = namespace
+    kubectl.run("create", "-f", "-", "--field-manager", OPERATOR, stdin=yaml.safe_dump(document))
+
+
+def operator_applies(kubectl: Kubectl, document: dict[str, Any], namespace: str) -> None:
+    """The operator's reconcile loop: server-side apply of its template, taking the fields back."""
+    document = copy.deepcopy(document)
+    document["metadata"]["namespace"] = namespace
+    kubectl.run(
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager",
+        OPERATOR,
+        "-f",
+        "-",
+        stdin=yaml.safe_dump(document),
+    )
+
+
+def stored(kubectl: Kubectl, namespace: str, name: str = FILTER) -> dict[str, Any]:
+    return kubectl.get_json("envoyfilter", name, "-n", namespace)
+
+
+def events(kubectl: Kubectl, namespace: str, reason: str) -> list[dict[str, Any]]:
+    items = kubectl.get_json("events.events.k8s.io", "-n", namespace).get("items") or []
+    return [e for e in items if e.get("reason") == reason]
+
+
+def in_namespace(document: dict[str, Any], namespace: str) -> dict[str, Any]:
+    result = copy.deepcopy(document)
+    result["metadata"]["namespace"] = namespace
+    return result
+
+
+async def test_a_bad_filter_is_fixed_with_unrelated_content_kept_exactly(
+    control_plane: ControlPlaneInfo, kubectl: Kubectl, namespace: str
+) -> None:
+    create(kubectl, with_unrelated_content(load("seed-bad.yaml")), namespace)
+    reconciler = reconciler_for(kube_for(control_plane, "a"), namespace)
+
+    result = await reconciler.audit()
+
+    assert [o.action for o in result.outcomes] == [Action.FIXED]
+    expected = in_namespace(with_unrelated_content(load("seed-corrected.yaml")), namespace)
+    assert without_server_fields(stored(kubectl, namespace)) == expected
+    (fixed,) = events(kubectl, namespace, "Fixed")
+    assert fixed["regarding"]["name"] == FILTER
+
+
+async def test_a_concurrent_write_is_refused_by_the_real_apiserver_and_retried_on_the_fresh_object(
+    control_plane: ControlPlaneInfo, kubectl: Kubectl, namespace: str
+) -> None:
+    create(kubectl, load("seed-bad.yaml"), namespace)
+    kube = kube_for(control_plane, "a")
+    kube.before_first_patch.append(
+        lambda: kubectl.run("annotate", "envoyfilter", FILTER, "-n", namespace, "example.com/edited=yes")
+    )
+
+    (outcome,) = (await reconciler_for(kube, namespace).audit()).outcomes
+
+    assert outcome.action is Action.FIXED
+    assert outcome.attempts == 2
+    after = stored(kubectl, namespace)
+    assert after["metadata"]["annotations"]["example.com/edited"] == "yes"
+    assert after["spec"]["configPatches"][0]["patch"]["operation"] == "REPLACE"
+
+
+async def test_two_replicas_with_a_real_lease_never_both_write(
+    control_plane: ControlPlaneInfo, kubectl: Kubectl, namespace: str
+) -> None:
+    create(kubectl, load("seed-bad.yaml"), namespace)
+    lease = f"reconciler-{uuid.uuid4().hex[:6]}"
+    kubes = [kube_for(control_plane, name) for name in ("a", "b")]
+    electors = [
+        LeaseElector(kube, LeaseSettings(name=lease, namespace=namespace, identity=name), clock=FakeClock())
+        for kube, name in zip(kubes, ("a", "b"), strict=True)
+    ]
+    assert await asyncio.to_thread(electors[0].step) is True
+    assert await asyncio.to_thread(electors[1].step) is False
+    for kube in kubes:
+        kube.writes.clear()
+    reconcilers = [
+        reconciler_for(kube, namespace, may_write=elector.holds)
+        for kube, elector in zip(kubes, electors, strict=True)
+    ]
+
+    results = [await r.audit() for r in reversed(reconcilers)]
+
+    assert [o.action for o in results[0].outcomes] == [Action.NOT_LEADER]
+    assert kubes[1].writes == []
+    assert [o.action for o in results[1].outcomes] == [Action.FIXED]
+    assert "patch envoyfilters" in kubes[0].writes
+    holder = kubectl.get_json("lease", lease, "-n", namespace)["spec"]["holderIdentity"]
+    assert holder == "a"
+
+
+async def test_dry_run_changes_nothing_on_the_real_apiserver(
+    control_plane: ControlPlaneInfo, kubectl: Kubectl, namespace: str
+) -> None:
+    create(kubectl, load("seed-bad.yaml"), namespace)
+    before = stored(kubectl, namespace)["metadata"]["resourceVersion"]
+    kube = kube_for(control_plane, "a")
+
+    result = await reconciler_for(kube, namespace, dry_run=True).audit()
+
+    assert [o.action for o in result.outcomes] == [Action.WOULD_FIX]
+    assert kube.writes == []
+    assert stored(kubectl, namespace)["metadata"]["resourceVersion"] == before
+    assert events(kubectl, namespace, "Fixed") == []
+
+
+@pytest.mark.usefixtures("policy_report_crd")
+async def test_unfixable_findings_reach_a_real_policy_report_and_event(
+    control_plane: ControlPlaneInfo, kubectl: Kubectl, namespace: str
+) -> None:
+    create(kubectl, load("unfixable.yaml"), namespace)
+    reconciler = reconciler_for(kube_for(control_plane, "a"), namespace)
+
+    await reconciler.audit()
+
+    report = kubectl.get_json("policyreport", "extproc-guard", "-n", namespace)
+    failed = [r for r in report["results"] if r["result"] == "fail"]
+    assert [r["rule"].split()[0] for r in failed] == ["EPX007"]
+    assert report["summary"]["fail"] == 1
+    (violation,) = events(kubectl, namespace, "PolicyViolation")
+    assert "EPX007" in violation["note"]
+    version = report["metadata"]["resourceVersion"]
+
+    await reconciler.audit()
+
+    assert kubectl.get_json("policyreport", "extproc-guard", "-n", namespace)["metadata"][
+        "resourceVersion"
+    ] == (version)
+
+
+async def test_an_operator_that_keeps_applying_its_template_is_named_from_real_managed_fields(
+    control_plane: ControlPlaneInfo, kubectl: Kubectl, namespace: str
+) -> None:
+    operator_applies(kubectl, load("seed-bad.yaml"), namespace)
+    clock = FakeClock()
+    kube = kube_for(control_plane, "a")
+    reconciler = reconciler_for(kube, namespace, clock=clock)
+    actions = []
+    for _ in range(3):
+        (outcome,) = (await reconciler.audit()).outcomes
+        actions.append(outcome.action)
+        operator_applies(kubectl, load("seed-bad.yaml"), namespace)
+
+    (outcome,) = (await reconciler.audit()).outcomes
+    patches_before = kube.writes.count("patch envoyfilters")
+    (again,) = (await reconciler.audit()).outcomes
+
+    assert actions == [Action.FIXED, Action.FIXED, Action.BACKING_OFF]
+    assert outcome.action is Action.BACKING_OFF
+    assert again.action is Action.BACKING_OFF
+    assert kube.writes.count("patch envoyfilters") == patches_before
+    (fight,) = events(kubectl, namespace, "WriterFight")
+    assert OPERATOR in fight["note"]
+    assert outcome.writer == OPERATOR
