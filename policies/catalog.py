@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Final
 
 from policies.findings import Level
@@ -33,4 +34,4 @@ CATALOG: Final = (
 )
 
 RULE_IDS: Final = tuple(info.id for info in CATALOG)
-SLUG_TO_ID: Final = {info.slug: info.id for info in CATALOG}
+SLUG_TO_ID: Final = MappingProxyType({info.slug: info.id for info in CATALOG})

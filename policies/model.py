@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Final
 
 ISTIO_NETWORKING_GROUP: Final = "networking.istio.io"
 API_VERSIONS: Final = frozenset(f"{ISTIO_NETWORKING_GROUP}/{v}" for v in ("v1alpha3", "v1beta1", "v1"))
-EMPTY: Final[Mapping[str, Any]] = {}
+EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
 
 
 class DocumentError(Exception):

@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
+from types import MappingProxyType
 from typing import Any, Final
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -38,18 +39,20 @@ logger = logging.getLogger(__name__)
 _PROTO_PACKAGE: Final = re.compile(r"envoy(\.[a-z0-9_]+)+\.v[0-9]+(alpha|beta)?[0-9]*")
 
 _DURATION: Final = re.compile(r"-?\d+(\.\d{1,9})?s")
-_INT_RANGES: Final = {
-    FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
-    FieldDescriptor.TYPE_SINT32: (-(2**31), 2**31 - 1),
-    FieldDescriptor.TYPE_SFIXED32: (-(2**31), 2**31 - 1),
-    FieldDescriptor.TYPE_UINT32: (0, 2**32 - 1),
-    FieldDescriptor.TYPE_FIXED32: (0, 2**32 - 1),
-    FieldDescriptor.TYPE_INT64: (-(2**63), 2**63 - 1),
-    FieldDescriptor.TYPE_SINT64: (-(2**63), 2**63 - 1),
-    FieldDescriptor.TYPE_SFIXED64: (-(2**63), 2**63 - 1),
-    FieldDescriptor.TYPE_UINT64: (0, 2**64 - 1),
-    FieldDescriptor.TYPE_FIXED64: (0, 2**64 - 1),
-}
+_INT_RANGES: Final = MappingProxyType(
+    {
+        FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
+        FieldDescriptor.TYPE_SINT32: (-(2**31), 2**31 - 1),
+        FieldDescriptor.TYPE_SFIXED32: (-(2**31), 2**31 - 1),
+        FieldDescriptor.TYPE_UINT32: (0, 2**32 - 1),
+        FieldDescriptor.TYPE_FIXED32: (0, 2**32 - 1),
+        FieldDescriptor.TYPE_INT64: (-(2**63), 2**63 - 1),
+        FieldDescriptor.TYPE_SINT64: (-(2**63), 2**63 - 1),
+        FieldDescriptor.TYPE_SFIXED64: (-(2**63), 2**63 - 1),
+        FieldDescriptor.TYPE_UINT64: (0, 2**64 - 1),
+        FieldDescriptor.TYPE_FIXED64: (0, 2**64 - 1),
+    }
+)
 _WRAPPERS: Final = frozenset(
     f"google.protobuf.{name}Value"
     for name in ("Double", "Float", "Int64", "UInt64", "Int32", "UInt32", "Bool", "String", "Bytes")
