@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="baseline/EPP round pairs (2)")
     parser.add_argument("--connections", type=int, default=8, help="wrk connections (8)")
     parser.add_argument("--workers", type=int, default=1, help="EPP worker processes (1)")
+    parser.add_argument("--transport", default="h2", choices=["h2", "grpcio"], help="EPP gRPC server (h2)")
     parser.add_argument("--epp-log-level", default="info", choices=["info", "warning"], help="(info)")
     parser.add_argument("--sim-latency-ms", type=float, default=0.0, help="simulator latency (0)")
     parser.add_argument("--profile", action="store_true", help="run the EPP under cProfile and print it")
@@ -177,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         children.append(sim)
         epp_argv = [*CLI, "epp", "--host", "127.0.0.1", "--port", str(epp_port), "--endpoints",
                     f"127.0.0.1:{sim_port}", "--metrics-port", str(metrics_ports[0]), "--workers",
-                    str(args.workers), "--log-level", args.epp_log_level]  # fmt: skip
+                    str(args.workers), "--log-level", args.epp_log_level,
+                    "--transport", args.transport]  # fmt: skip
         if args.profile:  # cProfile around the whole EPP; written when it stops (SIGTERM ends it cleanly)
             epp_argv = [sys.executable, "-m", "cProfile", "-o", str(workdir / "epp.prof"), *epp_argv[1:]]
         epp = start_child("epp", epp_argv, log_dir=workdir)
@@ -263,7 +265,7 @@ def report(
     per_decision_us = 1e6 * cpu / decisions if decisions else float("nan")
     print(
         f"epp_bench: {os.cpu_count()} CPUs, Envoy 1 worker, wrk -c {args.connections}, "
-        f"{args.rounds} x {args.duration:g}s per side, EPP workers {args.workers}, "
+        f"{args.rounds} x {args.duration:g}s per side, EPP {args.transport} x {args.workers} worker(s), "
         f"EPP log {args.epp_log_level}, load average {os.getloadavg()[0]:.1f}"
     )
     print(f"{'':10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")

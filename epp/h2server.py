@@ -30,7 +30,7 @@ from typing import cast
 import hpack
 from grpc_health.v1 import health_pb2
 
-from epp.processor import METHOD_NAME, SERVICE_NAME, Processor
+from epp.processor import METHOD_NAME, SERVICE_NAME, Processor, ProcessStream
 
 logger = logging.getLogger(__name__)
 
@@ -102,13 +102,24 @@ def _trailers(status: int, message: str = "") -> bytes:
 _OK_TRAILERS = _trailers(0)
 
 
+def _describe_bad_preface(start: bytes) -> str:
+    if start.split(b" ", 1)[0] in (b"GET", b"POST", b"PUT", b"HEAD", b"OPTIONS", b"DELETE", b"PATCH"):
+        return (
+            "the client speaks HTTP/1.1, not HTTP/2: a gRPC client cluster without HTTP/2 protocol options "
+            f"(Envoy: add http2_protocol_options to the EPP cluster); it sent {start[:40]!r}"
+        )
+    if start[:1] == b"\x16":
+        return "the client started a TLS handshake: this EPP listens in plaintext (h2c)"
+    return f"not an HTTP/2 connection preface: {start[:24]!r}"
+
+
 class _Stream:
     __slots__ = ("buffer", "kind", "pending", "processing", "send_window", "sent_headers")
 
     def __init__(self, kind: str, send_window: int) -> None:
         self.kind = kind  # "process", "health"
         self.buffer = bytearray()
-        self.processing: object | None = None
+        self.processing: ProcessStream | None = None
         self.send_window = send_window
         self.sent_headers = False
         self.pending: list[bytes] = []  # gRPC-framed messages waiting for flow-control window
@@ -214,12 +225,10 @@ class GrpcH2Protocol(asyncio.Protocol):
     def _consume(self) -> None:
         buffer = self._buffer
         if not self._preface_seen:
-            if len(buffer) < len(PREFACE):
-                if not PREFACE.startswith(bytes(buffer)):
-                    raise _ConnectionError(_PROTOCOL_ERROR, "not an HTTP/2 connection preface")
+            if len(buffer) < len(PREFACE) and PREFACE.startswith(bytes(buffer)):
                 return
             if buffer[: len(PREFACE)] != PREFACE:
-                raise _ConnectionError(_PROTOCOL_ERROR, "not an HTTP/2 connection preface")
+                raise _ConnectionError(_PROTOCOL_ERROR, _describe_bad_preface(bytes(buffer[:64])))
             del buffer[: len(PREFACE)]
             self._preface_seen = True
         offset = 0
@@ -404,7 +413,14 @@ class GrpcH2Protocol(asyncio.Protocol):
 
     def _on_message(self, stream_id: int, stream: _Stream, message: bytes) -> None:
         if stream.kind == "process":
-            answers = self._processor.handle_message(stream.processing, message)  # type: ignore[arg-type]
+            processing = stream.processing
+            if processing is None:
+                return
+            for answer in self._processor.handle_message(processing, message):
+                self._send_message(stream_id, stream, answer)
+            if processing.done:
+                self._on_client_done(stream_id, stream)
+            return
         else:
             try:
                 service = health_pb2.HealthCheckRequest.FromString(message).service
@@ -437,7 +453,7 @@ class GrpcH2Protocol(asyncio.Protocol):
 
     def _end_processing(self, stream: _Stream, outcome: str) -> None:
         if stream.processing is not None:
-            self._processor.finish_stream(stream.processing, outcome)  # type: ignore[arg-type]
+            self._processor.finish_stream(stream.processing, outcome)
             stream.processing = None
 
     def _send_message(self, stream_id: int, stream: _Stream, message: bytes) -> None:

@@ -45,13 +45,14 @@ class ProcessorSettings:
     max_body_bytes: int = 1 << 20  # larger bodies are passed on without reading `model`
 
 
-class _Stream:
+class ProcessStream:
     """What one stream has seen so far (owned by one `process` call)."""
 
     __slots__ = (
         "body",
         "body_mode",
         "decided",
+        "done",
         "endpoint",
         "kinds",
         "method",
@@ -71,6 +72,7 @@ class _Stream:
         self.body_mode = _BodyMode.NONE
         self.response_body_mode = _BodyMode.NONE
         self.decided = False
+        self.done = False  # nothing more to answer: the transport may end the call now
         self.body: list[bytes] = []
         self.kinds: list[str] = []
         self.started = time.perf_counter_ns()
@@ -96,6 +98,7 @@ class Processor:
         }
         self._picked = metrics.decisions.labels("picked")
         self._no_endpoint = metrics.decisions.labels("no_endpoint")
+        self._open = metrics.open_streams
         self._kind_counters = {kind: metrics.messages.labels(kind) for kind in self._pass}
 
     def rpc_handler(self) -> grpc.GenericRpcHandler:
@@ -112,8 +115,11 @@ class Processor:
             async for raw in requests:
                 for answer in self.handle_message(stream, raw):
                     yield answer
-            # A client cancel also ends the request iterator; grpc cancels this task one loop turn later.
-            await asyncio.sleep(0)
+                if stream.done:
+                    break
+            # grpcio ends the request iterator on a client cancel too, and cancels this task a little later.
+            # A stream that ends owing an answer waits a moment for that, so it is logged as cancelled.
+            await asyncio.sleep(0 if stream.decided else 0.05)
         except asyncio.CancelledError:
             outcome = "cancelled"
             raise
@@ -124,12 +130,13 @@ class Processor:
         finally:
             self.finish_stream(stream, outcome)
 
-    def open_stream(self) -> _Stream:
+    def open_stream(self) -> ProcessStream:
         """State for one new Process stream (for transports that drive the processor themselves)."""
         self._serial += 1
-        return _Stream(self._serial)
+        self._open.inc()
+        return ProcessStream(self._serial)
 
-    def handle_message(self, stream: _Stream, raw: bytes) -> list[bytes]:
+    def handle_message(self, stream: ProcessStream, raw: bytes) -> list[bytes]:
         """Answer one message of a stream (possibly with nothing yet, possibly with several answers)."""
         arrived = time.perf_counter_ns()
         try:
@@ -156,7 +163,7 @@ class Processor:
         return self._answer_request_trailers(stream, arrived)
 
     def _answer_request_headers(
-        self, stream: _Stream, headers: ext_proc.HttpHeaders, arrived: int, *, first: bool
+        self, stream: ProcessStream, headers: ext_proc.HttpHeaders, arrived: int, *, first: bool
     ) -> list[bytes]:
         if not first:
             self._note_unexpected(stream, "request_headers", "request headers a second time on one stream")
@@ -171,12 +178,16 @@ class Processor:
                 else:
                     stream.request_id = value
         if headers.end_of_stream or stream.body_mode in _DECIDE_ON_HEADERS:
-            return [self._decide(stream, arrived, on_body=False)]
+            answer = self._decide(stream, arrived, on_body=False)
+            stream.done = stream.endpoint == "-"  # an immediate response ends the exchange
+            return [answer]
         if stream.body_mode in _DECIDE_ON_BODY:
             return [self._pass["request_headers"]]
         return []  # FULL_DUPLEX_STREAMED: the headers answer waits for the body
 
-    def _answer_request_body(self, stream: _Stream, body: ext_proc.HttpBody, arrived: int) -> list[bytes]:
+    def _answer_request_body(
+        self, stream: ProcessStream, body: ext_proc.HttpBody, arrived: int
+    ) -> list[bytes]:
         if stream.decided:
             if stream.body_mode == _BodyMode.FULL_DUPLEX_STREAMED:
                 return [
@@ -205,7 +216,7 @@ class Processor:
         # a body in a mode that decided on headers but has not decided: answer it unchanged
         return [self._pass["request_body"]]
 
-    def _answer_request_trailers(self, stream: _Stream, arrived: int) -> list[bytes]:
+    def _answer_request_trailers(self, stream: ProcessStream, arrived: int) -> list[bytes]:
         if stream.decided or stream.body_mode != _BodyMode.FULL_DUPLEX_STREAMED:
             return [self._pass["request_trailers"]]
         self._read_model(stream)
@@ -218,7 +229,7 @@ class Processor:
         return [decision, body, self._pass["request_trailers"]]
 
     def _answer_response_phase(
-        self, stream: _Stream, request: ext_proc.ProcessingRequest, kind: str, *, first: bool
+        self, stream: ProcessStream, request: ext_proc.ProcessingRequest, kind: str, *, first: bool
     ) -> list[bytes]:
         if first:
             self._note_unexpected(
@@ -239,7 +250,7 @@ class Processor:
             ]
         return [self._pass[kind]]
 
-    def _decide(self, stream: _Stream, arrived: int, *, on_body: bool) -> bytes:
+    def _decide(self, stream: ProcessStream, arrived: int, *, on_body: bool) -> bytes:
         stream.decided = True
         endpoint = self._picker.pick()
         if endpoint is None:
@@ -276,11 +287,11 @@ class Processor:
             )
         return answer
 
-    def _keep_body(self, stream: _Stream, chunk: bytes) -> None:
+    def _keep_body(self, stream: ProcessStream, chunk: bytes) -> None:
         if chunk:
             stream.body.append(chunk)
 
-    def _read_model(self, stream: _Stream) -> None:
+    def _read_model(self, stream: ProcessStream) -> None:
         size = sum(len(c) for c in stream.body)
         if not size or size > self._settings.max_body_bytes:
             return
@@ -291,12 +302,13 @@ class Processor:
         if isinstance(document, dict) and isinstance(document.get("model"), str):
             stream.model = document["model"]
 
-    def _note_unexpected(self, stream: _Stream, kind: str, why: str) -> None:
+    def _note_unexpected(self, stream: ProcessStream, kind: str, why: str) -> None:
         self._metrics.unexpected.labels(kind).inc()
         logger.warning("unexpected message request_id=%s kind=%s detail=%r", stream.request_id, kind, why)
 
-    def finish_stream(self, stream: _Stream, outcome: str) -> None:
+    def finish_stream(self, stream: ProcessStream, outcome: str) -> None:
         """Count and log a stream's end: completed, cancelled or error."""
+        self._open.dec()
         self._metrics.streams.labels(outcome).inc()
         if not logger.isEnabledFor(logging.INFO):
             return

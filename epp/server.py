@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from epp.discovery import KubeDiscovery
 from epp.h2server import H2GrpcServer
+from epp.logoutput import flush_periodically
 from epp.picker import Picker
 from epp.processor import SERVICE_NAME, Processor
 from epp.scraper import Scraper
@@ -153,12 +154,18 @@ async def running_epp(settings: EppSettings) -> AsyncIterator[EppServer]:
         await server.stop()
 
 
-async def serve_epp(settings: EppSettings) -> None:
-    """Run until SIGTERM or SIGINT, then drain for `settings.grace` seconds."""
+async def serve_epp(settings: EppSettings, *, log_handler: logging.Handler | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then drain for `settings.grace` seconds; flush `log_handler` meanwhile."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with running_epp(settings):
-        await stop.wait()
-        logger.info("epp stopping grace_s=%s", settings.grace)
+    flusher = asyncio.create_task(flush_periodically(log_handler)) if log_handler else None
+    try:
+        async with running_epp(settings):
+            await stop.wait()
+            logger.info("epp stopping grace_s=%s", settings.grace)
+    finally:
+        if flusher is not None:
+            flusher.cancel()
+            await asyncio.gather(flusher, return_exceptions=True)

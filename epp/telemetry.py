@@ -30,6 +30,11 @@ class EppMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.open_streams = Gauge(
+            "epp_streams_open",
+            "ext_proc streams in progress.",
+            registry=self.registry,
+        )
         self.messages = Counter(
             "epp_messages",
             "ext_proc messages received by kind.",

@@ -13,28 +13,33 @@ import logging
 import multiprocessing
 import signal
 
+from epp.logoutput import install_epp_log_output
 from epp.server import serve_epp
 from epp.settings import EppSettings
 
 logger = logging.getLogger(__name__)
 
 
-def run_epp_processes(settings: EppSettings) -> int:
+def run_epp_processes(settings: EppSettings, *, log_level: int = logging.INFO) -> int:
     if settings.workers <= 1:
-        asyncio.run(serve_epp(settings))
+        asyncio.run(serve_epp(settings, log_handler=install_epp_log_output(log_level)))
         return 0
     context = multiprocessing.get_context("spawn")
-    level = logging.getLogger("epp").getEffectiveLevel()
+    handler = install_epp_log_output(log_level)
     workers = []
     for index in range(settings.workers):
         metrics_port = settings.metrics_port + index if settings.metrics_port else settings.metrics_port
         worker_settings = dataclasses.replace(settings, metrics_port=metrics_port)
         process = context.Process(
-            target=_run_worker, args=(worker_settings, index, level), name=f"epp-worker-{index}", daemon=True
+            target=_run_worker,
+            args=(worker_settings, index, log_level),
+            name=f"epp-worker-{index}",
+            daemon=True,
         )
         process.start()
         workers.append(process)
     logger.info("epp workers started count=%d pids=%s", len(workers), ",".join(str(w.pid) for w in workers))
+    handler.flush()
     watched = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, watched)
     try:
@@ -51,13 +56,12 @@ def run_epp_processes(settings: EppSettings) -> int:
             if process.is_alive():
                 process.kill()
                 process.join(1)
+    handler.flush()
     failed = [w for w in workers if w.exitcode not in (0, -signal.SIGTERM)]
     return 1 if failed else 0
 
 
 def _run_worker(settings: EppSettings, index: int, level: int) -> None:
-    logging.basicConfig(
-        level=logging.WARNING, format=f"%(asctime)s %(levelname)s worker-{index} %(name)s %(message)s"
-    )
-    logging.getLogger("epp").setLevel(level)
-    asyncio.run(serve_epp(settings))
+    handler = install_epp_log_output(level)
+    logging.getLogger("epp").info("epp worker started index=%d", index)
+    asyncio.run(serve_epp(settings, log_handler=handler))

@@ -146,6 +146,7 @@ def _demo(run: _Run, settings: DemoSettings) -> int:
     stats = envoy.stats()
     run.say("   Envoy ext_proc stats: " + _format_stats(stats, _HEALTHY_STATS))
     _wait(lambda: len(_decision_lines(epp)) - decisions_before >= settings.requests, what="the EPP's log")
+    _wait(lambda: len(_stream_lines(epp)) >= settings.requests, what="the EPP's stream lines")
     run.say("   EPP decision log (last 3):")
     for line in _decision_lines(epp)[-3:]:
         run.say("     " + _shorten(line))
@@ -170,8 +171,14 @@ def _demo(run: _Run, settings: DemoSettings) -> int:
     )
     broken_stats = broken.stats()
     run.say("   Envoy: " + _format_stats(broken_stats, _BROKEN_STATS))
+    time.sleep(0.3)  # the EPP writes its log in batches every 100 ms
     new_epp_lines = [line for line in epp.log_text().splitlines()[epp_lines_before:] if line.strip()]
-    run.say(f"   EPP log lines since: {len(new_epp_lines)} (it never saw a call)")
+    calls = [line for line in new_epp_lines if " decision " in line or " stream request_id=" in line]
+    run.say(f"   EPP: {len(calls)} ext_proc calls logged (it never saw one).")
+    refused = [line for line in new_epp_lines if "speaks HTTP/1.1" in line]
+    if refused:
+        run.say(f"   This EPP does notice the connections ({len(refused)} logged), e.g.:")
+        run.say("     " + _shorten(refused[0], 200))
     broken_path = run.workdir / "envoyfilter-no-http2.yaml"
     broken_path.write_text(yaml.safe_dump(broken_filter, sort_keys=False), "utf-8")
     run.say("\n4. What extproc-guard says about that filter:")
@@ -180,7 +187,7 @@ def _demo(run: _Run, settings: DemoSettings) -> int:
     stop_child(broken.child)
     failure_shown = (
         broken_stats.get(f"cluster.{EPP_CLUSTER}.upstream_cx_protocol_error", 0) > 0
-        and not new_epp_lines
+        and not calls
         and all(status >= 500 for status in statuses)
     )
     if settings.workdir is not None:
@@ -275,6 +282,10 @@ def _decision_lines(epp: Child) -> list[str]:
     return [line for line in epp.log_text().splitlines() if " decision request_id=" in line]
 
 
+def _stream_lines(epp: Child) -> list[str]:
+    return [line for line in epp.log_text().splitlines() if " stream request_id=" in line]
+
+
 def _healthy_endpoints(metrics_port: int) -> int:
     try:
         text = _get(f"http://127.0.0.1:{metrics_port}/metrics")
@@ -294,7 +305,7 @@ def _format_stats(stats: dict[str, int], names: tuple[str, ...]) -> str:
 
 
 def _shorten(line: str, width: int = 160) -> str:
-    line = re.sub(r"^\S+ \S+ INFO epp\.\S+ ", "", line)
+    line = re.sub(r"^\S+ (INFO|WARNING) epp\.\S+ ", "", line)
     return line if len(line) <= width else line[: width - 3] + "..."
 
 

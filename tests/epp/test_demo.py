@@ -32,7 +32,7 @@ def test_the_demo_routes_every_request_then_shows_the_no_http2_failure_and_its_f
     assert "streams_started=6, streams_failed=0" in out
     assert "5 x HTTP 500" in out
     assert "upstream_cx_protocol_error=5" in out
-    assert "EPP log lines since: 0" in out
+    assert "EPP: 0 ext_proc calls logged" in out
     assert "EPX005 epp-cluster-http2" in out
     assert "Traceback" not in out + done.stderr
 

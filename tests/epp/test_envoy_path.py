@@ -127,3 +127,4 @@ def test_without_http2_on_the_epp_cluster_the_epp_hears_nothing_and_envoy_counts
         assert broken.epp_metric('epp_messages_total{kind="request_headers"}') == 0
         assert broken.decision_lines() == []
         assert " stream request_id=" not in broken.epp.log_text()
+        wait_until(lambda: "speaks HTTP/1.1, not HTTP/2" in broken.epp.log_text(), what="the EPP to name it")

@@ -122,11 +122,10 @@ def run_epp(args: argparse.Namespace) -> int:
             if not path.is_file():
                 print(f"extproc-guard epp: error: {path} is not a readable file", file=sys.stderr)
                 return 2
-    logging.getLogger("epp").setLevel(args.log_level.upper())
     from epp.workers import run_epp_processes
 
     try:
-        return run_epp_processes(settings)
+        return run_epp_processes(settings, log_level=logging.getLevelName(args.log_level.upper()))
     except OSError as exc:
         print(f"extproc-guard epp: error: {exc}", file=sys.stderr)
         return 1
