@@ -23,7 +23,7 @@ from typing import Any
 from policies.diff import copy_tree, diff_documents
 from policies.findings import Finding, Level
 from policies.model import DocumentError, EnvoyFilter, read_envoy_filter
-from policies.patch import PatchOp, apply_op
+from policies.patch import PatchOp, apply_op, pointer, split_pointer
 from policies.pieces import locate_ext_proc
 from policies.policy import Policy
 from policies.resolver import ServiceResolver
@@ -113,12 +113,28 @@ def _subject(document: Mapping[str, Any], policy: Policy, resolver: ServiceResol
     return None if pieces is None else Subject(pieces, policy, resolver)
 
 
-def _to_finding(rule: Rule, level: Level, violation: Violation) -> Finding:
+def existing_path(document: Mapping[str, Any], path: str) -> str:
+    """The longest prefix of `path` that names a node of `document` (a finding about a field that is not
+    written yet points at the object that should hold it, so adapters can always place it on a line)."""
+    node: Any = document
+    kept: list[str] = []
+    for token in split_pointer(path):
+        if isinstance(node, Mapping) and token in node:
+            node = node[token]
+        elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
+            node = node[int(token)]
+        else:
+            break
+        kept.append(token)
+    return pointer(*kept)
+
+
+def _to_finding(rule: Rule, level: Level, violation: Violation, document: Mapping[str, Any]) -> Finding:
     return Finding(
         rule=rule.id,
         slug=rule.slug,
         level=level,
-        path=violation.path,
+        path=existing_path(document, violation.path),
         message=violation.message,
         fix=violation.fix,
         fixable=violation.fixable,
@@ -138,8 +154,12 @@ def _check(subject: Subject, active: list[tuple[Rule, Level]]) -> list[tuple[Rul
     return [(rule, level, list(rule.check(subject))) for rule, level in active]
 
 
-def _findings(results: list[tuple[Rule, Level, list[Violation]]]) -> tuple[Finding, ...]:
-    return tuple(_to_finding(rule, level, v) for rule, level, violations in results for v in violations)
+def _findings(
+    results: list[tuple[Rule, Level, list[Violation]]], document: Mapping[str, Any]
+) -> tuple[Finding, ...]:
+    return tuple(
+        _to_finding(rule, level, v, document) for rule, level, violations in results for v in violations
+    )
 
 
 def _repair(
@@ -196,7 +216,7 @@ def _repaired(
     if working is None:
         return _Repair(patch=(), fixed=document, remaining=findings)
     final = _subject(working, subject.policy, subject.resolver)
-    remaining = _findings(_check(final, active)) if final is not None else ()
+    remaining = _findings(_check(final, active), working) if final is not None else ()
     return _Repair(patch=tuple(diff_documents(document, working)), fixed=working, remaining=remaining)
 
 
@@ -214,7 +234,7 @@ def evaluate(document: Mapping[str, Any], *, policy: Policy, resolver: ServiceRe
     subject = Subject(pieces, policy, resolver)
     active = _active_rules(policy)
     results = _check(subject, active)
-    findings = _findings(results)
+    findings = _findings(results, plain)
     return Evaluation(
         applicable=True,
         namespace=envoy_filter.namespace,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from policies.patch import split_pointer
 from policies.resolver import ServiceAddress, ServiceRef, StaticResolver
 
 NAMESPACE = "llm-d-inference-scheduler"
@@ -233,3 +234,16 @@ def global_mode(document: dict[str, Any], spelling: str) -> dict[str, Any]:
 
 def spelled(mode: dict[str, str], spelling: str) -> dict[str, str]:
     return {key(spelling, k): v for k, v in mode.items()}
+
+
+def resolves(document: Any, path: str) -> bool:
+    """The pointer names a node of the document (adapters place findings on its line)."""
+    node = document
+    for token in split_pointer(path):
+        if isinstance(node, dict) and token in node:
+            node = node[token]
+        elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
+            node = node[int(token)]
+        else:
+            return False
+    return True

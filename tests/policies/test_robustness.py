@@ -13,7 +13,7 @@ from policies.engine import evaluate
 from policies.patch import apply_patch
 from policies.policy import default_policy, load_policy
 from policies.resolver import StaticResolver
-from tests.policies.filters import DNS_FORMS, Shape, build, resolver
+from tests.policies.filters import DNS_FORMS, Shape, build, resolver, resolves
 
 JSONISH = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
@@ -68,9 +68,10 @@ def test_evaluate_never_raises_and_its_patch_always_applies(
 ) -> None:
     before = copy.deepcopy(document)
     result = evaluate(document, policy=policy, resolver=resolver() if resolvable else StaticResolver({}))
-    for finding in result.findings + result.remaining:
-        assert finding.message
-        assert finding.path.startswith("/")
+    for findings, where in ((result.findings, document), (result.remaining, result.fixed)):
+        for finding in findings:
+            assert finding.message
+            assert resolves(where, finding.path), finding.path
     assert apply_patch(document, result.patch) == result.fixed
     assert jsonpatch.apply_patch(document, [op.to_json() for op in result.patch]) == result.fixed
     assert evaluate(result.fixed, policy=policy, resolver=resolver()).applicable in (True, False)

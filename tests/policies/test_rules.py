@@ -29,6 +29,7 @@ from tests.policies.filters import (
     global_mode,
     key,
     resolver,
+    resolves,
     route_mode,
     socket_address,
     spelled,
@@ -196,19 +197,6 @@ def rules_of(findings: Any) -> set[str]:
     return {finding.rule for finding in findings}
 
 
-def resolves_to_parent(document: Any, path: str) -> bool:
-    """The pointer's parent exists in the document (the last token may name a field to be written)."""
-    node = document
-    for token in split_pointer(path)[:-1]:
-        if isinstance(node, dict) and token in node:
-            node = node[token]
-        elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
-            node = node[int(token)]
-        else:
-            return False
-    return True
-
-
 def envoy_keys(op: PatchOp) -> Iterator[str]:
     """The Envoy field names an operation writes: path tokens below `patch/value` and keys of its value."""
     tokens = split_pointer(op.path)
@@ -253,7 +241,7 @@ def test_rule_flags_its_broken_shape(case: Case, spelling: str) -> None:
         assert finding.fixable is (case.fixed is not None)
         assert finding.message
         assert finding.fix
-        assert resolves_to_parent(document, finding.path), finding.path
+        assert resolves(document, finding.path), finding.path
 
 
 @pytest.mark.parametrize("spelling", SPELLINGS, ids=SPELLINGS)
