@@ -47,7 +47,8 @@ class _Repair:
 class Evaluation:
     """What the policy says about one document, and its corrected form.
 
-    `patch`, `fixed` and `remaining` are computed on first use: `check` reads only `findings`.
+    `patch`, `fixed` and `remaining` are computed on first use (`check` reads only `findings`), from the
+    document as given: do not change the document before reading them.
     """
 
     applicable: bool
