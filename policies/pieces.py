@@ -144,6 +144,8 @@ def _endpoints(value: dict[str, Any], base: str) -> tuple[Endpoint, ...]:
             if isinstance(socket, dict):
                 path = f"{base}/{key}/{eps_key}/{i}/{lb_key}/{j}/endpoint/address/{sock_key}"
                 _, port = _child(socket, "port_value")
+                if isinstance(port, str) and port.isdigit():
+                    port = int(port)  # JSON may carry integers as strings; Envoy accepts both
                 found.append(Endpoint(path, socket, socket.get("address"), port))
     return tuple(found)
 

@@ -398,3 +398,10 @@ def test_failure_mode_allow_warning_points_at_the_field() -> None:
     (warning,) = result.findings
     assert warning.path == "/spec/configPatches/0/patch/value/typed_config/failure_mode_allow"
     assert filter_config(result.fixed, "snake")["failure_mode_allow"] is True
+
+
+def test_a_port_written_as_a_string_is_the_same_port() -> None:
+    document = build(Shape())
+    socket_address(document, "snake")["port_value"] = "9002"
+    result = evaluate(document, policy=default_policy(), resolver=resolver())
+    assert result.findings == ()
