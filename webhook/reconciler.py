@@ -21,14 +21,14 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 from policies.engine import Evaluation, evaluate
 from policies.findings import Finding
-from policies.patch import PatchOp
+from policies.patch import PatchOp, apply_patch, split_pointer
 from policies.policy import Policy
 from policies.resolver import ServiceAddress, ServiceLookupError, ServiceRef, ServiceResolver
 from webhook.policyreport import FilterResult
@@ -50,6 +50,7 @@ from webhook.reconcile_settings import ReconcileSettings
 logger = logging.getLogger(__name__)
 
 PROVENANCE_ANNOTATION = "extproc-guard.io/epp-service"
+PORT_RULE = "EPX007"
 
 ObjectKey = tuple[str, str]
 
@@ -165,6 +166,7 @@ class Reconciler:
         self._reporter = Reporter(kube, metrics=metrics, instance=settings.identity, wall=wall)
         self._pinned_to: dict[ObjectKey, ServiceRef] = {}
         self._seen: dict[ServiceRef, ServiceAddress | None] = {}
+        self._last_known: dict[ServiceRef, ServiceAddress] = {}
 
     @property
     def writes_allowed(self) -> bool:
@@ -237,11 +239,12 @@ class Reconciler:
                 logger.info(
                     "drift: service %s moved from %s to %s", ref, _address(previous), _address(current)
                 )
+                move = port_move(self._last_known.get(ref), current)
                 for key in sorted(k for k, pinned in self._pinned_to.items() if pinned == ref):
-                    outcomes.append(await self._reconcile_key(key, cause="drift"))
+                    outcomes.append(await self._reconcile_key(key, cause="drift", move=move))
             return tuple(outcomes)
 
-    async def _reconcile_key(self, key: ObjectKey, *, cause: str) -> Outcome:
+    async def _reconcile_key(self, key: ObjectKey, *, cause: str, move: PortMove | None = None) -> Outcome:
         try:
             obj = await asyncio.to_thread(self._kube.get_object, ENVOY_FILTERS, *key)
         except NotFoundError:
@@ -251,12 +254,14 @@ class Reconciler:
             self._metrics.errors.labels("get").inc()
             logger.warning("%s: %s", cause, error)
             return Outcome(key[0], key[1], Action.ERROR)
-        return await self._reconcile(obj, cause=cause)
+        return await self._reconcile(obj, cause=cause, move=move)
 
     # -- one object ------------------------------------------------------------------------------------
-    def _evaluate(self, obj: Mapping[str, Any]) -> Evaluation:
+    def _evaluate(self, obj: Mapping[str, Any], move: PortMove | None = None) -> Plan:
         recorder = RecordingResolver(self._resolver)
-        evaluation = evaluate(obj, policy=self._policy, resolver=recorder)
+        evaluation = plan_of(evaluate(obj, policy=self._policy, resolver=recorder))
+        if move is not None and evaluation.applicable:
+            evaluation = follow_port(evaluation, move, policy=self._policy, resolver=recorder)
         key = object_ref(obj)
         ref = provenance_of(evaluation.fixed) if evaluation.applicable else None
         if ref is None:
@@ -264,15 +269,18 @@ class Reconciler:
         else:
             self._pinned_to[key] = ref
             if ref in recorder.answers:
-                self._seen[ref] = recorder.answers[ref]
+                answer = recorder.answers[ref]
+                self._seen[ref] = answer
+                if answer is not None:
+                    self._last_known[ref] = answer
         return evaluation
 
-    async def _reconcile(self, obj: dict[str, Any], *, cause: str) -> Outcome:
+    async def _reconcile(self, obj: dict[str, Any], *, cause: str, move: PortMove | None = None) -> Outcome:
         namespace, name = object_ref(obj)
         attempts = 0
         while attempts <= self._settings.conflict_retries:
             attempts += 1
-            evaluation = self._evaluate(obj)
+            evaluation = self._evaluate(obj, move)
             uid = str((obj.get("metadata") or {}).get("uid") or "")
             if not evaluation.applicable:
                 return Outcome(namespace, name, Action.NOT_APPLICABLE, uid=uid)
@@ -359,7 +367,7 @@ class Reconciler:
         if self.writes_allowed:
             await self._reporter.record_violations(obj, (f for f in remaining if f.enforced))
 
-    async def _report_fight(self, obj: Mapping[str, Any], evaluation: Evaluation, decision: Decision) -> str:
+    async def _report_fight(self, obj: Mapping[str, Any], evaluation: Plan, decision: Decision) -> str:
         namespace, name = object_ref(obj)
         managed = (obj.get("metadata") or {}).get("managedFields") or []
         found = find_writer(
@@ -393,6 +401,89 @@ class Reconciler:
                 obj, reason=Reason.WRITER_FIGHT, note=note, action="BackOff", warning=True
             )
         return writer
+
+
+@dataclass(frozen=True, slots=True)
+class PortMove:
+    """A single-port Service recreated on another port: the one case where the new port is no guess."""
+
+    old: int
+    new: int
+
+
+def port_move(previous: ServiceAddress | None, current: ServiceAddress | None) -> PortMove | None:
+    if previous is None or current is None or len(previous.ports) != 1 or len(current.ports) != 1:
+        return None
+    if previous.ports == current.ports:
+        return None
+    return PortMove(previous.ports[0], current.ports[0])
+
+
+def _value_at(document: Any, path: str) -> Any:
+    node = document
+    for token in split_pointer(path):
+        if isinstance(node, Mapping) and token in node:
+            node = node[token]
+        elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
+            node = node[int(token)]
+        else:
+            return None
+    return node
+
+
+def follow_port(evaluation: Plan, move: PortMove, *, policy: Policy, resolver: ServiceResolver) -> Plan:
+    """Add the port to the engine's fix when the EPP Service moved from its one port to another one.
+
+    The engine leaves a port that is not a port of the Service to a person (EPX007: no safe guess).
+    The reconciler saw the Service before and after, so a filter still on the old single port
+    follows the Service to its new single port; anything else stays EPX007.
+    """
+    ops = [
+        PatchOp("replace", f.path, move.new)
+        for f in evaluation.remaining
+        if f.rule == PORT_RULE
+        and f.path.endswith("/port_value")
+        and _value_at(evaluation.fixed, f.path) == move.old
+    ]
+    if not ops:
+        return evaluation
+    fixed = apply_patch(evaluation.fixed, ops)
+    logger.info(
+        "drift: envoyfilter %s/%s follows its Service from port %d to %d",
+        evaluation.namespace,
+        evaluation.name,
+        move.old,
+        move.new,
+    )
+    after = evaluate(fixed, policy=policy, resolver=resolver)
+    return replace(evaluation, patch=evaluation.patch + tuple(ops), fixed=fixed, remaining=after.findings)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The engine's verdict on one object, with everything computed: what is wrong, the patch, the result."""
+
+    applicable: bool
+    namespace: str
+    name: str
+    findings: tuple[Finding, ...]
+    patch: tuple[PatchOp, ...]
+    fixed: dict[str, Any]
+    remaining: tuple[Finding, ...]
+
+
+def plan_of(evaluation: Evaluation) -> Plan:
+    if not evaluation.applicable:
+        return Plan(False, evaluation.namespace, evaluation.name, (), (), {}, ())
+    return Plan(
+        True,
+        evaluation.namespace,
+        evaluation.name,
+        evaluation.findings,
+        evaluation.patch,
+        evaluation.fixed,
+        evaluation.remaining,
+    )
 
 
 def _address(address: ServiceAddress | None) -> str:

@@ -114,7 +114,7 @@ async def test_the_drift_loop_repairs_a_cluster_ip_change_without_an_audit(
     assert sum("(drift)" in note for note in notes) == 1
 
 
-async def test_a_port_change_is_reported_as_unfixable_not_guessed(
+async def test_a_single_port_service_recreated_on_another_port_takes_its_filters_along(
     fake_api: FakeKubeAPI, cache: ServiceCache, make_reconciler: ReconcilerFactory
 ) -> None:
     assert await asyncio.to_thread(cache.wait_synced, WAIT_SECONDS)
@@ -123,7 +123,27 @@ async def test_a_port_change_is_reported_as_unfixable_not_guessed(
     await reconciler.audit()
 
     fake_api.services.delete(EPP.namespace, EPP.name)
+    await wait_for(lambda: reconciler.drifted() == [EPP], "the cache saw the deletion")
+    assert await reconciler.repair_drift() == ()
     fake_api.services.put(EPP.namespace, EPP.name, NEW_IP, (9003,))
+    await wait_for(lambda: reconciler.drifted() == [EPP], "the cache saw the new address")
+    (outcome,) = await reconciler.repair_drift()
+
+    assert outcome.action is Action.FIXED
+    assert pinned_address(fake_api) == (NEW_IP, 9003)
+    assert outcome.unfixed == ()
+
+
+async def test_a_port_change_to_a_multi_port_service_is_reported_not_guessed(
+    fake_api: FakeKubeAPI, cache: ServiceCache, make_reconciler: ReconcilerFactory
+) -> None:
+    assert await asyncio.to_thread(cache.wait_synced, WAIT_SECONDS)
+    fake_api.store_envoy_filter(load("seed-bad.yaml"), manager=OPERATOR)
+    reconciler = make_reconciler(resolver=cache)
+    await reconciler.audit()
+
+    fake_api.services.delete(EPP.namespace, EPP.name)
+    fake_api.services.put(EPP.namespace, EPP.name, NEW_IP, (9003, 9090))
     await wait_for(lambda: reconciler.drifted() == [EPP], "the cache saw the new address")
     (outcome,) = await reconciler.repair_drift()
 
