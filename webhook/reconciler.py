@@ -21,16 +21,16 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from policies.engine import Evaluation, evaluate
+from policies.engine import evaluate
 from policies.findings import Finding
-from policies.patch import PatchOp, apply_patch, split_pointer
+from policies.patch import PatchOp
 from policies.policy import Policy
-from policies.resolver import ServiceAddress, ServiceLookupError, ServiceRef, ServiceResolver
+from policies.resolver import ServiceAddress, ServiceRef, ServiceResolver
 from webhook.policyreport import FilterResult
 from webhook.reconcile_events import Reason, describe_findings
 from webhook.reconcile_fights import UNKNOWN_WRITER, Decision, FightTracker, Verdict, find_writer
@@ -44,13 +44,21 @@ from webhook.reconcile_kube import (
     resource_version,
 )
 from webhook.reconcile_metrics import ReconcileMetrics
+from webhook.reconcile_plan import (
+    Plan,
+    PortMove,
+    RecordingResolver,
+    answer_of,
+    follow_port,
+    plan_of,
+    port_move,
+    provenance_of,
+)
 from webhook.reconcile_reports import Reporter
 from webhook.reconcile_settings import ReconcileSettings
 
 logger = logging.getLogger(__name__)
 
-PROVENANCE_ANNOTATION = "extproc-guard.io/epp-service"
-PORT_RULE = "EPX007"
 
 ObjectKey = tuple[str, str]
 
@@ -65,6 +73,10 @@ class Action(StrEnum):
     GONE = "gone"
     ERROR = "error"
     NOT_APPLICABLE = "not-applicable"
+
+
+UNREPORTED = frozenset({Action.NOT_APPLICABLE, Action.GONE, Action.ERROR, Action.NOT_LEADER, Action.GAVE_UP})
+"""Outcomes that say nothing about the object's findings: left out of the PolicyReport."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,41 +104,6 @@ class AuditResult:
 
     def by_action(self, action: Action) -> tuple[Outcome, ...]:
         return tuple(o for o in self.outcomes if o.action is action)
-
-
-class RecordingResolver:
-    """Passes lookups through and remembers each answer, so the reconciler knows the exact address the
-    engine pinned a filter to (None = the Service had no usable address)."""
-
-    def __init__(self, inner: ServiceResolver) -> None:
-        self._inner = inner
-        self.answers: dict[ServiceRef, ServiceAddress | None] = {}
-
-    def lookup(self, ref: ServiceRef) -> ServiceAddress:
-        try:
-            address = self._inner.lookup(ref)
-        except ServiceLookupError:
-            self.answers[ref] = None
-            raise
-        self.answers[ref] = address
-        return address
-
-
-def answer_of(resolver: ServiceResolver, ref: ServiceRef) -> ServiceAddress | None:
-    try:
-        return resolver.lookup(ref)
-    except ServiceLookupError:
-        return None
-
-
-def provenance_of(document: Mapping[str, Any]) -> ServiceRef | None:
-    """The Service named by the provenance annotation (`NAMESPACE/NAME`), if any."""
-    annotations = (document.get("metadata") or {}).get("annotations") or {}
-    value = annotations.get(PROVENANCE_ANNOTATION) if isinstance(annotations, Mapping) else None
-    if not isinstance(value, str):
-        return None
-    namespace, slash, name = value.strip().partition("/")
-    return ServiceRef(namespace, name) if slash and namespace and name else None
 
 
 def _utc_now() -> datetime:
@@ -191,7 +168,7 @@ class Reconciler:
                     self._metrics.errors.labels("list").inc()
                     errors.append(str(error))
                     logger.warning("audit: %s", error)
-            outcomes = [await self._reconcile(obj, cause="audit") for obj in objects]
+            outcomes = [await self._reconcile_guarded(obj, cause="audit") for obj in objects]
             self._metrics.audited.inc(len(objects))
             errors.extend(f"{o.namespace}/{o.name}: {o.action}" for o in outcomes if o.action is Action.ERROR)
             if not errors:
@@ -213,7 +190,7 @@ class Reconciler:
     def _filter_results(self, outcomes: list[Outcome]) -> dict[str, list[FilterResult]]:
         by_namespace: dict[str, list[FilterResult]] = {}
         for outcome in outcomes:
-            if outcome.action in (Action.NOT_APPLICABLE, Action.GONE, Action.ERROR, Action.NOT_LEADER):
+            if outcome.action in UNREPORTED:
                 continue
             by_namespace.setdefault(outcome.namespace, []).append(
                 FilterResult(outcome.namespace, outcome.name, outcome.uid, outcome.remaining)
@@ -254,16 +231,16 @@ class Reconciler:
             self._metrics.errors.labels("get").inc()
             logger.warning("%s: %s", cause, error)
             return Outcome(key[0], key[1], Action.ERROR)
-        return await self._reconcile(obj, cause=cause, move=move)
+        return await self._reconcile_guarded(obj, cause=cause, move=move)
 
     # -- one object ------------------------------------------------------------------------------------
     def _evaluate(self, obj: Mapping[str, Any], move: PortMove | None = None) -> Plan:
         recorder = RecordingResolver(self._resolver)
-        evaluation = plan_of(evaluate(obj, policy=self._policy, resolver=recorder))
-        if move is not None and evaluation.applicable:
-            evaluation = follow_port(evaluation, move, policy=self._policy, resolver=recorder)
+        plan = plan_of(evaluate(obj, policy=self._policy, resolver=recorder))
+        if move is not None and plan.applicable:
+            plan = follow_port(plan, move, policy=self._policy, resolver=recorder)
         key = object_ref(obj)
-        ref = provenance_of(evaluation.fixed) if evaluation.applicable else None
+        ref = provenance_of(plan.fixed) if plan.applicable else None
         if ref is None:
             self._pinned_to.pop(key, None)
         else:
@@ -273,28 +250,40 @@ class Reconciler:
                 self._seen[ref] = answer
                 if answer is not None:
                     self._last_known[ref] = answer
-        return evaluation
+        return plan
+
+    async def _reconcile_guarded(
+        self, obj: dict[str, Any], *, cause: str, move: PortMove | None = None
+    ) -> Outcome:
+        """One object's trouble (an engine bug, an odd object) is that object's error, not the audit's."""
+        try:
+            return await self._reconcile(obj, cause=cause, move=move)
+        except Exception as error:
+            namespace, name = object_ref(obj)
+            self._metrics.errors.labels("reconcile").inc()
+            logger.exception("envoyfilter %s/%s not reconciled: %s", namespace, name, type(error).__name__)
+            return Outcome(namespace, name, Action.ERROR)
 
     async def _reconcile(self, obj: dict[str, Any], *, cause: str, move: PortMove | None = None) -> Outcome:
         namespace, name = object_ref(obj)
         attempts = 0
         while attempts <= self._settings.conflict_retries:
             attempts += 1
-            evaluation = self._evaluate(obj, move)
+            plan = self._evaluate(obj, move)
             uid = str((obj.get("metadata") or {}).get("uid") or "")
-            if not evaluation.applicable:
+            if not plan.applicable:
                 return Outcome(namespace, name, Action.NOT_APPLICABLE, uid=uid)
             version = resource_version(obj)
             key = f"{namespace}/{name}"
-            if not evaluation.patch:
+            if not plan.patch:
                 self._fights.observe_clean(key, version)
-                await self._settle(obj, evaluation.remaining)
-                return Outcome(namespace, name, Action.CLEAN, remaining=evaluation.remaining, uid=uid)
+                await self._settle(obj, plan.remaining)
+                return Outcome(namespace, name, Action.CLEAN, remaining=plan.remaining, uid=uid)
             decision = self._fights.observe_bad(key, version, now=self._clock())
             if decision.verdict is not Verdict.FIX:
-                writer = await self._report_fight(obj, evaluation, decision)
+                writer = await self._report_fight(obj, plan, decision)
                 return Outcome(
-                    namespace, name, Action.BACKING_OFF, remaining=evaluation.findings, uid=uid, writer=writer
+                    namespace, name, Action.BACKING_OFF, remaining=plan.findings, uid=uid, writer=writer
                 )
             if self._settings.dry_run:
                 self._metrics.would_fix.inc()
@@ -302,12 +291,12 @@ class Reconciler:
                     "dry-run: would patch envoyfilter %s/%s rules=%s patch=%s",
                     namespace,
                     name,
-                    ",".join(sorted({f.rule for f in evaluation.findings if f.fixable})),
-                    json.dumps([op.to_json() for op in evaluation.patch], sort_keys=True),
+                    ",".join(sorted({f.rule for f in plan.findings if f.fixable})),
+                    json.dumps([op.to_json() for op in plan.patch], sort_keys=True),
                 )
-                return Outcome(namespace, name, Action.WOULD_FIX, evaluation.patch, evaluation.remaining, uid)
+                return Outcome(namespace, name, Action.WOULD_FIX, plan.patch, plan.remaining, uid)
             if not self._may_write():
-                return Outcome(namespace, name, Action.NOT_LEADER, evaluation.patch, evaluation.findings, uid)
+                return Outcome(namespace, name, Action.NOT_LEADER, plan.patch, plan.findings, uid)
             try:
                 written = await asyncio.to_thread(
                     self._kube.patch_object,
@@ -315,7 +304,7 @@ class Reconciler:
                     namespace,
                     name,
                     expected_version=version,
-                    ops=evaluation.patch,
+                    ops=plan.patch,
                 )
             except ConflictError as error:
                 self._metrics.conflicts.inc()
@@ -337,24 +326,22 @@ class Reconciler:
                 return Outcome(namespace, name, Action.ERROR, attempts=attempts)
             self._fights.record_fix(key, resource_version(written))
             self._metrics.fixed.labels(cause).inc()
-            rules = sorted({f.rule for f in evaluation.findings if f.fixable})
+            rules = sorted({f.rule for f in plan.findings if f.fixable})
             logger.info(
                 "fixed envoyfilter %s/%s cause=%s rules=%s ops=%d resource_version=%s",
                 namespace,
                 name,
                 cause,
                 ",".join(rules),
-                len(evaluation.patch),
+                len(plan.patch),
                 resource_version(written),
             )
-            note = f"extproc-guard patched {len(evaluation.patch)} field(s) to the corrected form ({cause}): "
+            note = f"extproc-guard patched {len(plan.patch)} field(s) to the corrected form ({cause}): "
             await self._reporter.record_event(
                 written, reason=Reason.FIXED, note=note + ", ".join(rules), action="Fix", warning=False
             )
-            await self._settle(written, evaluation.remaining)
-            return Outcome(
-                namespace, name, Action.FIXED, evaluation.patch, evaluation.remaining, uid, attempts
-            )
+            await self._settle(written, plan.remaining)
+            return Outcome(namespace, name, Action.FIXED, plan.patch, plan.remaining, uid, attempts)
         logger.warning(
             "gave up on envoyfilter %s/%s after %d conflicting writes; the next audit tries again",
             namespace,
@@ -367,19 +354,19 @@ class Reconciler:
         if self.writes_allowed:
             await self._reporter.record_violations(obj, (f for f in remaining if f.enforced))
 
-    async def _report_fight(self, obj: Mapping[str, Any], evaluation: Plan, decision: Decision) -> str:
+    async def _report_fight(self, obj: Mapping[str, Any], plan: Plan, decision: Decision) -> str:
         namespace, name = object_ref(obj)
         managed = (obj.get("metadata") or {}).get("managedFields") or []
         found = find_writer(
             [m for m in managed if isinstance(m, Mapping)],
-            [op.path for op in evaluation.patch],
+            [op.path for op in plan.patch],
             own_manager=self._settings.field_manager,
         )
         writer = found.manager if found is not None else UNKNOWN_WRITER
         if decision.verdict is not Verdict.FIGHT:
             return writer
         self._metrics.fights.labels(writer).inc()
-        changes = describe_findings(f for f in evaluation.findings if f.fixable)
+        changes = describe_findings(f for f in plan.findings if f.fixable)
         logger.warning(
             "fight: envoyfilter %s/%s was written back to the bad form %d times after a fix, by field "
             "manager %r; change that writer (its template or code) so it writes the corrected form: %s; "
@@ -401,89 +388,6 @@ class Reconciler:
                 obj, reason=Reason.WRITER_FIGHT, note=note, action="BackOff", warning=True
             )
         return writer
-
-
-@dataclass(frozen=True, slots=True)
-class PortMove:
-    """A single-port Service recreated on another port: the one case where the new port is no guess."""
-
-    old: int
-    new: int
-
-
-def port_move(previous: ServiceAddress | None, current: ServiceAddress | None) -> PortMove | None:
-    if previous is None or current is None or len(previous.ports) != 1 or len(current.ports) != 1:
-        return None
-    if previous.ports == current.ports:
-        return None
-    return PortMove(previous.ports[0], current.ports[0])
-
-
-def _value_at(document: Any, path: str) -> Any:
-    node = document
-    for token in split_pointer(path):
-        if isinstance(node, Mapping) and token in node:
-            node = node[token]
-        elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
-            node = node[int(token)]
-        else:
-            return None
-    return node
-
-
-def follow_port(evaluation: Plan, move: PortMove, *, policy: Policy, resolver: ServiceResolver) -> Plan:
-    """Add the port to the engine's fix when the EPP Service moved from its one port to another one.
-
-    The engine leaves a port that is not a port of the Service to a person (EPX007: no safe guess).
-    The reconciler saw the Service before and after, so a filter still on the old single port
-    follows the Service to its new single port; anything else stays EPX007.
-    """
-    ops = [
-        PatchOp("replace", f.path, move.new)
-        for f in evaluation.remaining
-        if f.rule == PORT_RULE
-        and f.path.endswith("/port_value")
-        and _value_at(evaluation.fixed, f.path) == move.old
-    ]
-    if not ops:
-        return evaluation
-    fixed = apply_patch(evaluation.fixed, ops)
-    logger.info(
-        "drift: envoyfilter %s/%s follows its Service from port %d to %d",
-        evaluation.namespace,
-        evaluation.name,
-        move.old,
-        move.new,
-    )
-    after = evaluate(fixed, policy=policy, resolver=resolver)
-    return replace(evaluation, patch=evaluation.patch + tuple(ops), fixed=fixed, remaining=after.findings)
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """The engine's verdict on one object, with everything computed: what is wrong, the patch, the result."""
-
-    applicable: bool
-    namespace: str
-    name: str
-    findings: tuple[Finding, ...]
-    patch: tuple[PatchOp, ...]
-    fixed: dict[str, Any]
-    remaining: tuple[Finding, ...]
-
-
-def plan_of(evaluation: Evaluation) -> Plan:
-    if not evaluation.applicable:
-        return Plan(False, evaluation.namespace, evaluation.name, (), (), {}, ())
-    return Plan(
-        True,
-        evaluation.namespace,
-        evaluation.name,
-        evaluation.findings,
-        evaluation.patch,
-        evaluation.fixed,
-        evaluation.remaining,
-    )
 
 
 def _address(address: ServiceAddress | None) -> str:
