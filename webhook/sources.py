@@ -275,7 +275,7 @@ def _iter_yaml(source: Source, text: str) -> Iterator[SourceDocument | InputErro
                 node = loader.get_node()
                 if node is None:
                     return
-                data = loader.construct_document(node)
+                data = construct_document(loader, node)
             except yaml.MarkedYAMLError as exc:
                 raise InputError(source.name, describe_yaml_error(exc)) from None
             except yaml.YAMLError as exc:
@@ -286,6 +286,61 @@ def _iter_yaml(source: Source, text: str) -> Iterator[SourceDocument | InputErro
             index += 1
     finally:
         loader.dispose()
+
+
+_STR_TAG = "tag:yaml.org,2002:str"
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+
+
+class _DirectBuildError(Exception):
+    """A node the direct path does not build (merge keys, explicit tags, non-string keys)."""
+
+
+def construct_document(loader: yaml.CSafeLoader, root: yaml.Node) -> Any:
+    """Build a document's data from its node tree, equal to what `yaml.safe_load` returns.
+
+    Plain maps, sequences and string scalars (nearly all of a Kubernetes manifest) are built directly;
+    every other scalar goes through PyYAML's safe constructor for its tag. A document with merge keys,
+    explicit collection tags or non-string keys is built entirely by PyYAML's constructor. Aliases
+    share one object, as with PyYAML.
+    """
+    built: dict[int, Any] = {}
+
+    def build(node: yaml.Node) -> Any:
+        done = built.get(id(node))
+        if done is not None:
+            return done
+        kind = type(node)
+        if kind is yaml.ScalarNode:
+            if node.tag == _STR_TAG:
+                return node.value
+            value = loader.construct_object(node, deep=True)
+        elif kind is yaml.MappingNode:
+            if node.tag != _MAP_TAG:
+                raise _DirectBuildError
+            value = {}
+            built[id(node)] = value
+            for key, item in node.value:
+                if type(key) is not yaml.ScalarNode or key.tag != _STR_TAG:
+                    raise _DirectBuildError
+                value[key.value] = build(item)
+        else:
+            if node.tag != _SEQ_TAG:
+                raise _DirectBuildError
+            value = []
+            built[id(node)] = value
+            value.extend(build(item) for item in node.value)
+        built[id(node)] = value
+        return value
+
+    try:
+        data = build(root)
+    except _DirectBuildError:
+        return loader.construct_document(root)
+    loader.constructed_objects = {}
+    loader.recursive_objects = {}
+    return data
 
 
 def describe_yaml_error(exc: yaml.MarkedYAMLError) -> str:
