@@ -8,6 +8,7 @@ import logging
 import signal
 import socket
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import grpc
 from aiohttp import web
@@ -15,13 +16,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from epp.discovery import KubeDiscovery
-from epp.h2server import H2GrpcServer
 from epp.logoutput import flush_periodically
 from epp.picker import Picker
 from epp.processor import SERVICE_NAME, Processor
 from epp.scraper import Scraper
 from epp.settings import EppSettings
 from epp.telemetry import EppMetrics
+
+if TYPE_CHECKING:
+    from epp.h2server import H2GrpcServer as H2GrpcServerType
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +40,7 @@ class EppServer:
         self.port = 0
         self.metrics_port = 0
         self._server: grpc.aio.Server | None = None
-        self._h2: H2GrpcServer | None = None
+        self._h2: H2GrpcServerType | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -51,8 +54,9 @@ class EppServer:
         self._tasks.append(
             asyncio.create_task(Scraper(self.picker, settings.scrape).run(), name="epp-scraper")
         )
-        if settings.transport == "h2" and settings.tls is None:
-            self._h2 = H2GrpcServer(self.processor)
+        h2_server = _h2_server_class() if settings.transport == "h2" and settings.tls is None else None
+        if h2_server is not None:
+            self._h2 = h2_server(self.processor)
             self.port = await self._h2.start(settings.host, settings.port, reuse_port=settings.workers > 1)
         else:
             await self._start_grpcio()
@@ -126,6 +130,16 @@ class EppServer:
         sock = bind_listener(self.settings.host, self.settings.metrics_port or 0)
         await web.SockSite(runner, sock).start()
         self.metrics_port = sock.getsockname()[1]
+
+
+def _h2_server_class() -> type[H2GrpcServerType] | None:
+    """The EPP's own HTTP/2 server, or None (with a warning) when its HPACK library is missing."""
+    try:
+        from epp.h2server import H2GrpcServer
+    except ImportError as exc:
+        logger.warning("h2 transport unavailable (%s); serving with grpcio", exc)
+        return None
+    return H2GrpcServer
 
 
 def bind_listener(host: str, port: int) -> socket.socket:
