@@ -172,22 +172,30 @@ async def run_reconciler(parts: Parts, settings: ReconcileSettings, *, stop: asy
             wake.set()
         tasks = [asyncio.ensure_future(loop) for loop in loops]
         stopper = asyncio.ensure_future(stop.wait())
-        done, _pending = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
-        for task in done:
-            if task is not stopper and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+        tasks_and_stopper = [stopper, *tasks]
+        done, _pending = await asyncio.wait(tasks_and_stopper, return_when=asyncio.FIRST_COMPLETED)
+        failed = next((t for t in done if t is not stopper and t.exception() is not None), None)
+        stop.set()
+        await stopper
+        if failed is not None:
+            logger.error("reconciler loop failed: %r; shutting down", failed.exception())
+            raise failed.exception()  # type: ignore[misc]
     finally:
+        stop.set()
         await _shutdown(parts, tasks, metrics_runner)
 
 
 async def _shutdown(
     parts: Parts, tasks: list[asyncio.Task[None]], metrics_runner: web.AppRunner | None
 ) -> None:
-    for task in tasks:
-        task.cancel()
+    """Let the loops finish the step they are in (a write in flight completes before the Lease goes),
+    then cancel what is left; every wait is bounded."""
     if tasks:
-        await asyncio.wait(tasks, timeout=STOP_TIMEOUT_SECONDS)
+        _done, pending = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_SECONDS)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=STOP_TIMEOUT_SECONDS)
     if parts.elector is not None:
         try:
             await asyncio.wait_for(asyncio.to_thread(parts.elector.release), timeout=STOP_TIMEOUT_SECONDS)
