@@ -150,6 +150,13 @@ async def translate_errors(request: web.Request, handler: Handler) -> web.Stream
         if error.status >= 500:
             logger.error("server error on %s %s: %s", request.method, request.path, error.reason)
         return _plain(error.status, error.reason)
+    except (asyncio.CancelledError, ConnectionError):
+        raise  # the client went away: nothing to answer
+    except Exception as error:
+        # Reviews never get here (`review_request` turns engine failures into verdicts); a bug elsewhere is
+        # logged with its traceback and answered with one line, not an HTML page.
+        logger.exception("internal error on %s %s", request.method, request.path)
+        return _plain(500, f"internal error ({type(error).__name__}); see the server log")
 
 
 async def read_body(request: web.Request) -> bytes:
