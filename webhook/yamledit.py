@@ -17,13 +17,14 @@ from typing import Any
 import yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError as RuamelYAMLError
-from ruamel.yaml.scalarstring import ScalarString
+from ruamel.yaml.scalarstring import DoubleQuotedScalarString, ScalarString
 
 from policies.patch import PatchError, PatchOp, apply_op, split_pointer
 
 logger = logging.getLogger(__name__)
 
 _WIDTH = 4096
+_RESERVED_STARTS = frozenset("@`")
 
 
 class EditError(Exception):
@@ -86,10 +87,21 @@ def make_round_trip_yaml(text: str) -> YAML:
     return rt
 
 
+def quote_reserved(value: Any) -> Any:
+    """New strings that YAML cannot write plain (``@type``) get double quotes, as manifests usually have."""
+    if isinstance(value, str) and not isinstance(value, ScalarString):
+        return DoubleQuotedScalarString(value) if value[:1] in _RESERVED_STARTS else value
+    if isinstance(value, Mapping):
+        return {quote_reserved(key): quote_reserved(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [quote_reserved(item) for item in value]
+    return value
+
+
 def apply_ops_round_trip(document: Any, ops: Sequence[PatchOp]) -> Any:
     """Apply operations to a ruamel tree in place, keeping the quoting style of replaced scalars."""
     for op in ops:
-        value = op.value
+        value = quote_reserved(op.value)
         if op.op in ("add", "replace"):
             previous = _value_at(document, op.path)
             if isinstance(previous, ScalarString) and isinstance(value, str):

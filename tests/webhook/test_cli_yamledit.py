@@ -107,3 +107,10 @@ def test_a_file_indented_with_four_spaces_keeps_its_indentation() -> None:
     edits = {0: [PatchOp("replace", "/spec/configPatches/0/patch/operation", "MERGE")]}
     after = edit_stream(text, edits, expected=expected_after(text, edits))
     assert diff_lines(text, after) == ["-            operation: ADD", "+            operation: MERGE"]
+
+
+def test_added_keys_that_cannot_be_plain_get_double_quotes() -> None:
+    edits = {0: [PatchOp("add", "/spec/extra", {"@type": "type.googleapis.com/x", "plain": "@odd"})]}
+    after = edit_stream(SOURCE, edits, expected=expected_after(SOURCE, edits))
+    assert '    "@type": type.googleapis.com/x\n' in after
+    assert '    plain: "@odd"\n' in after
