@@ -1,11 +1,12 @@
-"""A stand-in for the Kubernetes API's Service list/watch endpoint, for tests that cannot boot an apiserver.
+"""A stand-in for the Kubernetes API's Service list/watch endpoint, for tests that must make it misbehave.
 
-It speaks the REST protocol the `kubernetes` client uses (a fake, because no kube-apiserver runs in these
-tests): `GET /api/v1/services` lists with `metadata.resourceVersion` and `limit`/`continue` paging;
-`?watch=true&resourceVersion=N` streams newline-delimited JSON events (`ADDED`, `MODIFIED`, `DELETED`,
-`BOOKMARK`) after N, ends at `timeoutSeconds`, and answers a compacted resourceVersion with an `ERROR` event
-carrying a `410 Gone` Status, as the apiserver does. Tests drive it: change Services, drop open watches,
-compact history, or refuse requests to play an unreachable API.
+It speaks the REST protocol the `kubernetes` client uses (a fake, because a real kube-apiserver cannot be
+told to drop a watch, forget history or refuse requests on cue): `GET /api/v1/services` lists with
+`metadata.resourceVersion` and `limit`/`continue` paging; `?watch=true&resourceVersion=N` streams
+newline-delimited JSON events (`ADDED`, `MODIFIED`, `DELETED`) after N, ends at `timeoutSeconds`, and
+answers a compacted resourceVersion with an `ERROR` event carrying a `410 Gone` Status, as the apiserver
+does. Tests drive it: change Services, drop open watches, compact history, or refuse requests to play an
+unreachable API.
 """
 
 from __future__ import annotations

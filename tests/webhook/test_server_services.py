@@ -1,8 +1,8 @@
 """The server with live ClusterIPs: readiness follows the Service cache, reviews read the cache.
 
-The Kubernetes API here is `kubefake.FakeServiceAPI`, a fake (no kube-apiserver runs in these tests) that
-speaks the REST list/watch protocol on loopback; the server reaches it through a kubeconfig file, as it
-would a real cluster.
+The Kubernetes API here is `kubefake.FakeServiceAPI`, a fake that speaks the REST list/watch protocol on
+loopback and can refuse requests on cue (a real kube-apiserver cannot be made unreachable and back from a
+test); the server reaches it through a kubeconfig file, as it would a real cluster.
 """
 
 from __future__ import annotations

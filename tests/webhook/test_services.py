@@ -1,8 +1,10 @@
 """The Service cache (list + watch in a thread) against a Kubernetes API endpoint.
 
-The API here is `kubefake.FakeServiceAPI`, a fake: no kube-apiserver can run in these tests. It speaks the
-real REST list/watch protocol over loopback HTTP (JSON lines, resourceVersion, 410 Gone), and the cache
-talks to it through the real `kubernetes` client, configured from a real kubeconfig file.
+The API here is `kubefake.FakeServiceAPI`, a fake: a real kube-apiserver cannot be made to drop a watch,
+compact its history (410 Gone) or refuse requests on cue, and these tests need exactly that. It speaks the
+REST list/watch protocol over loopback HTTP (JSON lines, resourceVersion, 410 Gone), and the cache talks
+to it through the real `kubernetes` client, configured from a real kubeconfig file. The same cache against
+a real kube-apiserver is `test_services_apiserver.py`.
 """
 
 from __future__ import annotations
