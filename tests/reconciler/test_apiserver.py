@@ -226,9 +226,16 @@ async def test_unfixable_findings_reach_a_real_policy_report_and_event(
 
     await reconciler.audit()
 
-    assert kubectl.get_json("policyreport", "extproc-guard", "-n", namespace)["metadata"][
-        "resourceVersion"
-    ] == (version)
+    after = kubectl.get_json("policyreport", "extproc-guard", "-n", namespace)
+    assert after["metadata"]["resourceVersion"] == version
+
+    kubectl.run("delete", "envoyfilter", "epp-ext-proc-unfixable", "-n", namespace)
+    create(kubectl, load("seed-corrected.yaml"), namespace)
+    await reconciler.audit()
+
+    emptied = kubectl.get_json("policyreport", "extproc-guard", "-n", namespace)
+    assert emptied["summary"]["fail"] == 0
+    assert {r["resources"][0]["name"] for r in emptied["results"]} == {FILTER}
 
 
 async def test_an_operator_that_keeps_applying_its_template_is_named_from_real_managed_fields(
