@@ -138,11 +138,11 @@ def check_answer(status: int, content_type: str, body: bytes, sent: Any) -> None
         assert response["uid"] == sent["request"]["uid"]
         assert isinstance(response["allowed"], bool)
         if not response["allowed"]:
-            status = response["status"]
+            denial = response["status"]
             # 403 is a policy denial; 500 is the engine failing on a damaged object, which denies too.
-            assert status["code"] in (403, 500), status
-            if status["code"] == 500:
-                assert status["message"].startswith("extproc-guard could not evaluate"), status
+            assert denial["code"] in (403, 500), denial
+            if denial["code"] == 500:
+                assert denial["message"].startswith("extproc-guard could not evaluate"), denial
         for warning in response.get("warnings", []):
             assert len(warning) <= 120
     else:
