@@ -166,3 +166,19 @@ def test_stdin_is_fixed_to_stdout_through_the_console_script() -> None:
     assert result.returncode == 0, result.stderr
     assert yaml.safe_load(result.stdout) == yaml.safe_load(SEED_CORRECTED.read_text())
     assert "# placed relative to the router" in result.stdout
+
+
+def test_a_kubectl_list_is_fixed_item_by_item(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    items = [
+        yaml.safe_load(SEED_BAD.read_text()),
+        *yaml.safe_load_all((EXAMPLES / "failure-mode-allow.yaml").read_text()),
+    ]
+    listing = tmp_path / "list.yaml"
+    listing.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": items}, sort_keys=False))
+    assert len(enforce_findings(listing, capsys)) > 0
+    code, _, _ = run(["fix", "-i", str(listing), *SERVICE], capsys)
+    assert code == 0
+    assert enforce_findings(listing, capsys) == []
+    fixed_items = yaml.safe_load(listing.read_text())["items"]
+    assert fixed_items[0] == yaml.safe_load(SEED_CORRECTED.read_text())
+    assert fixed_items[2] == items[2]
