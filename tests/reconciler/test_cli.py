@@ -17,7 +17,7 @@ import pytest
 from tests.reconciler.conftest import EPP, EPP_IP, NAMESPACE, OPERATOR, load, without_server_fields
 from tests.reconciler.fakeapi import LEASES, FakeKubeAPI
 
-WAIT_SECONDS = 20.0
+WAIT_SECONDS = 60.0
 
 
 def free_port() -> int:

@@ -21,7 +21,7 @@ from webhook.services import ServiceCache
 from webhook.settings import KubeSettings
 
 NEW_IP = "10.96.200.7"
-WAIT_SECONDS = 10.0
+WAIT_SECONDS = 20.0
 
 
 def pinned_address(fake_api: FakeKubeAPI) -> tuple[str, int]:

@@ -16,7 +16,7 @@ from tests.reconciler.fakeapi import LEASES, FakeKubeAPI
 from webhook.reconcile_runner import Parts, build_parts, run_reconciler
 from webhook.reconcile_settings import LeaseSettings, ReconcileSettings
 
-WAIT_SECONDS = 15.0
+WAIT_SECONDS = 30.0
 
 
 async def wait_for(condition: Callable[[], bool], what: str) -> None:
