@@ -265,7 +265,7 @@ def _parse_json(source: Source, text: str) -> object | None:
 
 
 def _iter_yaml(source: Source, text: str) -> Iterator[SourceDocument | InputError]:
-    loader = yaml.CSafeLoader(text)
+    loader = DocumentLoader(text)
     index = 0
     try:
         while True:
@@ -293,11 +293,40 @@ _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
 
 
+class DocumentLoader(yaml.CSafeLoader):
+    """libyaml's safe loader with the per-node resolver hooks made cheap (the same tags result).
+
+    The safe loader has no path resolvers, so descending and ascending are no-ops; implicit tags are
+    looked up in the safe resolver's own first-character table, exactly as `Resolver.resolve` does.
+    """
+
+    def descend_resolver(self, current_node: Any, current_index: Any) -> None:
+        return None
+
+    def ascend_resolver(self) -> None:
+        return None
+
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> str:
+        if kind is yaml.ScalarNode:
+            if implicit[0]:
+                table = self.yaml_implicit_resolvers
+                for tag, regexp in table.get(value[:1], ()):
+                    if regexp.match(value):
+                        return str(tag)
+                for tag, regexp in table.get(None, ()):
+                    if regexp.match(value):
+                        return str(tag)
+            return _STR_TAG
+        if kind is yaml.SequenceNode:
+            return _SEQ_TAG
+        return _MAP_TAG
+
+
 class _DirectBuildError(Exception):
     """A node the direct path does not build (merge keys, explicit tags, non-string keys)."""
 
 
-def construct_document(loader: yaml.CSafeLoader, root: yaml.Node) -> Any:
+def construct_document(loader: DocumentLoader, root: yaml.Node) -> Any:
     """Build a document's data from its node tree, equal to what `yaml.safe_load` returns.
 
     Plain maps, sequences and string scalars (nearly all of a Kubernetes manifest) are built directly;

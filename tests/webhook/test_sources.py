@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from webhook.sources import (
     InputError,
@@ -246,3 +248,78 @@ def test_an_unknown_tag_is_an_input_error_with_its_line() -> None:
         InputError, match=r"invalid YAML at line 2, column 4: could not determine a constructor"
     ):
         documents_of("a: 1\nb: !custom x\n")
+
+
+TRICKY_PLAIN = [
+    "yes",
+    "No",
+    "on",
+    "OFF",
+    "y",
+    "~",
+    "null",
+    "Null",
+    "",
+    "0o17",
+    "017",
+    "0x1F",
+    "1_000",
+    "-0b101",
+    "190:20:30",
+    "1.5e3",
+    ".5",
+    "-.inf",
+    ".NaN",
+    "2001-12-14",
+    "2001-12-14t21:59:43.10-05:00",
+    "=",
+    "<<",
+    "10.96.45.12",
+    "9002",
+    "5s",
+    "+12",
+    "0",
+    "-",
+    "true",
+    "@",
+]
+
+
+@pytest.mark.parametrize("value", TRICKY_PLAIN, ids=[repr(v) for v in TRICKY_PLAIN])
+def test_plain_scalars_resolve_to_the_same_type_and_value_as_pyyaml(value: str) -> None:
+    text = f"key: {value}\n" if value not in ("@",) else "key: '@'\n"
+    try:
+        expected = yaml.safe_load(text)
+    except yaml.YAMLError:
+        with pytest.raises(InputError, match="invalid YAML"):
+            only_documents(text)
+        return
+    (document,) = only_documents(text)
+    assert repr(document.data) == repr(expected)
+
+
+json_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=12)
+)
+documents = st.dictionaries(
+    st.text(max_size=8),
+    st.recursive(
+        json_scalars,
+        lambda children: (
+            st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+        ),
+        max_leaves=20,
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(document=documents, flow=st.sampled_from([None, True, False]))
+def test_any_dumped_document_reads_back_as_pyyaml_reads_it(
+    document: dict[str, object], flow: bool | None
+) -> None:
+    text = yaml.safe_dump(document, default_flow_style=flow)
+    (read,) = only_documents(text)
+    assert read.data == yaml.safe_load(text)
