@@ -162,6 +162,9 @@ def run_reconcile(args: argparse.Namespace) -> int:
     from webhook.reconcile_kube import KubeConfigError
     from webhook.reconcile_runner import audit_exit_code, audit_once, build_parts
 
+    if args.verbose == 0:
+        # Every audit, fix and fight is the reconciler's record of what it changed: on unless asked for more.
+        logging.getLogger().setLevel(logging.INFO)
     try:
         settings = settings_from_args(args)
         policy = load_policy_file(args.policy)
