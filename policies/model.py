@@ -26,7 +26,8 @@ def as_mapping(value: Any) -> Mapping[str, Any]:
 
 
 def is_envoy_filter(document: Mapping[str, Any]) -> bool:
-    return document.get("kind") == "EnvoyFilter" and document.get("apiVersion") in API_VERSIONS
+    api_version = document.get("apiVersion")
+    return document.get("kind") == "EnvoyFilter" and isinstance(api_version, str) and api_version in API_VERSIONS
 
 
 @dataclass(slots=True)

@@ -6,6 +6,7 @@ import copy
 from typing import Any
 
 import jsonpatch
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -50,7 +51,7 @@ def subtree_paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, .
 def broken_filters(draw: st.DrawFn) -> dict[str, Any]:
     document = build(draw(st.sampled_from(SHAPES)))
     for _ in range(draw(st.integers(1, 3))):
-        path = draw(st.sampled_from([p for p in subtree_paths(document) if len(p) >= 2]))
+        path = draw(st.sampled_from([p for p in subtree_paths(document) if len(p) >= 1]))
         parent = document
         for token in path[:-1]:
             parent = parent[token]
@@ -76,3 +77,22 @@ def test_evaluate_never_raises_and_its_patch_always_applies(
     assert jsonpatch.apply_patch(document, [op.to_json() for op in result.patch]) == result.fixed
     assert evaluate(result.fixed, policy=policy, resolver=resolver()).applicable in (True, False)
     assert document == before
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("apiVersion", []),
+        ("apiVersion", {"group": "networking.istio.io"}),
+        ("kind", ["EnvoyFilter"]),
+        ("metadata", []),
+        ("metadata", "epp-ext-proc"),
+        ("spec", ["configPatches"]),
+    ],
+    ids=["apiVersion-list", "apiVersion-map", "kind-list", "metadata-list", "metadata-string", "spec-list"],
+)
+def test_a_top_level_field_of_the_wrong_type_is_not_an_error(key: str, value: Any) -> None:
+    document = build(SHAPES[2])
+    document[key] = value
+    result = evaluate(document, policy=default_policy(), resolver=resolver())
+    assert apply_patch(document, result.patch) == result.fixed
