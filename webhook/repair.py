@@ -18,7 +18,7 @@ from typing import Any
 from policies.findings import Finding
 from policies.patch import PatchOp, apply_op
 from webhook.report import DocumentResult, LocatedFinding
-from webhook.scan import CheckedDocument, ScanSettings, iter_checked, metadata_of
+from webhook.scan import CheckedDocument, ScanSettings, compute_fix, iter_checked, metadata_of
 from webhook.sources import InputError, Source
 from webhook.yamledit import EditError, dump_plain_yaml, edit_stream, plain_edit_stream
 
@@ -51,8 +51,11 @@ def fix_source(source: Source, text: str, settings: ScanSettings) -> SourceFix:
         for item in iter_checked(source, text, settings):
             if isinstance(item, InputError):
                 errors.append(item)
-            else:
-                checked.append(item)
+                continue
+            try:
+                checked.append(compute_fix(item))
+            except InputError as exc:
+                errors.append(exc)
     except InputError as exc:
         return SourceFix(source, None, None, False, (), (), (*errors, exc))
     edits: dict[int, list[PatchOp]] = {}

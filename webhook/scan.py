@@ -28,6 +28,8 @@ from webhook.sources import (
 logger = logging.getLogger(__name__)
 
 ENVOYFILTER_GROUP = "networking.istio.io/"
+# What the engine raises for a document it cannot take (malformed shapes deep inside a value).
+ENGINE_ERRORS = (DocumentError, PatchError, ValueError, TypeError, KeyError, AttributeError, RecursionError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,11 +111,26 @@ def check_document(document: SourceDocument, settings: ScanSettings) -> CheckedD
         raise InputError(document.file, f"{where}: not a usable EnvoyFilter: {reason}")
     try:
         evaluation = evaluate(document.data, policy=settings.policy, resolver=settings.resolver)
-    except (DocumentError, PatchError, ValueError, TypeError, KeyError, AttributeError) as exc:
-        logger.debug("evaluation failed file=%s document=%d", document.file, document.index, exc_info=True)
-        where = f"document {document.index + 1} (line {document.start_line})"
-        raise InputError(document.file, f"{where}: cannot evaluate this EnvoyFilter: {exc}") from None
+    except ENGINE_ERRORS as exc:
+        raise _engine_failure(document, "evaluate", exc) from None
     return CheckedDocument(document, evaluation)
+
+
+def _engine_failure(document: SourceDocument, action: str, exc: Exception) -> InputError:
+    logger.debug("engine failed file=%s document=%d", document.file, document.index, exc_info=True)
+    where = f"document {document.index + 1} (line {document.start_line})"
+    reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+    return InputError(document.file, f"{where}: cannot {action} this EnvoyFilter: {reason}")
+
+
+def compute_fix(checked: CheckedDocument) -> CheckedDocument:
+    """Have the (lazy) engine compute the fix now, so a failure is an `InputError` naming the document."""
+    if checked.evaluation is not None:
+        try:
+            _ = checked.evaluation.patch
+        except ENGINE_ERRORS as exc:
+            raise _engine_failure(checked.document, "fix", exc) from None
+    return checked
 
 
 def iter_checked(source: Source, text: str, settings: ScanSettings) -> Iterator[CheckedDocument | InputError]:

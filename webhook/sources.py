@@ -282,6 +282,12 @@ def _iter_yaml(source: Source, text: str) -> Iterator[SourceDocument | InputErro
                 raise InputError(source.name, f"invalid YAML: {' '.join(str(exc).split())}") from None
             except RecursionError:
                 raise InputError(source.name, f"document {index + 1}: nested too deeply") from None
+            except _RecursiveDocumentError as exc:
+                where = f" (the node at line {exc.line} contains an alias to itself)" if exc.line else ""
+                raise InputError(
+                    source.name,
+                    f"document {index + 1}: a recursive alias{where}; no Kubernetes object can hold that",
+                ) from None
             yield from _documents_of(source.name, index, data, NodeLocator(node))
             index += 1
     finally:
@@ -322,6 +328,31 @@ class DocumentLoader(yaml.CSafeLoader):
         return _MAP_TAG
 
 
+class _RecursiveDocumentError(Exception):
+    """An alias inside the node it refers to: no JSON (and no Kubernetes object) can hold that."""
+
+    def __init__(self, node: yaml.Node | None) -> None:
+        self.line = int(node.start_mark.line) + 1 if node is not None else None
+        super().__init__(f"line {self.line}")
+
+
+def _is_recursive(data: Any) -> bool:
+    open_ids: set[int] = set()
+
+    def visit(value: Any) -> bool:
+        if not isinstance(value, dict | list):
+            return False
+        if id(value) in open_ids:
+            return True
+        open_ids.add(id(value))
+        children = value.values() if isinstance(value, dict) else value
+        found = any(visit(child) for child in children)
+        open_ids.discard(id(value))
+        return found
+
+    return visit(data)
+
+
 class _DirectBuildError(Exception):
     """A node the direct path does not build (merge keys, explicit tags, non-string keys)."""
 
@@ -335,10 +366,13 @@ def construct_document(loader: DocumentLoader, root: yaml.Node) -> Any:
     share one object, as with PyYAML.
     """
     built: dict[int, Any] = {}
+    open_nodes: set[int] = set()
 
     def build(node: yaml.Node) -> Any:
         done = built.get(id(node))
         if done is not None:
+            if id(node) in open_nodes:
+                raise _RecursiveDocumentError(node)
             return done
         kind = type(node)
         if kind is yaml.ScalarNode:
@@ -350,23 +384,30 @@ def construct_document(loader: DocumentLoader, root: yaml.Node) -> Any:
                 raise _DirectBuildError
             value = {}
             built[id(node)] = value
+            open_nodes.add(id(node))
             for key, item in node.value:
                 if type(key) is not yaml.ScalarNode or key.tag != _STR_TAG:
                     raise _DirectBuildError
                 value[key.value] = build(item)
+            open_nodes.discard(id(node))
         else:
             if node.tag != _SEQ_TAG:
                 raise _DirectBuildError
             value = []
             built[id(node)] = value
+            open_nodes.add(id(node))
             value.extend(build(item) for item in node.value)
+            open_nodes.discard(id(node))
         built[id(node)] = value
         return value
 
     try:
         data = build(root)
     except _DirectBuildError:
-        return loader.construct_document(root)
+        data = loader.construct_document(root)
+        if _is_recursive(data):
+            raise _RecursiveDocumentError(None) from None
+        return data
     loader.constructed_objects = {}
     loader.recursive_objects = {}
     return data

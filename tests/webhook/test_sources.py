@@ -323,3 +323,17 @@ def test_any_dumped_document_reads_back_as_pyyaml_reads_it(
     text = yaml.safe_dump(document, default_flow_style=flow)
     (read,) = only_documents(text)
     assert read.data == yaml.safe_load(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: &x [1, *x]\n",
+        "spec: &s\n  patches:\n  - value: *s\n",
+        "b: &m {k: 1}\nc: &x\n  <<: *m\n  self: *x\n",
+    ],
+    ids=["sequence", "mapping", "with-merge-keys"],
+)
+def test_a_recursive_alias_is_an_input_error(text: str) -> None:
+    with pytest.raises(InputError, match="document 1: a recursive alias"):
+        documents_of(text)
