@@ -227,6 +227,10 @@ BAD_INPUTS: dict[str, bytes] = {
         b"apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\n"
         b"metadata: {name: n, namespace: ns}\nspec:\n  configPatches: null\n"
     ),
+    "recursive-alias": (
+        b"apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: n, namespace: ns}\n"
+        b"spec: &s\n  configPatches:\n  - patch: {value: *s}\n"
+    ),
     "binary": bytes(range(256)) * 4,
     "not-utf8": b"kind: ConfigMap\ndata: {a: caf\xe9}\n",
 }
@@ -234,6 +238,7 @@ BAD_REASONS = {
     "invalid-yaml": "invalid YAML at line 2",
     "non-mapping": "document 1 (line 1) is a list, not a mapping",
     "config-patches-null": "document 1 (line 5): not a usable EnvoyFilter: spec.configPatches is null",
+    "recursive-alias": "document 1: a recursive alias (the node at line 4 contains an alias to itself)",
     "binary": "binary file (contains NUL bytes)",
     "not-utf8": "not UTF-8 text (byte 0xe9 at offset 29)",
     "too-big": "50 MiB, larger than the 16 MiB limit; not read",
