@@ -2,7 +2,9 @@
 
 Pure bookkeeping with the clock passed in. The reconciler tells `FightTracker` when it found an object
 bad (`observe_bad`), when it fixed one (`record_fix`) and when one was clean (`observe_clean`). A bad object
-whose resourceVersion differs from the one the fix produced was rewritten by someone: a revert. From
+whose resourceVersion differs from the one the fix produced was rewritten by someone: a revert, counted once
+per fix (more rewrites while the reconciler waits undo nothing new, so they neither add Events nor lengthen
+the back-off). From
 `threshold` reverts on, the object is in a fight: each further fix waits an exponentially growing back-off,
 so the reconciler and the other writer do not trade patches in a hot loop.
 
@@ -41,6 +43,7 @@ class _State:
     fixed_version: str = ""
     reverts: int = 0
     counted_version: str = ""
+    counted_fix: str = ""
     retry_at: float = 0.0
     backoff_seconds: float = 0.0
 
@@ -57,10 +60,15 @@ class FightTracker:
         state = self._states.get(key)
         if state is None:
             return Decision(Verdict.FIX, 0)
-        new_revert = bool(state.fixed_version) and version not in (state.fixed_version, state.counted_version)
+        new_revert = (
+            bool(state.fixed_version)
+            and state.counted_fix != state.fixed_version
+            and version not in (state.fixed_version, state.counted_version)
+        )
         if new_revert:
             state.reverts += 1
             state.counted_version = version
+            state.counted_fix = state.fixed_version
             if state.reverts >= self.threshold:
                 step = state.reverts - self.threshold
                 state.backoff_seconds = min(
@@ -82,6 +90,10 @@ class FightTracker:
         state = self._states.get(key)
         if state is not None and version != state.fixed_version:
             del self._states[key]
+
+    def forget(self, key: str) -> None:
+        """The object is gone."""
+        self._states.pop(key, None)
 
     def in_backoff(self, *, now: float) -> int:
         return sum(1 for s in self._states.values() if s.reverts >= self.threshold and now < s.retry_at)

@@ -133,10 +133,13 @@ def resource_version(obj: Mapping[str, Any]) -> str:
 class KubeObjects:
     """Blocking reads and writes of the objects the reconciler touches, on one `ApiClient`."""
 
-    def __init__(self, api_client: Any, *, field_manager: str, timeout: float = 15.0) -> None:
+    def __init__(
+        self, api_client: Any, *, field_manager: str, timeout: float = 15.0, page_size: int = LIST_PAGE_SIZE
+    ) -> None:
         self._custom = client.CustomObjectsApi(api_client)
         self._field_manager = field_manager
         self._timeout = timeout
+        self._page_size = page_size
 
     # -- generic -----------------------------------------------------------------------------------
     def list_objects(self, resource: Resource, namespace: str | None) -> list[dict[str, Any]]:
@@ -147,9 +150,9 @@ class KubeObjects:
         token: str | None = None
         where = f"list {resource.plural}" + (f" in {namespace}" if namespace else "")
         while True:
-            kwargs: dict[str, Any] = {"limit": LIST_PAGE_SIZE, "_request_timeout": self._timeout}
+            kwargs: dict[str, Any] = {"limit": self._page_size, "_request_timeout": self._timeout}
             if token:
-                kwargs["var_continue"] = token
+                kwargs["_continue"] = token
             try:
                 if namespace is None:
                     page = self._custom.list_cluster_custom_object(

@@ -3,6 +3,10 @@
 Writes are deduplicated so an interval audit does not repeat itself: a PolicyViolation Event is recorded
 when an object's unfixable findings change, a PolicyReport is written when its content (timestamps aside)
 changes. A failed write is logged and counted; it never stops an audit. Blocking calls run in a thread.
+
+A cluster without the PolicyReport CRD answers 404; findings then go to Events and the log only, and each
+later call (once per full audit) checks again with one request, so a CRD installed after start is used
+from the next audit on, without a restart.
 """
 
 from __future__ import annotations
@@ -91,10 +95,15 @@ class Reporter:
         for key in [k for k in self._violations if k not in keep]:
             del self._violations[key]
 
+    @property
+    def reports_served(self) -> bool:
+        """False since a write found no PolicyReport resource (until a later write finds it again)."""
+        return not self._reports_unavailable
+
     async def write_reports(self, by_namespace: Mapping[str, list[FilterResult]]) -> None:
-        """One PolicyReport per namespace seen now or reported before (emptied when its filters left)."""
-        if self._reports_unavailable:
-            return
+        """One PolicyReport per namespace seen now or reported before (emptied when its filters left).
+
+        Called once per full audit; while the CRD is missing, the first namespace's write is the check."""
         now_seconds = int(self._wall().timestamp())
         for namespace in sorted(set(by_namespace) | set(self._reports)):
             report = build_policy_report(namespace, by_namespace.get(namespace, []), now_seconds=now_seconds)
@@ -104,16 +113,20 @@ class Reporter:
             try:
                 written = await asyncio.to_thread(self._upsert, namespace, report, content)
             except NotFoundError:
+                if not self._reports_unavailable:
+                    logger.warning(
+                        "PolicyReports are not served by this cluster (install the wgpolicyk8s.io/v1alpha2 "
+                        "CRD); findings go to Events and the log only, and each audit checks again"
+                    )
                 self._reports_unavailable = True
-                logger.warning(
-                    "PolicyReports are not served by this cluster (install the wgpolicyk8s.io/v1alpha2 CRD); "
-                    "findings go to Events and the log only"
-                )
                 return
             except KubeAPIError as error:
                 self._metrics.errors.labels("policyreport").inc()
                 logger.warning("policyreport %s/%s not written: %s", namespace, REPORT_NAME, error)
                 continue
+            if self._reports_unavailable:
+                self._reports_unavailable = False
+                logger.info("PolicyReports are served by this cluster now; writing them")
             if written == "conflict":
                 continue  # another writer moved it meanwhile: the next audit compares again
             if written == "written":

@@ -1,8 +1,16 @@
-"""The long-running side of `extproc-guard reconcile`: Lease, audit interval, drift watch, metrics.
+"""The long-running side of `extproc-guard reconcile`: Lease, audit interval, EnvoyFilter watch, drift
+repair, metrics.
+
+Three loops write, all through the one `Reconciler` (whose lock keeps them apart):
+- the audit: every filter in scope, at once on gaining the Lease and then every interval (the safety net);
+- the EnvoyFilter watch: each filter that changed, within moments of the change (coalesced per object, the
+  echo of the reconciler's own patch skipped, a fighting writer held off by the fight back-off);
+- drift repair: woken by the Service cache's change callback when a pinned Service's address changes
+  (with an optional slow poll as a fallback).
 
 `run_reconciler` owns every background part and stops them all, in order, when `stop` is set (SIGTERM):
 the loops are cancelled and awaited, the Lease is released so another replica takes over at once, the
-Service cache thread is stopped, the metrics server is closed. Every wait is bounded.
+watch and Service cache threads are stopped, the metrics server is closed. Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from kubernetes import client
@@ -23,6 +32,7 @@ from webhook.leader import LeaseElector
 from webhook.reconcile_kube import KubeObjects, build_api_client
 from webhook.reconcile_metrics import ReconcileMetrics, make_metrics_app
 from webhook.reconcile_settings import ReconcileSettings
+from webhook.reconcile_watch import ChangeQueue, FilterWatch, WatchSettings
 from webhook.reconciler import Action, AuditResult, Reconciler
 from webhook.services import ServiceCache
 from webhook.settings import KubeSettings
@@ -41,6 +51,7 @@ class Parts:
     reconciler: Reconciler
     elector: LeaseElector | None
     metrics: ReconcileMetrics
+    api_client: Any
 
 
 def build_parts(
@@ -68,7 +79,7 @@ def build_parts(
     reconciler = Reconciler(
         kube, policy=policy, resolver=resolver, settings=settings, metrics=metrics, may_write=may_write
     )
-    return Parts(kube, cache, reconciler, elector, metrics)
+    return Parts(kube, cache, reconciler, elector, metrics, api_client)
 
 
 def _always() -> bool:
@@ -80,7 +91,7 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), timeout=seconds)
 
 
-async def _wait_any(*events: asyncio.Event, seconds: float) -> None:
+async def _wait_any(*events: asyncio.Event, seconds: float | None) -> None:
     waiters = [asyncio.ensure_future(e.wait()) for e in events]
     try:
         await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
@@ -119,13 +130,62 @@ async def audit_periodically(
 
 
 async def repair_on_drift(
-    reconciler: Reconciler, *, may_write: Callable[[], bool], poll: float, stop: asyncio.Event
+    reconciler: Reconciler,
+    *,
+    may_write: Callable[[], bool],
+    wake: asyncio.Event,
+    poll: float | None,
+    stop: asyncio.Event,
 ) -> None:
-    """Compare pinned Services' live addresses with what filters were pinned to; repair at once."""
+    """Compare pinned Services' live addresses with what filters were pinned to and repair at once, each
+    time `wake` is set (a Service changed) and every `poll` seconds (None = only when woken)."""
     while not stop.is_set():
+        wake.clear()
         if may_write() and reconciler.drifted():
             await reconciler.repair_drift()
-        await _sleep_or_stop(stop, poll)
+        await _wait_any(wake, stop, seconds=poll)
+
+
+def wake_on_service_changes(
+    cache: ServiceCache, reconciler: Reconciler, wake: asyncio.Event, loop: asyncio.AbstractEventLoop
+) -> Callable[[], None]:
+    """Set `wake` on the event loop when the cache sees a pinned Service's address change; returns the
+    unsubscribe function."""
+
+    def on_loop(ref: ServiceRef) -> None:
+        if reconciler.is_pinned(ref):
+            wake.set()
+
+    def on_change(ref: ServiceRef, _old: ServiceAddress | None, _new: ServiceAddress | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to repair
+            loop.call_soon_threadsafe(on_loop, ref)
+
+    return cache.subscribe(on_change)
+
+
+async def reconcile_changes(
+    reconciler: Reconciler, *, changes: ChangeQueue, may_write: Callable[[], bool], stop: asyncio.Event
+) -> None:
+    """Look at each EnvoyFilter the watch saw change. Changes seen while not leading are dropped: gaining
+    the Lease starts a full audit anyway."""
+    while not stop.is_set():
+        waiter = asyncio.ensure_future(changes.wait())
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait((waiter, stopper), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (waiter, stopper):
+                task.cancel()
+            await asyncio.gather(waiter, stopper, return_exceptions=True)
+        if stop.is_set():
+            return
+        batch = changes.take()
+        if not may_write():
+            continue
+        for change in batch:
+            if stop.is_set():
+                return
+            await reconciler.reconcile_change(change)
 
 
 async def _start_metrics(settings: ReconcileSettings, metrics: ReconcileMetrics) -> web.AppRunner | None:
@@ -143,6 +203,22 @@ async def run_reconciler(parts: Parts, settings: ReconcileSettings, *, stop: asy
     parts.cache.start()
     metrics_runner: web.AppRunner | None = None
     tasks: list[asyncio.Task[None]] = []
+    loop = asyncio.get_running_loop()
+    drift_wake = asyncio.Event()
+    unsubscribe = wake_on_service_changes(parts.cache, parts.reconciler, drift_wake, loop)
+    changes = ChangeQueue(loop)
+    watch: FilterWatch | None = None
+    if settings.watch_filters:
+        watch = FilterWatch(
+            parts.api_client,
+            namespaces=settings.namespaces,
+            settings=WatchSettings(
+                timeout_seconds=settings.watch_timeout_seconds,
+                backoff_initial_seconds=settings.watch_backoff_initial_seconds,
+                backoff_max_seconds=settings.watch_backoff_max_seconds,
+            ),
+            on_change=changes.offer,
+        )
     try:
         metrics_runner = await _start_metrics(settings, parts.metrics)
         synced = await asyncio.to_thread(parts.cache.wait_synced, settings.cache_sync_timeout_seconds)
@@ -161,9 +237,16 @@ async def run_reconciler(parts: Parts, settings: ReconcileSettings, *, stop: asy
                 stop=stop,
             ),
             repair_on_drift(
-                parts.reconciler, may_write=may_write, poll=settings.drift_poll_seconds, stop=stop
+                parts.reconciler,
+                may_write=may_write,
+                wake=drift_wake,
+                poll=settings.drift_poll_seconds,
+                stop=stop,
             ),
+            reconcile_changes(parts.reconciler, changes=changes, may_write=may_write, stop=stop),
         ]
+        if watch is not None:
+            watch.start()
         if parts.elector is not None and settings.lease is not None:
             loops.append(
                 keep_lease(parts.elector, retry_seconds=settings.lease.retry_seconds, wake=wake, stop=stop)
@@ -182,6 +265,9 @@ async def run_reconciler(parts: Parts, settings: ReconcileSettings, *, stop: asy
             raise failed.exception()  # type: ignore[misc]
     finally:
         stop.set()
+        unsubscribe()
+        if watch is not None:
+            await asyncio.to_thread(watch.stop, STOP_TIMEOUT_SECONDS)
         await _shutdown(parts, tasks, metrics_runner)
 
 

@@ -33,6 +33,8 @@ class ReconcileSettings:
     """What the reconciler audits, how often, and how it behaves when writes are refused or undone.
 
     `namespaces` empty = every namespace. `lease` None = no leader election (a single replica writes).
+    `watch_filters` looks at each EnvoyFilter as it changes, between audits. Drift repair wakes when the
+    Service cache reports a change; `drift_poll_seconds` is a fallback poll besides (None = none).
     """
 
     namespaces: tuple[str, ...] = ()
@@ -45,7 +47,11 @@ class ReconcileSettings:
     backoff_initial_seconds: float = 30.0
     backoff_max_seconds: float = 3600.0
     request_timeout_seconds: float = 15.0
-    drift_poll_seconds: float = 0.5
+    drift_poll_seconds: float | None = 30.0
+    watch_filters: bool = True
+    watch_timeout_seconds: int = 240
+    watch_backoff_initial_seconds: float = 0.5
+    watch_backoff_max_seconds: float = 30.0
     cache_sync_timeout_seconds: float = 30.0
     lease: LeaseSettings | None = None
     metrics_host: str = "0.0.0.0"

@@ -5,6 +5,8 @@ Three entry points, each one explicit step so the run loop (and tests) drive it:
   guarded by a `test` op on the resourceVersion read: a concurrent write makes the patch fail instead of
   being overwritten, and the reconciler re-reads and retries on the fresh object (bounded). Unfixable
   findings become Events and a PolicyReport per namespace.
+- `reconcile_change()` looks at one EnvoyFilter the watch saw change, unless the change is a version the
+  reconciler already looked at or wrote itself (the echo of its own patch).
 - `repair_drift()` re-checks the filters pinned to a Service (the `extproc-guard.io/epp-service`
   annotation) whose address changed since the engine last saw it, and patches them.
 - Fights: an object written back to the bad form after a fix is reported (Event, metric, a log line
@@ -56,6 +58,7 @@ from webhook.reconcile_plan import (
 )
 from webhook.reconcile_reports import Reporter
 from webhook.reconcile_settings import ReconcileSettings
+from webhook.reconcile_watch import FilterChange
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +144,7 @@ class Reconciler:
             backoff_max_seconds=settings.backoff_max_seconds,
         )
         self._reporter = Reporter(kube, metrics=metrics, instance=settings.identity, wall=wall)
+        self._versions: dict[ObjectKey, str] = {}
         self._pinned_to: dict[ObjectKey, ServiceRef] = {}
         self._seen: dict[ServiceRef, ServiceAddress | None] = {}
         self._last_known: dict[ServiceRef, ServiceAddress] = {}
@@ -148,6 +152,13 @@ class Reconciler:
     @property
     def writes_allowed(self) -> bool:
         return not self._settings.dry_run and self._may_write()
+
+    def is_pinned(self, ref: ServiceRef) -> bool:
+        return ref in self._pinned_to.values()
+
+    def version_seen(self, namespace: str, name: str) -> str | None:
+        """The resourceVersion of the object the reconciler last looked at or wrote (None = never)."""
+        return self._versions.get((namespace, name))
 
     def pinned(self) -> dict[ServiceRef, ServiceAddress | None]:
         """The Services filters are pinned to, with the address the engine last used for each."""
@@ -177,6 +188,8 @@ class Reconciler:
                 self._reporter.forget_objects_except(seen)
                 for key in [k for k in self._pinned_to if k not in seen]:
                     del self._pinned_to[key]
+                for key in [k for k in self._versions if k not in seen]:
+                    del self._versions[key]
             self._metrics.unfixable.set(sum(1 for o in outcomes if o.unfixed))
             self._metrics.backing_off.set(self._fights.in_backoff(now=self._clock()))
             if self.writes_allowed:
@@ -196,6 +209,26 @@ class Reconciler:
                 FilterResult(outcome.namespace, outcome.name, outcome.uid, outcome.remaining)
             )
         return by_namespace
+
+    # -- one changed object (the watch) -----------------------------------------------------------------
+    async def reconcile_change(self, change: FilterChange) -> Outcome | None:
+        """Look at one EnvoyFilter the watch saw change; None when there is nothing new to look at: the
+        version is one this reconciler already looked at, or the one its own patch wrote."""
+        key = change.key
+        async with self._lock:
+            if change.deleted:
+                self._forget(key)
+                return None
+            if change.resource_version and change.resource_version == self._versions.get(key):
+                return None
+            outcome = await self._reconcile_key(key, cause="watch")
+            self._metrics.audited.inc()
+            return outcome
+
+    def _forget(self, key: ObjectKey) -> None:
+        self._versions.pop(key, None)
+        self._pinned_to.pop(key, None)
+        self._fights.forget(f"{key[0]}/{key[1]}")
 
     # -- drift repair ----------------------------------------------------------------------------------
     def drifted(self) -> list[ServiceRef]:
@@ -225,7 +258,7 @@ class Reconciler:
         try:
             obj = await asyncio.to_thread(self._kube.get_object, ENVOY_FILTERS, *key)
         except NotFoundError:
-            self._pinned_to.pop(key, None)
+            self._forget(key)
             return Outcome(key[0], key[1], Action.GONE)
         except KubeAPIError as error:
             self._metrics.errors.labels("get").inc()
@@ -274,6 +307,7 @@ class Reconciler:
             if not plan.applicable:
                 return Outcome(namespace, name, Action.NOT_APPLICABLE, uid=uid)
             version = resource_version(obj)
+            self._versions[(namespace, name)] = version
             key = f"{namespace}/{name}"
             if not plan.patch:
                 self._fights.observe_clean(key, version)
@@ -325,6 +359,7 @@ class Reconciler:
                 logger.warning("%s", error)
                 return Outcome(namespace, name, Action.ERROR, attempts=attempts)
             self._fights.record_fix(key, resource_version(written))
+            self._versions[(namespace, name)] = resource_version(written)
             self._metrics.fixed.labels(cause).inc()
             rules = sorted({f.rule for f in plan.findings if f.fixable})
             logger.info(

@@ -4,6 +4,11 @@ Reviews never wait on the Kubernetes API: `lookup` reads the cache. One thread l
 from the list's resourceVersion, relists on `410 Gone` and every `resync_seconds`, and backs off
 exponentially while the API is unreachable. Meanwhile the cache keeps answering with what it has and
 `age()` says how long it has been out of touch.
+
+`subscribe(callback)` tells a caller when an answer changes: the cache thread calls it with
+`(ref, old_address, new_address)` (None = no usable address) for every watch event and every difference a
+relist finds. Callbacks run on the cache thread, after the cache is updated, so they must be quick (hand the
+change over, e.g. with `loop.call_soon_threadsafe`); one that raises is logged and the watch goes on.
 """
 
 from __future__ import annotations
@@ -29,6 +34,12 @@ logger = logging.getLogger(__name__)
 LIST_PAGE_SIZE = 500
 CONNECT_TIMEOUT_SECONDS = 10.0
 READ_GRACE_SECONDS = 30.0
+
+
+Entry = ServiceAddress | ServiceLookupError
+ChangeCallback = Callable[[ServiceRef, ServiceAddress | None, ServiceAddress | None], None]
+"""Called as `(ref, old_address, new_address)`; None = the Service has no usable address (absent,
+headless, ExternalName)."""
 
 
 class KubeConfigError(Exception):
@@ -129,7 +140,7 @@ class ServiceCache:
         self._settings = settings
         self._clock = clock
         self._lock = threading.Lock()
-        self._services: dict[ServiceRef, ServiceAddress | ServiceLookupError] = {}
+        self._services: dict[ServiceRef, Entry] = {}
         self._synced = threading.Event()
         self._stopping = threading.Event()
         self._last_contact: float | None = None
@@ -139,6 +150,35 @@ class ServiceCache:
         self._version: str | None = None
         self._generation = 0
         self._thread: threading.Thread | None = None
+        self._subscribers: dict[int, ChangeCallback] = {}
+        self._next_subscriber = 0
+
+    # -- change notifications (any thread) -----------------------------------------------------------
+    def subscribe(self, callback: ChangeCallback) -> Callable[[], None]:
+        """Call `callback(ref, old, new)` whenever a Service's usable address changes; returns a function
+        that unsubscribes (idempotent). Callbacks run on the cache thread."""
+        with self._lock:
+            token = self._next_subscriber
+            self._next_subscriber += 1
+            self._subscribers[token] = callback
+
+        def unsubscribe() -> None:
+            with self._lock:
+                self._subscribers.pop(token, None)
+
+        return unsubscribe
+
+    def _notify(self, changes: list[tuple[ServiceRef, ServiceAddress | None, ServiceAddress | None]]) -> None:
+        if not changes:
+            return
+        with self._lock:
+            callbacks = list(self._subscribers.values())
+        for ref, old, new in changes:
+            for callback in callbacks:
+                try:
+                    callback(ref, old, new)
+                except Exception:
+                    logger.exception("service cache subscriber failed on a change of %s", ref)
 
     # -- the resolver side (any thread) --------------------------------------------------------------
     def lookup(self, ref: ServiceRef) -> ServiceAddress:
@@ -193,7 +233,7 @@ class ServiceCache:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the thread: interrupt an open watch and wait for it (bounded)."""
         self._stopping.set()
-        _interrupt(self._response)
+        interrupt_stream(self._response)
         thread, self._thread = self._thread, None
         if thread is not None:
             thread.join(timeout)
@@ -239,7 +279,7 @@ class ServiceCache:
         return (CONNECT_TIMEOUT_SECONDS, seconds)
 
     def _list(self) -> str:
-        services: dict[ServiceRef, ServiceAddress | ServiceLookupError] = {}
+        services: dict[ServiceRef, Entry] = {}
         token: str | None = None
         version: str | None = None
         while True:
@@ -265,12 +305,13 @@ class ServiceCache:
         if version is None:
             raise WatchEventError("the Service list carried no resourceVersion")
         with self._lock:
-            self._services = services
+            previous, self._services = self._services, services
             self._generation += 1
             self._last_contact = self._clock()
             self._last_error = ""
         self._synced.set()
         logger.info("service cache listed services=%d resource_version=%s", len(services), version)
+        self._notify(_differences(previous, services))
         return version
 
     def _watch(self, version: str, *, timeout_seconds: int) -> None:
@@ -321,14 +362,34 @@ class ServiceCache:
         if ref is None:
             raise WatchEventError(f"a {kind} watch event names no Service")
         with self._lock:
+            old = _usable(self._services.get(ref))
             if kind == "DELETED":
                 self._services.pop(ref, None)
             elif kind in ("ADDED", "MODIFIED"):
                 self._services[ref] = address_from_service(ref, obj)
+            new = _usable(self._services.get(ref))
             self._generation += 1
             self._last_contact = self._clock()
         logger.debug("service %s %s resource_version=%s", kind, ref, new_version)
+        if old != new:
+            self._notify([(ref, old, new)])
         return new_version
+
+
+def _usable(entry: Entry | None) -> ServiceAddress | None:
+    return entry if isinstance(entry, ServiceAddress) else None
+
+
+def _differences(
+    old: Mapping[ServiceRef, Entry], new: Mapping[ServiceRef, Entry]
+) -> list[tuple[ServiceRef, ServiceAddress | None, ServiceAddress | None]]:
+    """What a relist changed, Service by Service (in a stable order)."""
+    changes = []
+    for ref in sorted(set(old) | set(new)):
+        before, after = _usable(old.get(ref)), _usable(new.get(ref))
+        if before != after:
+            changes.append((ref, before, after))
+    return changes
 
 
 def _describe(error: Exception) -> str:
@@ -339,7 +400,7 @@ def _describe(error: Exception) -> str:
     return f"{type(error).__name__}: {text}"[:300] if text else type(error).__name__
 
 
-def _interrupt(response: Any) -> None:
+def interrupt_stream(response: Any) -> None:
     """Unblock a thread reading a watch: shut the socket down (closing alone does not wake a read)."""
     connection = getattr(response, "connection", None)
     sock = getattr(connection, "sock", None)

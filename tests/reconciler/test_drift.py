@@ -102,7 +102,9 @@ async def test_the_drift_loop_repairs_a_cluster_ip_change_without_an_audit(
     reconciler = make_reconciler(resolver=cache)
     await reconciler.audit()
     stop = asyncio.Event()
-    loop = asyncio.ensure_future(repair_on_drift(reconciler, may_write=lambda: True, poll=0.05, stop=stop))
+    loop = asyncio.ensure_future(
+        repair_on_drift(reconciler, may_write=lambda: True, wake=asyncio.Event(), poll=0.05, stop=stop)
+    )
     try:
         fake_api.services.delete(EPP.namespace, EPP.name)
         fake_api.services.put(EPP.namespace, EPP.name, NEW_IP, (9002,))
