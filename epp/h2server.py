@@ -6,15 +6,27 @@ whatever the handler does. The EPP's calls are tiny and its answers are precompu
 is nearly all of its cost. This transport parses HTTP/2 frames in `data_received`, hands each gRPC
 message to the `Processor` synchronously and writes the answers in one batch per read.
 
-What it implements (RFC 9113, gRPC over HTTP/2):
+What it implements (RFC 9113, RFC 7541, gRPC over HTTP/2):
 - the connection preface, SETTINGS (with ACK), PING (ACK), GOAWAY, RST_STREAM, WINDOW_UPDATE,
   HEADERS + CONTINUATION (padding and priority fields), DATA (padding), flow control in both directions;
 - HPACK decoding with the `hpack` package; the server advertises SETTINGS_HEADER_TABLE_SIZE 0, so
   header blocks do not depend on connection state and repeated blocks are decoded once;
 - `envoy.service.ext_proc.v3.ExternalProcessor/Process` (bidirectional) and `grpc.health.v1.Health/Check`;
-  any other method gets `UNIMPLEMENTED`; compressed messages get `UNIMPLEMENTED` too (no compression
-  is ever negotiated).
+  any other method gets `UNIMPLEMENTED`; a message encoding other than identity gets `UNIMPLEMENTED`.
 Plaintext only: use the grpcio transport for TLS.
+
+Limits, so that no peer gets unbounded memory or CPU (all in `H2Settings`):
+- concurrent streams (advertised; more get REFUSED_STREAM), frame size 16384 (FRAME_SIZE_ERROR),
+  header list size (advertised; HPACK inflation is bounded while decoding, COMPRESSION_ERROR past it),
+  the accumulated HEADERS + CONTINUATION block;
+- a gRPC message over `max_message_size` ends its call with RESOURCE_EXHAUSTED; partial messages of all
+  streams together are bounded per connection;
+- receive windows are granted as data is consumed and held back while answers wait for the peer's
+  window (a peer that sends without reading is stopped by flow control); the socket stops being read
+  while the kernel send buffer is full, so PING/SETTINGS floods from a peer that does not read are bounded;
+- streams reset by the client, or reset by the server because of the client, draw from a token bucket
+  (rapid reset, CVE-2023-44487); an empty bucket ends the connection with ENHANCE_YOUR_CALM.
+Protocol errors end the connection with GOAWAY and the RFC's error code; stream errors reset the stream.
 """
 
 from __future__ import annotations
@@ -22,10 +34,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
 
 import hpack
 from grpc_health.v1 import health_pb2
@@ -43,30 +56,65 @@ _FRAME = struct.Struct(">HBBBI")  # 24-bit length as (high 16, low 8), type, fla
 _DATA, _HEADERS, _PRIORITY, _RST_STREAM, _SETTINGS = 0x0, 0x1, 0x2, 0x3, 0x4
 _PUSH_PROMISE, _PING, _GOAWAY, _WINDOW_UPDATE, _CONTINUATION = 0x5, 0x6, 0x7, 0x8, 0x9
 _END_STREAM, _ACK, _END_HEADERS, _PADDED, _PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
-_NO_ERROR, _PROTOCOL_ERROR, _FLOW_CONTROL_ERROR, _FRAME_SIZE_ERROR = 0x0, 0x1, 0x3, 0x6
-_SETTINGS_HEADER_TABLE_SIZE, _SETTINGS_MAX_CONCURRENT_STREAMS = 0x1, 0x3
-_SETTINGS_INITIAL_WINDOW_SIZE, _SETTINGS_MAX_FRAME_SIZE = 0x4, 0x5
+# error codes (RFC 9113 section 7)
+NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0x0, 0x1, 0x2, 0x3
+STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL = 0x5, 0x6, 0x7, 0x8
+COMPRESSION_ERROR, ENHANCE_YOUR_CALM = 0x9, 0xB
+_SETTINGS_HEADER_TABLE_SIZE, _SETTINGS_ENABLE_PUSH, _SETTINGS_MAX_CONCURRENT_STREAMS = 0x1, 0x2, 0x3
+_SETTINGS_INITIAL_WINDOW_SIZE, _SETTINGS_MAX_FRAME_SIZE, _SETTINGS_MAX_HEADER_LIST_SIZE = 0x4, 0x5, 0x6
 _MAX_WINDOW = 2**31 - 1
 _DEFAULT_WINDOW = 65535
-_REPLENISH_AT = 2**30  # received bytes after which a window is topped up again
-_MAX_HEADER_BLOCK = 64 * 1024
-_MAX_MESSAGE = 16 * 1024 * 1024
+_MAX_FRAME = 16384  # the default SETTINGS_MAX_FRAME_SIZE, which this server keeps
+_HPACK_DEFAULT_TABLE = 4096  # what a client may use until it has acknowledged our SETTINGS
+_CACHEABLE_BLOCK = 1024  # larger header blocks are decoded every time, not remembered
+_REMEMBERED_RESETS = 1024  # streams this server reset, whose late frames are ignored quietly
+_LINGER_SECONDS = 1.0  # after a connection error: how long the client gets to read the GOAWAY
 
 # HPACK: ":status: 200" (static index 8); "content-type: application/grpc" (literal, static name 31)
 _RESPONSE_HEADERS = b"\x88\x0f\x10\x10application/grpc"
 _GRPC_STATUS = b"\x00\x0bgrpc-status"
 _GRPC_MESSAGE = b"\x00\x0cgrpc-message"
-_UNIMPLEMENTED = 12
+_ACCEPT_IDENTITY = b"\x00\x14grpc-accept-encoding\x08identity"
+# gRPC status codes
+GRPC_OK, GRPC_CANCELLED, GRPC_DEADLINE_EXCEEDED = 0, 1, 4
+GRPC_RESOURCE_EXHAUSTED, GRPC_UNIMPLEMENTED, GRPC_INTERNAL = 8, 12, 13
 _SERVING = health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING).SerializeToString()
 _SERVICE_UNKNOWN = health_pb2.HealthCheckResponse(
     status=health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 ).SerializeToString()
+_TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
+_TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+_REQUEST_PSEUDO = frozenset({":method", ":scheme", ":path", ":authority"})
+_CONNECTION_HEADERS = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"}
+)
 
 
 class _ConnectionError(Exception):
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(reason)
         self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class H2Settings:
+    """Per-connection limits (the defaults suit one Envoy talking to one EPP)."""
+
+    max_concurrent_streams: int = 1000
+    header_cache_size: int = 256
+    max_header_list_size: int = 16 * 1024  # decoded size as HPACK counts it (name + value + 32 each)
+    max_message_size: int = 4 * 1024 * 1024  # one gRPC message, like gRPC's default receive limit
+    stream_window: int = 1 << 20  # receive window of each stream (at least 65535)
+    connection_window: int = 16 << 20  # receive window of the connection
+    max_buffered: int = 32 << 20  # partial messages, and answers waiting for window, per connection
+    reset_burst: int = 1000  # streams a client may reset (or make the server reset) at once ...
+    reset_rate: float = 100.0  # ... and per second after that
+
+    def __post_init__(self) -> None:
+        if not _DEFAULT_WINDOW <= self.stream_window <= _MAX_WINDOW:
+            raise ValueError(f"stream_window must be within {_DEFAULT_WINDOW}..{_MAX_WINDOW}")
+        if not _DEFAULT_WINDOW <= self.connection_window <= _MAX_WINDOW:
+            raise ValueError(f"connection_window must be within {_DEFAULT_WINDOW}..{_MAX_WINDOW}")
 
 
 def _frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
@@ -92,14 +140,26 @@ def _hpack_int(value: int, prefix_bits: int, first: int) -> bytes:
     return bytes(out)
 
 
+def _percent_encode(message: str) -> str:
+    """grpc-message is percent-encoded UTF-8 (printable ASCII other than % passes as is)."""
+    return "".join(
+        chr(b) if 0x20 <= b <= 0x7E and b != 0x25 else f"%{b:02X}" for b in message.encode("utf-8")
+    )
+
+
 def _trailers(status: int, message: str = "") -> bytes:
     block = _GRPC_STATUS + _hpack_string(str(status))
     if message:
-        block += _GRPC_MESSAGE + _hpack_string(message.replace("%", "%25"))
+        block += _GRPC_MESSAGE + _hpack_string(_percent_encode(message))
     return block
 
 
-_OK_TRAILERS = _trailers(0)
+def _http_status(code: int) -> bytes:
+    """`:status` as a literal with the static name index 8 (never indexed in a dynamic table)."""
+    return b"\x08" + _hpack_string(str(code))
+
+
+_OK_TRAILERS = _trailers(GRPC_OK)
 
 
 def _describe_bad_preface(start: bytes) -> str:
@@ -113,22 +173,82 @@ def _describe_bad_preface(start: bytes) -> str:
     return f"not an HTTP/2 connection preface: {start[:24]!r}"
 
 
+def _parse_timeout(value: str) -> float | None:
+    match = _TIMEOUT.fullmatch(value)
+    if match is None:
+        return None
+    return int(match.group(1)) * _TIMEOUT_UNITS[match.group(2)]
+
+
+def _request_problem(headers: list[tuple[str, str]]) -> str | None:
+    """Why a request header list is malformed (RFC 9113 section 8.2, 8.3), None when it is fine."""
+    seen: set[str] = set()
+    regular = False
+    for name, value in headers:
+        if name.startswith(":"):
+            if regular:
+                return f"pseudo-header {name} after a regular header"
+            if name not in _REQUEST_PSEUDO:
+                return f"pseudo-header {name} is not a request pseudo-header"
+            if name in seen:
+                return f"pseudo-header {name} twice"
+            seen.add(name)
+            continue
+        regular = True
+        if name != name.lower():
+            return f"header name {name!r} has upper-case letters"
+        if name in _CONNECTION_HEADERS:
+            return f"connection-specific header {name}"
+        if name == "te" and value != "trailers":
+            return f"te: {value!r} (only 'trailers' is allowed)"
+    missing = {":method", ":scheme", ":path"} - seen
+    if missing:
+        return "missing " + ", ".join(sorted(missing))
+    return None
+
+
+class _Decoded:
+    """One decoded request header block: the headers a call needs and whether the block is malformed."""
+
+    __slots__ = ("content_type", "encoding", "method", "path", "problem", "timeout")
+
+    def __init__(self, headers: list[tuple[str, str]]) -> None:
+        values = dict(headers)
+        self.problem = _request_problem(headers)
+        self.method = values.get(":method", "")
+        self.path = values.get(":path", "")
+        self.content_type = values.get("content-type", "")
+        self.encoding = values.get("grpc-encoding", "identity")
+        self.timeout = values.get("grpc-timeout")
+
+
 class _Stream:
-    __slots__ = ("buffer", "kind", "pending", "processing", "send_window", "sent_headers")
+    __slots__ = (
+        "buffer",
+        "client_done",
+        "deadline",
+        "final",
+        "kind",
+        "owed",
+        "pending",
+        "processing",
+        "recv_window",
+        "send_credit",
+        "sent_headers",
+    )
 
-    def __init__(self, kind: str, send_window: int) -> None:
+    def __init__(self, kind: str, recv_window: int) -> None:
         self.kind = kind  # "process", "health"
-        self.buffer = bytearray()
+        self.buffer = bytearray()  # a partial gRPC message
         self.processing: ProcessStream | None = None
-        self.send_window = send_window
+        self.send_credit = 0  # WINDOW_UPDATEs minus bytes sent; the window is the peer's initial + this
+        self.recv_window = recv_window  # what the client may still send
+        self.owed = 0  # bytes consumed but not yet granted back with WINDOW_UPDATE
         self.sent_headers = False
-        self.pending: list[bytes] = []  # gRPC-framed messages waiting for flow-control window
-
-
-@dataclass(frozen=True, slots=True)
-class H2Settings:
-    max_concurrent_streams: int = 1000
-    header_cache_size: int = 256
+        self.client_done = False  # the client half-closed (END_STREAM)
+        self.pending = bytearray()  # gRPC-framed answers waiting for flow-control window
+        self.final: bytes | None = None  # trailers that follow once `pending` is out
+        self.deadline: asyncio.TimerHandle | None = None
 
 
 class GrpcH2Protocol(asyncio.Protocol):
@@ -141,19 +261,31 @@ class GrpcH2Protocol(asyncio.Protocol):
         self._settings = settings
         self._on_close = on_close
         self._transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._buffer = bytearray()
         self._preface_seen = False
-        self._decoder = hpack.Decoder()
-        self._header_cache: dict[bytes, dict[str, str]] = {}
+        self._settings_seen = False
+        self._decoder = hpack.Decoder(max_header_list_size=settings.max_header_list_size)
+        self._decoder.max_allowed_table_size = _HPACK_DEFAULT_TABLE
+        self._header_cache: dict[bytes, _Decoded] = {}
         self._streams: dict[int, _Stream] = {}
+        self._blocked: dict[int, None] = {}  # streams with answers or trailers waiting for window
+        self._reset_ids: dict[int, None] = {}  # streams this server reset (oldest first)
         self._last_stream = 0
         self._continuation: tuple[int, int, bytearray] | None = None  # stream id, flags, block so far
         self._send_window = _DEFAULT_WINDOW
         self._peer_initial_window = _DEFAULT_WINDOW
-        self._peer_max_frame = 16384
-        self._received = 0
+        self._peer_max_frame = _MAX_FRAME
+        self._recv_window = settings.connection_window
+        self._conn_owed = 0
+        self._partial = 0  # bytes of partial messages, all streams
+        self._pending = 0  # bytes of answers waiting for window, all streams
+        self._reset_tokens = float(settings.reset_burst)
+        self._reset_stamp = time.monotonic()
         self._out: list[bytes] = []
         self._goaway = False
+        self._closed = False
+        self._linger: asyncio.TimerHandle | None = None
         self.peer = "-"
 
     # -- asyncio.Protocol
@@ -161,41 +293,67 @@ class GrpcH2Protocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        self._loop = asyncio.get_running_loop()
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         settings = struct.pack(
-            ">HIHIHI",
+            ">HIHIHIHI",
             _SETTINGS_HEADER_TABLE_SIZE,
             0,
             _SETTINGS_MAX_CONCURRENT_STREAMS,
             self._settings.max_concurrent_streams,
             _SETTINGS_INITIAL_WINDOW_SIZE,
-            _MAX_WINDOW,
+            self._settings.stream_window,
+            _SETTINGS_MAX_HEADER_LIST_SIZE,
+            self._settings.max_header_list_size,
         )
         self._out.append(_frame(_SETTINGS, 0, 0, settings))
-        self._out.append(_frame(_WINDOW_UPDATE, 0, 0, struct.pack(">I", _MAX_WINDOW - _DEFAULT_WINDOW)))
+        grow = self._settings.connection_window - _DEFAULT_WINDOW
+        if grow:
+            self._out.append(_frame(_WINDOW_UPDATE, 0, 0, struct.pack(">I", grow)))
         self._flush()
         logger.debug("h2 connection opened peer=%s", self.peer)
 
     def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
         self._buffer += data
         try:
             self._consume()
+            self._grant_connection_window()
         except _ConnectionError as exc:
             logger.warning("h2 connection error peer=%s code=%d reason=%s", self.peer, exc.code, exc)
-            self._out.append(
-                _frame(_GOAWAY, 0, 0, struct.pack(">II", self._last_stream, exc.code) + str(exc).encode())
-            )
-            self._flush()
-            if self._transport is not None:
-                self._transport.close()
+            self._abort(exc.code, str(exc))
+            return
+        except Exception:  # a defect here must not kill the connection silently
+            logger.exception("h2 connection failed peer=%s", self.peer)
+            self._abort(INTERNAL_ERROR, "internal error")
             return
         self._flush()
 
+    def pause_writing(self) -> None:
+        """The kernel send buffer is full: stop reading, so a peer that does not read cannot make the
+        server queue answers (PING and SETTINGS acks, resets) without bound."""
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None:
+            self._transport.resume_reading()
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         for stream in self._streams.values():
+            self._cancel_deadline(stream)
             self._end_processing(stream, "cancelled")
         self._streams.clear()
+        self._blocked.clear()
+        self._reset_ids.clear()
+        self._header_cache.clear()
+        self._buffer.clear()
         self._transport = None
         self._on_close(self)
         logger.debug("h2 connection closed peer=%s", self.peer)
@@ -204,10 +362,10 @@ class GrpcH2Protocol(asyncio.Protocol):
 
     def send_goaway(self) -> None:
         """Tell the client no new streams will be accepted; open ones may finish."""
-        if self._transport is None or self._goaway:
+        if self._transport is None or self._goaway or self._closed:
             return
         self._goaway = True
-        self._out.append(_frame(_GOAWAY, 0, 0, struct.pack(">II", self._last_stream, _NO_ERROR)))
+        self._out.append(_frame(_GOAWAY, 0, 0, struct.pack(">II", self._last_stream, NO_ERROR)))
         self._flush()
         if not self._streams:
             self._transport.close()
@@ -220,6 +378,37 @@ class GrpcH2Protocol(asyncio.Protocol):
     def open_streams(self) -> int:
         return len(self._streams)
 
+    @property
+    def reading_paused(self) -> bool:
+        return self._transport is not None and not self._transport.is_reading()
+
+    @property
+    def output_backlog(self) -> int:
+        """Bytes written to the transport that the kernel has not taken yet."""
+        return self._transport.get_write_buffer_size() if self._transport is not None else 0
+
+    def _abort(self, code: int, reason: str) -> None:
+        """GOAWAY `code`, end every stream, and close once the client has had the chance to read why.
+
+        Closing a socket with unread input makes the kernel send a TCP reset, which can destroy the
+        GOAWAY before the client reads it; so the server half-closes, discards what still arrives, and
+        closes when the client does or after `_LINGER_SECONDS`."""
+        debug = reason.encode("utf-8", "replace")[:256]
+        self._out.append(_frame(_GOAWAY, 0, 0, struct.pack(">II", self._last_stream, code) + debug))
+        self._flush()
+        self._closed = True  # from here on nothing is written or read
+        for stream_id, stream in list(self._streams.items()):
+            self._close_stream(stream_id, stream, "cancelled")
+        transport = self._transport
+        if transport is None:
+            return
+        if transport.can_write_eof() and self._loop is not None:
+            transport.write_eof()
+            transport.resume_reading()
+            self._linger = self._loop.call_later(_LINGER_SECONDS, transport.close)
+        else:
+            transport.close()
+
     # -- frames
 
     def _consume(self) -> None:
@@ -228,27 +417,33 @@ class GrpcH2Protocol(asyncio.Protocol):
             if len(buffer) < len(PREFACE) and PREFACE.startswith(bytes(buffer)):
                 return
             if buffer[: len(PREFACE)] != PREFACE:
-                raise _ConnectionError(_PROTOCOL_ERROR, _describe_bad_preface(bytes(buffer[:64])))
+                raise _ConnectionError(PROTOCOL_ERROR, _describe_bad_preface(bytes(buffer[:64])))
             del buffer[: len(PREFACE)]
             self._preface_seen = True
         offset = 0
         size = len(buffer)
-        while size - offset >= 9:
-            high, low, kind, flags, stream_id = _FRAME.unpack_from(buffer, offset)
-            length = (high << 8) | low
-            if length > 16384:  # the default SETTINGS_MAX_FRAME_SIZE, which this server keeps
-                raise _ConnectionError(_FRAME_SIZE_ERROR, f"a {length}-byte frame exceeds 16384")
-            if size - offset - 9 < length:
-                break
-            payload = bytes(buffer[offset + 9 : offset + 9 + length])
-            offset += 9 + length
-            self._handle_frame(kind, flags, stream_id & 0x7FFFFFFF, payload)
-        if offset:
-            del buffer[:offset]
+        try:
+            while size - offset >= 9 and not self._closed:
+                high, low, kind, flags, stream_id = _FRAME.unpack_from(buffer, offset)
+                length = (high << 8) | low
+                if length > _MAX_FRAME:
+                    raise _ConnectionError(FRAME_SIZE_ERROR, f"a {length}-byte frame exceeds {_MAX_FRAME}")
+                if size - offset - 9 < length:
+                    break
+                payload = bytes(buffer[offset + 9 : offset + 9 + length])
+                offset += 9 + length
+                self._handle_frame(kind, flags, stream_id & 0x7FFFFFFF, payload)
+        finally:
+            if offset:
+                del buffer[:offset]
 
     def _handle_frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
+        if not self._settings_seen:
+            if kind != _SETTINGS or flags & _ACK:
+                raise _ConnectionError(PROTOCOL_ERROR, "the first frame after the preface must be SETTINGS")
+            self._settings_seen = True
         if self._continuation is not None and kind != _CONTINUATION:
-            raise _ConnectionError(_PROTOCOL_ERROR, "expected CONTINUATION")
+            raise _ConnectionError(PROTOCOL_ERROR, "expected CONTINUATION")
         if kind == _DATA:
             self._on_data(flags, stream_id, payload)
         elif kind == _HEADERS:
@@ -256,69 +451,126 @@ class GrpcH2Protocol(asyncio.Protocol):
         elif kind == _CONTINUATION:
             self._on_continuation(flags, stream_id, payload)
         elif kind == _RST_STREAM:
-            stream = self._streams.pop(stream_id, None)
-            if stream is not None:
-                self._end_processing(stream, "cancelled")
-                self._maybe_close_after_goaway()
+            self._on_rst_stream(stream_id, payload)
         elif kind == _SETTINGS:
-            self._on_settings(flags, payload)
+            self._on_settings(flags, stream_id, payload)
         elif kind == _PING:
-            if not flags & _ACK:
-                self._out.append(_frame(_PING, _ACK, 0, payload))
+            self._on_ping(flags, stream_id, payload)
         elif kind == _WINDOW_UPDATE:
             self._on_window_update(stream_id, payload)
         elif kind == _GOAWAY:
+            if stream_id != 0:
+                raise _ConnectionError(PROTOCOL_ERROR, "GOAWAY on a stream")
+            if len(payload) < 8:
+                raise _ConnectionError(FRAME_SIZE_ERROR, "GOAWAY shorter than 8 bytes")
             self._goaway = True
             self._maybe_close_after_goaway()
+        elif kind == _PRIORITY:
+            if stream_id == 0:
+                raise _ConnectionError(PROTOCOL_ERROR, "PRIORITY on stream 0")
+            if len(payload) != 5:
+                self._reset_stream(stream_id, FRAME_SIZE_ERROR)
         elif kind == _PUSH_PROMISE:
-            raise _ConnectionError(_PROTOCOL_ERROR, "a client may not push")
-        # PRIORITY and unknown frame types are ignored, as the protocol requires
+            raise _ConnectionError(PROTOCOL_ERROR, "a client may not push")
+        # unknown frame types are ignored, as the protocol requires
 
-    def _on_settings(self, flags: int, payload: bytes) -> None:
+    def _on_ping(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if stream_id != 0:
+            raise _ConnectionError(PROTOCOL_ERROR, "PING on a stream")
+        if len(payload) != 8:
+            raise _ConnectionError(FRAME_SIZE_ERROR, "PING payload is not 8 bytes")
+        if not flags & _ACK:
+            self._out.append(_frame(_PING, _ACK, 0, payload))
+
+    def _on_settings(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if stream_id != 0:
+            raise _ConnectionError(PROTOCOL_ERROR, "SETTINGS on a stream")
         if flags & _ACK:
+            if payload:
+                raise _ConnectionError(FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
             return
         if len(payload) % 6:
-            raise _ConnectionError(_FRAME_SIZE_ERROR, "SETTINGS length is not a multiple of 6")
-        for index in range(0, len(payload), 6):
-            key, value = struct.unpack_from(">HI", payload, index)
+            raise _ConnectionError(FRAME_SIZE_ERROR, "SETTINGS length is not a multiple of 6")
+        for key, value in struct.iter_unpack(">HI", payload):
             if key == _SETTINGS_INITIAL_WINDOW_SIZE:
                 if value > _MAX_WINDOW:
-                    raise _ConnectionError(_FLOW_CONTROL_ERROR, "initial window too large")
-                delta = value - self._peer_initial_window
-                self._peer_initial_window = value
-                for stream in self._streams.values():
-                    stream.send_window += delta
+                    raise _ConnectionError(FLOW_CONTROL_ERROR, "initial window too large")
+                self._peer_initial_window = value  # stream windows are relative to it
             elif key == _SETTINGS_MAX_FRAME_SIZE:
+                if not _MAX_FRAME <= value <= 2**24 - 1:
+                    raise _ConnectionError(PROTOCOL_ERROR, f"SETTINGS_MAX_FRAME_SIZE {value} out of range")
                 self._peer_max_frame = value
+            elif key == _SETTINGS_ENABLE_PUSH and value > 1:
+                raise _ConnectionError(PROTOCOL_ERROR, f"SETTINGS_ENABLE_PUSH {value} is not 0 or 1")
         self._out.append(_frame(_SETTINGS, _ACK, 0))
-        self._flush_pending()
+        self._flush_blocked()
 
     def _on_window_update(self, stream_id: int, payload: bytes) -> None:
         if len(payload) != 4:
-            raise _ConnectionError(_FRAME_SIZE_ERROR, "WINDOW_UPDATE length is not 4")
+            raise _ConnectionError(FRAME_SIZE_ERROR, "WINDOW_UPDATE length is not 4")
         increment = struct.unpack(">I", payload)[0] & 0x7FFFFFFF
         if stream_id == 0:
+            if increment == 0:
+                raise _ConnectionError(PROTOCOL_ERROR, "WINDOW_UPDATE of 0 on the connection")
+            if self._send_window + increment > _MAX_WINDOW:
+                raise _ConnectionError(FLOW_CONTROL_ERROR, "connection send window above 2^31-1")
             self._send_window += increment
-        else:
-            stream = self._streams.get(stream_id)
-            if stream is None:
-                return
-            stream.send_window += increment
-        self._flush_pending()
+            self._flush_blocked()
+            return
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            if self._is_idle(stream_id):
+                raise _ConnectionError(PROTOCOL_ERROR, f"WINDOW_UPDATE on idle stream {stream_id}")
+            return  # a closed stream: allowed, nothing to do
+        if increment == 0:
+            self._reset_stream(stream_id, PROTOCOL_ERROR)
+            return
+        if self._peer_initial_window + stream.send_credit + increment > _MAX_WINDOW:
+            self._reset_stream(stream_id, FLOW_CONTROL_ERROR)
+            return
+        stream.send_credit += increment
+        if stream_id in self._blocked:
+            self._flush_stream(stream_id, stream)
+
+    def _on_rst_stream(self, stream_id: int, payload: bytes) -> None:
+        if stream_id == 0:
+            raise _ConnectionError(PROTOCOL_ERROR, "RST_STREAM on stream 0")
+        if len(payload) != 4:
+            raise _ConnectionError(FRAME_SIZE_ERROR, "RST_STREAM length is not 4")
+        if self._is_idle(stream_id):
+            raise _ConnectionError(PROTOCOL_ERROR, f"RST_STREAM on idle stream {stream_id}")
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return
+        self._close_stream(stream_id, stream, "cancelled")
+        self._draw_reset_token()
+
+    def _is_idle(self, stream_id: int) -> bool:
+        return stream_id > self._last_stream or stream_id % 2 == 0
+
+    # -- headers
 
     def _on_headers(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id == 0:
-            raise _ConnectionError(_PROTOCOL_ERROR, "HEADERS on stream 0")
-        start = 0
-        end = len(payload)
+            raise _ConnectionError(PROTOCOL_ERROR, "HEADERS on stream 0")
+        start, end = 0, len(payload)
         if flags & _PADDED:
+            if not payload:
+                raise _ConnectionError(FRAME_SIZE_ERROR, "PADDED HEADERS without a pad length")
             end -= payload[0]
             start = 1
+        depends_on_itself = False
         if flags & _PRIORITY_FLAG:
+            if end - start >= 5:
+                depends_on_itself = (
+                    int.from_bytes(payload[start : start + 4], "big") & 0x7FFFFFFF
+                ) == stream_id
             start += 5
         if start > end:
-            raise _ConnectionError(_PROTOCOL_ERROR, "HEADERS padding exceeds the frame")
+            raise _ConnectionError(PROTOCOL_ERROR, "HEADERS padding exceeds the frame")
         block = payload[start:end]
+        if depends_on_itself:
+            flags |= 0x100  # remembered until the block is decoded: a stream error then
         if flags & _END_HEADERS:
             self._on_header_block(flags, stream_id, block)
         else:
@@ -326,175 +578,383 @@ class GrpcH2Protocol(asyncio.Protocol):
 
     def _on_continuation(self, flags: int, stream_id: int, payload: bytes) -> None:
         if self._continuation is None or self._continuation[0] != stream_id:
-            raise _ConnectionError(_PROTOCOL_ERROR, "unexpected CONTINUATION")
+            raise _ConnectionError(PROTOCOL_ERROR, "unexpected CONTINUATION")
         _, first_flags, block = self._continuation
         block += payload
-        if len(block) > _MAX_HEADER_BLOCK:
-            raise _ConnectionError(_PROTOCOL_ERROR, "header block too large")
+        if len(block) > 2 * self._settings.max_header_list_size:
+            raise _ConnectionError(ENHANCE_YOUR_CALM, f"header block above {len(block) - len(payload)} bytes")
         if flags & _END_HEADERS:
             self._continuation = None
             self._on_header_block(first_flags, stream_id, bytes(block))
 
-    def _decode(self, block: bytes) -> dict[str, str]:
-        cached = self._header_cache.get(block)
-        if cached is not None:
-            return cached
+    def _decode(self, block: bytes) -> _Decoded:
         table = self._decoder.header_table.dynamic_entries
-        stateless = not table
+        stateless = not table and not (block[:1] and block[0] & 0xE0 == 0x20)  # no table size update
+        if stateless:
+            cached = self._header_cache.get(block)
+            if cached is not None:
+                return cached
         try:
-            headers = cast(dict[str, str], dict(self._decoder.decode(block)))
+            headers = self._decoder.decode(block, raw=True)
+        except hpack.OversizedHeaderListError:
+            raise _ConnectionError(
+                COMPRESSION_ERROR, f"header list above {self._settings.max_header_list_size} bytes"
+            ) from None
         except hpack.HPACKError as exc:
-            raise _ConnectionError(0x9, f"header block does not decode: {exc}") from None  # COMPRESSION_ERROR
-        if stateless and not table:
+            raise _ConnectionError(COMPRESSION_ERROR, f"header block does not decode: {exc}") from None
+        decoded = _Decoded([(bytes(n).decode("latin-1"), bytes(v).decode("latin-1")) for n, v in headers])
+        if stateless and not table and len(block) <= _CACHEABLE_BLOCK:
             if len(self._header_cache) >= self._settings.header_cache_size:
                 self._header_cache.clear()
-            self._header_cache[block] = headers
-        return headers
+            self._header_cache[block] = decoded
+        return decoded
 
     def _on_header_block(self, flags: int, stream_id: int, block: bytes) -> None:
-        headers = self._decode(block)
+        headers = self._decode(block)  # always: the HPACK state must follow every block
         stream = self._streams.get(stream_id)
         if stream is not None:  # trailers from the client end its side of the stream
-            if flags & _END_STREAM:
+            if stream.client_done:
+                self._reset_stream(stream_id, STREAM_CLOSED)
+            elif not flags & _END_STREAM:
+                self._reset_stream(stream_id, PROTOCOL_ERROR)  # trailers must end the stream
+            else:
                 self._on_client_done(stream_id, stream)
             return
-        if stream_id <= self._last_stream or stream_id % 2 == 0:
-            raise _ConnectionError(_PROTOCOL_ERROR, f"stream id {stream_id} is not new")
+        if stream_id % 2 == 0:
+            raise _ConnectionError(PROTOCOL_ERROR, f"stream id {stream_id} is even: clients use odd ids")
+        if stream_id <= self._last_stream:
+            if stream_id in self._reset_ids:
+                return  # frames that crossed our RST_STREAM
+            raise _ConnectionError(PROTOCOL_ERROR, f"stream id {stream_id} is not new")
         self._last_stream = stream_id
         if self._goaway:
-            self._out.append(_frame(_RST_STREAM, 0, stream_id, struct.pack(">I", 0x7)))  # REFUSED_STREAM
+            self._reset_stream(stream_id, REFUSED_STREAM, count=False)
             return
-        path = headers.get(":path", "")
-        if path == PROCESS_PATH:
-            stream = _Stream("process", self._peer_initial_window)
+        if flags & 0x100:
+            self._reset_stream(stream_id, PROTOCOL_ERROR)  # a stream may not depend on itself
+            return
+        if len(self._streams) >= self._settings.max_concurrent_streams:
+            logger.warning(
+                "h2 stream refused peer=%s stream=%d: more than %d concurrent streams",
+                self.peer,
+                stream_id,
+                self._settings.max_concurrent_streams,
+            )
+            self._reset_stream(stream_id, REFUSED_STREAM)
+            return
+        if headers.problem is not None:
+            logger.warning(
+                "h2 malformed request peer=%s stream=%d: %s", self.peer, stream_id, headers.problem
+            )
+            self._reset_stream(stream_id, PROTOCOL_ERROR)
+            return
+        refusal = self._refuse_call(headers)
+        if refusal is not None:
+            self._out.append(_frame(_HEADERS, _END_HEADERS | _END_STREAM, stream_id, refusal))
+            if not flags & _END_STREAM:
+                self._reset_stream(stream_id, NO_ERROR, count=False)
+            return
+        if headers.path == PROCESS_PATH:
+            stream = _Stream("process", self._settings.stream_window)
             stream.processing = self._processor.open_stream()
-        elif path == HEALTH_CHECK_PATH:
-            stream = _Stream("health", self._peer_initial_window)
         else:
-            logger.warning("grpc call to an unknown method peer=%s path=%r", self.peer, path)
-            block = _RESPONSE_HEADERS + _trailers(_UNIMPLEMENTED, f"method {path} is not served here")
-            self._out.append(_frame(_HEADERS, _END_HEADERS | _END_STREAM, stream_id, block))
-            return
+            stream = _Stream("health", self._settings.stream_window)
         self._streams[stream_id] = stream
+        if headers.timeout is not None:
+            seconds = _parse_timeout(headers.timeout)
+            if seconds is not None and self._loop is not None:
+                stream.deadline = self._loop.call_later(seconds, self._on_deadline, stream_id, stream)
         if flags & _END_STREAM:
             self._on_client_done(stream_id, stream)
 
+    def _refuse_call(self, headers: _Decoded) -> bytes | None:
+        """A trailers-only answer for a call this server will not run, None for a call it serves."""
+        if headers.method != "POST":
+            return _http_status(405) + _trailers(GRPC_UNIMPLEMENTED, f"method {headers.method} is not POST")
+        content_type = headers.content_type
+        if not (
+            content_type == "application/grpc"
+            or content_type.startswith(("application/grpc+", "application/grpc;"))
+        ):
+            return _http_status(415) + _trailers(GRPC_INTERNAL, f"content-type {content_type!r} is not gRPC")
+        if headers.path not in (PROCESS_PATH, HEALTH_CHECK_PATH):
+            logger.warning("grpc call to an unknown method peer=%s path=%r", self.peer, headers.path)
+            return _RESPONSE_HEADERS + _trailers(
+                GRPC_UNIMPLEMENTED, f"method {headers.path} is not served here"
+            )
+        if headers.encoding != "identity":
+            return (
+                _RESPONSE_HEADERS
+                + _ACCEPT_IDENTITY
+                + _trailers(GRPC_UNIMPLEMENTED, f"grpc-encoding {headers.encoding} is not supported")
+            )
+        if headers.timeout is not None and _parse_timeout(headers.timeout) is None:
+            return _RESPONSE_HEADERS + _trailers(GRPC_INTERNAL, f"malformed grpc-timeout {headers.timeout!r}")
+        return None
+
+    # -- data
+
     def _on_data(self, flags: int, stream_id: int, payload: bytes) -> None:
-        self._received += len(payload)
-        if self._received >= _REPLENISH_AT:
-            self._out.append(_frame(_WINDOW_UPDATE, 0, 0, struct.pack(">I", self._received)))
-            self._received = 0
-        stream = self._streams.get(stream_id)
-        if stream is None:
-            return  # a stream already reset or finished: its late data is dropped
+        if stream_id == 0:
+            raise _ConnectionError(PROTOCOL_ERROR, "DATA on stream 0")
+        size = len(payload)
+        if size > self._recv_window:
+            raise _ConnectionError(FLOW_CONTROL_ERROR, "DATA beyond the connection window")
+        self._recv_window -= size
+        self._conn_owed += size  # consumed at once: granted back in `_grant_connection_window`
         data = payload
         if flags & _PADDED:
-            data = payload[1 : len(payload) - payload[0]]
-        buffer = stream.buffer
-        buffer += data
-        while len(buffer) >= 5:
-            compressed = buffer[0]
-            length = int.from_bytes(buffer[1:5], "big")
-            if length > _MAX_MESSAGE:
-                self._fail_stream(stream_id, stream, _UNIMPLEMENTED, "message too large")
-                return
-            if len(buffer) < 5 + length:
-                break
-            message = bytes(buffer[5 : 5 + length])
-            del buffer[: 5 + length]
-            if compressed:
-                self._fail_stream(stream_id, stream, _UNIMPLEMENTED, "compressed messages are not supported")
-                return
-            self._on_message(stream_id, stream, message)
-            if stream_id not in self._streams:
+            if not payload or payload[0] >= size:
+                raise _ConnectionError(PROTOCOL_ERROR, "DATA padding exceeds the frame")
+            data = payload[1 : size - payload[0]]
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            if self._is_idle(stream_id):
+                raise _ConnectionError(PROTOCOL_ERROR, f"DATA on idle stream {stream_id}")
+            if stream_id not in self._reset_ids:
+                self._reset_stream(stream_id, STREAM_CLOSED)
+            return
+        if stream.client_done:
+            self._reset_stream(stream_id, STREAM_CLOSED)
+            return
+        if size > stream.recv_window:
+            self._reset_stream(stream_id, FLOW_CONTROL_ERROR)
+            return
+        stream.recv_window -= size
+        stream.owed += size
+        if data:
+            self._on_bytes(stream_id, stream, data)
+            if self._streams.get(stream_id) is not stream:
                 return
         if flags & _END_STREAM:
             self._on_client_done(stream_id, stream)
+        else:
+            self._grant_stream_window(stream_id, stream)
+
+    def _on_bytes(self, stream_id: int, stream: _Stream, data: bytes) -> None:
+        buffer = stream.buffer
+        if self._partial + len(data) > self._settings.max_buffered:
+            self._fail_stream(stream_id, stream, GRPC_RESOURCE_EXHAUSTED, "the connection's buffer is full")
+            return
+        buffer += data
+        self._partial += len(data)
+        consumed = 0
+        limit = self._settings.max_message_size
+        while len(buffer) - consumed >= 5:
+            compressed = buffer[consumed]
+            length = int.from_bytes(buffer[consumed + 1 : consumed + 5], "big")
+            if length > limit:
+                self._fail_stream(
+                    stream_id, stream, GRPC_RESOURCE_EXHAUSTED, f"a {length}-byte message exceeds {limit}"
+                )
+                return
+            if compressed:
+                self._fail_stream(
+                    stream_id, stream, GRPC_INTERNAL, "compressed flag set without grpc-encoding"
+                )
+                return
+            if len(buffer) - consumed < 5 + length:
+                break
+            message = bytes(buffer[consumed + 5 : consumed + 5 + length])
+            consumed += 5 + length
+            self._on_message(stream_id, stream, message)
+            if self._streams.get(stream_id) is not stream:
+                return
+        if consumed:
+            del buffer[:consumed]
+            self._partial -= consumed
 
     def _on_message(self, stream_id: int, stream: _Stream, message: bytes) -> None:
         if stream.kind == "process":
             processing = stream.processing
             if processing is None:
                 return
-            for answer in self._processor.handle_message(processing, message):
+            try:
+                answers = self._processor.handle_message(processing, message)
+            except Exception:
+                logger.exception("ext_proc message failed peer=%s stream=%d", self.peer, stream_id)
+                self._fail_stream(stream_id, stream, GRPC_INTERNAL, "the EPP failed on this message")
+                return
+            for answer in answers:
                 self._send_message(stream_id, stream, answer)
             if processing.done:
-                self._on_client_done(stream_id, stream)
+                self._end_call(stream_id, stream)
             return
-        else:
-            try:
-                service = health_pb2.HealthCheckRequest.FromString(message).service
-            except Exception:
-                service = None
-            answers = [_SERVING if service in HEALTH_SERVICES else _SERVICE_UNKNOWN]
-        for answer in answers:
-            self._send_message(stream_id, stream, answer)
+        try:
+            service: str | None = health_pb2.HealthCheckRequest.FromString(message).service
+        except Exception:
+            service = None
+        self._send_message(stream_id, stream, _SERVING if service in HEALTH_SERVICES else _SERVICE_UNKNOWN)
+
+    # -- stream ends
 
     def _on_client_done(self, stream_id: int, stream: _Stream) -> None:
         """The client half-closed: answer what is owed, then end the call with status OK."""
-        if stream.pending:
-            stream.pending.append(b"")  # marker: trailers follow once the data is out
+        stream.client_done = True
+        if stream.buffer:  # the client ended inside a message
+            self._fail_stream(stream_id, stream, GRPC_INTERNAL, "the request ended inside a message")
             return
-        self._finish(stream_id, stream)
+        self._end_call(stream_id, stream)
 
-    def _finish(self, stream_id: int, stream: _Stream) -> None:
+    def _end_call(self, stream_id: int, stream: _Stream) -> None:
         block = _OK_TRAILERS if stream.sent_headers else _RESPONSE_HEADERS + _OK_TRAILERS
+        if stream.pending:
+            stream.final = block  # trailers follow once the data is out
+            return
+        self._send_final(stream_id, stream, block, "completed")
+
+    def _send_final(self, stream_id: int, stream: _Stream, block: bytes, outcome: str) -> None:
+        self._end_stream(stream_id, stream, block, outcome, NO_ERROR)
+
+    def _end_stream(self, stream_id: int, stream: _Stream, block: bytes, outcome: str, code: int) -> None:
+        """Send the trailers `block`; while the client still sends, RST_STREAM `code` tells it to stop."""
         self._out.append(_frame(_HEADERS, _END_HEADERS | _END_STREAM, stream_id, block))
-        self._streams.pop(stream_id, None)
-        self._end_processing(stream, "completed")
-        self._maybe_close_after_goaway()
+        if not stream.client_done:
+            self._out.append(_frame(_RST_STREAM, 0, stream_id, struct.pack(">I", code)))
+            self._remember_reset(stream_id)
+        self._close_stream(stream_id, stream, outcome)
 
     def _fail_stream(self, stream_id: int, stream: _Stream, status: int, message: str) -> None:
+        logger.warning(
+            "grpc call failed peer=%s stream=%d status=%d: %s", self.peer, stream_id, status, message
+        )
         block = (b"" if stream.sent_headers else _RESPONSE_HEADERS) + _trailers(status, message)
-        self._out.append(_frame(_HEADERS, _END_HEADERS | _END_STREAM, stream_id, block))
-        self._out.append(_frame(_RST_STREAM, 0, stream_id, struct.pack(">I", _NO_ERROR)))
-        self._streams.pop(stream_id, None)
-        self._end_processing(stream, "error")
+        self._send_final(stream_id, stream, block, "error")
+
+    def _on_deadline(self, stream_id: int, stream: _Stream) -> None:
+        stream.deadline = None
+        if self._streams.get(stream_id) is not stream or self._closed:
+            return
+        block = (b"" if stream.sent_headers else _RESPONSE_HEADERS) + _trailers(
+            GRPC_DEADLINE_EXCEEDED, "deadline exceeded"
+        )
+        self._end_stream(stream_id, stream, block, "cancelled", CANCEL)
+        self._flush()
+
+    def _reset_stream(self, stream_id: int, code: int, *, count: bool = True) -> None:
+        """RST_STREAM `stream_id`; `count` when the client's behaviour caused it (rapid-reset budget)."""
+        self._out.append(_frame(_RST_STREAM, 0, stream_id, struct.pack(">I", code)))
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            self._close_stream(stream_id, stream, "cancelled" if code == CANCEL else "error")
+        self._remember_reset(stream_id)
+        if count:
+            self._draw_reset_token()
+
+    def _remember_reset(self, stream_id: int) -> None:
+        self._reset_ids[stream_id] = None
+        if len(self._reset_ids) > _REMEMBERED_RESETS:
+            del self._reset_ids[next(iter(self._reset_ids))]
+
+    def _draw_reset_token(self) -> None:
+        now = time.monotonic()
+        settings = self._settings
+        tokens = min(
+            float(settings.reset_burst), self._reset_tokens + (now - self._reset_stamp) * settings.reset_rate
+        )
+        self._reset_stamp = now
+        if tokens < 1.0:
+            raise _ConnectionError(ENHANCE_YOUR_CALM, "too many reset streams")
+        self._reset_tokens = tokens - 1.0
+
+    def _close_stream(self, stream_id: int, stream: _Stream, outcome: str) -> None:
+        if self._streams.pop(stream_id, None) is None:
+            return
+        self._blocked.pop(stream_id, None)
+        self._partial -= len(stream.buffer)
+        self._pending -= len(stream.pending)
+        stream.buffer = bytearray()
+        stream.pending = bytearray()
+        stream.final = None
+        self._cancel_deadline(stream)
+        self._end_processing(stream, outcome)
+        self._maybe_close_after_goaway()
+
+    def _cancel_deadline(self, stream: _Stream) -> None:
+        if stream.deadline is not None:
+            stream.deadline.cancel()
+            stream.deadline = None
 
     def _end_processing(self, stream: _Stream, outcome: str) -> None:
         if stream.processing is not None:
             self._processor.finish_stream(stream.processing, outcome)
             stream.processing = None
 
+    # -- sending
+
     def _send_message(self, stream_id: int, stream: _Stream, message: bytes) -> None:
         if not stream.sent_headers:
             self._out.append(_frame(_HEADERS, _END_HEADERS, stream_id, _RESPONSE_HEADERS))
             stream.sent_headers = True
         framed = b"\x00" + len(message).to_bytes(4, "big") + message
-        if stream.pending or not self._write_data(stream_id, stream, framed):
-            stream.pending.append(framed)
+        if stream.pending:
+            stream.pending += framed
+            self._pending += len(framed)
+            return
+        written = self._write_data(stream_id, stream, framed)
+        if written < len(framed):
+            stream.pending += framed[written:]
+            self._pending += len(framed) - written
+            self._blocked[stream_id] = None
 
-    def _write_data(self, stream_id: int, stream: _Stream, framed: bytes) -> bool:
-        """Write `framed` now if both windows allow it whole; False leaves it to the caller to queue."""
-        size = len(framed)
-        if size > self._send_window or size > stream.send_window:
-            return False
+    def _write_data(self, stream_id: int, stream: _Stream, data: bytes | bytearray) -> int:
+        """Write as much of `data` as both send windows allow; return how much that was."""
+        size = min(len(data), self._send_window, self._peer_initial_window + stream.send_credit)
+        if size <= 0:
+            return 0
         self._send_window -= size
-        stream.send_window -= size
+        stream.send_credit -= size
         step = self._peer_max_frame
         for start in range(0, size, step):
-            self._out.append(_frame(_DATA, 0, stream_id, framed[start : start + step]))
-        return True
+            self._out.append(_frame(_DATA, 0, stream_id, bytes(data[start : min(start + step, size)])))
+        return size
 
-    def _flush_pending(self) -> None:
-        for stream_id, stream in list(self._streams.items()):
-            while stream.pending:
-                head = stream.pending[0]
-                if head == b"":
-                    stream.pending.clear()
-                    self._finish(stream_id, stream)
-                    break
-                if not self._write_data(stream_id, stream, head):
-                    break
-                stream.pending.pop(0)
+    def _flush_stream(self, stream_id: int, stream: _Stream) -> None:
+        written = self._write_data(stream_id, stream, stream.pending)
+        if written:
+            del stream.pending[:written]
+            self._pending -= written
+        if stream.pending:
+            return
+        self._blocked.pop(stream_id, None)
+        if stream.final is not None:
+            block, stream.final = stream.final, None
+            self._send_final(stream_id, stream, block, "completed")
+        elif not stream.client_done:
+            self._grant_stream_window(stream_id, stream)
+
+    def _flush_blocked(self) -> None:
+        for stream_id in list(self._blocked):
+            if self._send_window <= 0:
+                break
+            stream = self._streams.get(stream_id)
+            if stream is not None:
+                self._flush_stream(stream_id, stream)
+
+    # -- receive windows
+
+    def _grant_stream_window(self, stream_id: int, stream: _Stream) -> None:
+        """Give back what the stream consumed, unless its answers pile up (the client is not reading)."""
+        window = self._settings.stream_window
+        if stream.owed >= window // 4 and len(stream.pending) <= window:
+            self._out.append(_frame(_WINDOW_UPDATE, 0, stream_id, struct.pack(">I", stream.owed)))
+            stream.recv_window += stream.owed
+            stream.owed = 0
+
+    def _grant_connection_window(self) -> None:
+        window = self._settings.connection_window
+        if self._conn_owed >= window // 4 and self._pending <= self._settings.max_buffered:
+            self._out.append(_frame(_WINDOW_UPDATE, 0, 0, struct.pack(">I", self._conn_owed)))
+            self._recv_window += self._conn_owed
+            self._conn_owed = 0
 
     def _maybe_close_after_goaway(self) -> None:
-        if self._goaway and not self._streams and self._transport is not None:
+        if self._goaway and not self._streams and self._transport is not None and not self._closed:
             self._flush()
             self._transport.close()
 
     def _flush(self) -> None:
-        if self._out and self._transport is not None:
+        if self._out and self._transport is not None and not self._closed:
             self._transport.writelines(self._out)
         self._out = []
 
@@ -516,6 +976,10 @@ class H2GrpcServer:
         sockets = self._server.sockets
         bound: int = sockets[0].getsockname()[1] if sockets else 0
         return bound
+
+    @property
+    def connections(self) -> tuple[GrpcH2Protocol, ...]:
+        return tuple(self._connections)
 
     def _make_protocol(self) -> GrpcH2Protocol:
         protocol = GrpcH2Protocol(self._processor, self._settings, self._connections.discard)
