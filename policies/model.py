@@ -27,7 +27,9 @@ def as_mapping(value: Any) -> Mapping[str, Any]:
 
 def is_envoy_filter(document: Mapping[str, Any]) -> bool:
     api_version = document.get("apiVersion")
-    return document.get("kind") == "EnvoyFilter" and isinstance(api_version, str) and api_version in API_VERSIONS
+    if not isinstance(api_version, str):
+        return False
+    return document.get("kind") == "EnvoyFilter" and api_version in API_VERSIONS
 
 
 @dataclass(slots=True)
