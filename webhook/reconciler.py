@@ -223,6 +223,7 @@ class Reconciler:
                 return None
             outcome = await self._reconcile_key(key, cause="watch")
             self._metrics.audited.inc()
+            self._metrics.backing_off.set(self._fights.in_backoff(now=self._clock()))
             return outcome
 
     def _forget(self, key: ObjectKey) -> None:
