@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter as Counter_
 from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from webhook.admission import Outcome, Webhook
@@ -14,26 +15,62 @@ from webhook.admission import Outcome, Webhook
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
+class LatencyTally:
+    """One histogram's bucket counts and sum as plain numbers (buckets are upper bounds, `le`)."""
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.bounds = buckets
+        self.labels = [*(repr(float(bound)) for bound in buckets), "+Inf"]
+        self.counts = [0] * (len(buckets) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        buckets: list[tuple[str, float]] = []
+        total = 0
+        for label, count in zip(self.labels, self.counts, strict=True):
+            total += count
+            buckets.append((label, float(total)))
+        return buckets
+
+
 class ReviewTally(Collector):
-    """The per-review counters as plain integers, turned into metric families only when scraped.
+    """The per-review counters and latencies as plain numbers, turned into metric families only when scraped.
 
     Reviews are counted on the server's event loop, which also serves `/metrics`, so no lock is needed and
-    a review costs a few dict updates instead of a locked `Counter.inc()` per label set and rule.
+    a review costs a few dict updates instead of a locked `inc()`/`observe()` per label set and rule. The
+    webhook and result labels are `StrEnum` members: they hash and print as their values.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, buckets: tuple[float, ...] = ()) -> None:
         self.reviews: Counter_[tuple[str, str, str]] = Counter_()
         self.rules: Counter_[tuple[str, str]] = Counter_()
         self.patches = 0
+        self.buckets = buckets or LATENCY_BUCKETS
+        self.latency: dict[str, LatencyTally] = {}
 
     def count(
-        self, *, webhook: Webhook, operation: str, outcome: Outcome, rules: Iterable[str], patched: bool
+        self,
+        *,
+        webhook: Webhook,
+        operation: str,
+        outcome: Outcome,
+        rules: Iterable[str],
+        patched: bool,
+        seconds: float,
     ) -> None:
-        self.reviews[(webhook.value, operation, outcome.value)] += 1
+        self.reviews[(webhook, operation, outcome)] += 1
         for rule in rules:
-            self.rules[(webhook.value, rule)] += 1
+            self.rules[(webhook, rule)] += 1
         if patched:
             self.patches += 1
+        latency = self.latency.get(webhook)
+        if latency is None:
+            latency = self.latency[webhook] = LatencyTally(self.buckets)
+        latency.observe(seconds)
 
     def collect(self) -> Iterator[Metric]:
         reviews = CounterMetricFamily(
@@ -42,7 +79,7 @@ class ReviewTally(Collector):
             labels=["webhook", "operation", "result"],
         )
         for review_labels, value in list(self.reviews.items()):
-            reviews.add_metric(list(review_labels), value)
+            reviews.add_metric([str(label) for label in review_labels], value)
         yield reviews
         rules = CounterMetricFamily(
             "extproc_guard_review_rules",
@@ -50,13 +87,21 @@ class ReviewTally(Collector):
             labels=["webhook", "rule"],
         )
         for rule_labels, value in list(self.rules.items()):
-            rules.add_metric(list(rule_labels), value)
+            rules.add_metric([str(label) for label in rule_labels], value)
         yield rules
         yield CounterMetricFamily(
             "extproc_guard_patches_applied",
             "Mutations returned with a JSON Patch (dry runs are not counted).",
             value=self.patches,
         )
+        latency = HistogramMetricFamily(
+            "extproc_guard_review_duration_seconds",
+            "Time from reading the body to the response being built.",
+            labels=["webhook"],
+        )
+        for webhook, tally in list(self.latency.items()):
+            latency.add_metric([str(webhook)], tally.cumulative(), sum_value=tally.sum)
+        yield latency
 
 
 class Metrics:
@@ -70,13 +115,6 @@ class Metrics:
             "extproc_guard_malformed_requests",
             "Requests refused with HTTP 4xx before a review (not JSON, wrong kind, too large, ...).",
             ["path"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "extproc_guard_review_duration_seconds",
-            "Time from reading the body to the response being built.",
-            ["webhook"],
-            buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.cert_reloads = Counter(
@@ -100,8 +138,7 @@ class Metrics:
             "Services held by the cache.",
             registry=self.registry,
         )
-
-        self._latency_children: dict[Webhook, Histogram] = {}
+        self._malformed_children: dict[str, Counter] = {}
 
     def bind_cache(
         self, *, age: Callable[[], float | None], synced: Callable[[], bool], size: Callable[[], int]
@@ -121,11 +158,21 @@ class Metrics:
         seconds: float,
         patched: bool,
     ) -> None:
-        self.tally.count(webhook=webhook, operation=operation, outcome=outcome, rules=rules, patched=patched)
-        latency = self._latency_children.get(webhook)
-        if latency is None:
-            latency = self._latency_children[webhook] = self.latency.labels(webhook.value)
-        latency.observe(seconds)
+        self.tally.count(
+            webhook=webhook,
+            operation=operation,
+            outcome=outcome,
+            rules=rules,
+            patched=patched,
+            seconds=seconds,
+        )
+
+    def count_malformed(self, path: str) -> None:
+        """One refused request on `path` (only the review routes refuse, so the label set stays small)."""
+        child = self._malformed_children.get(path)
+        if child is None:
+            child = self._malformed_children[path] = self.malformed.labels(path)
+        child.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from policies.engine import Evaluation, evaluate
@@ -17,6 +18,24 @@ MEMO_MAX_BODY = 64 * 1024
 RESPONSE_PREFIX = b'{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":'
 
 MemoKey = tuple[Webhook, int, int, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A review's verdict, its response body, and the fields of its log line that follow from the body."""
+
+    verdict: Verdict
+    payload: bytes
+    summary: str
+
+
+def summarize(request: AdmissionRequest, verdict: Verdict) -> str:
+    """The log line's fields after the uid: the same for every body that differs only in its uid."""
+    return (
+        f"kind={request.kind.kind} object={request.object_name} operation={request.operation} "
+        f"dry_run={'true' if request.dry_run else 'false'} result={verdict.outcome.value} "
+        f"rules={','.join(verdict.rules) or '-'}"
+    )
 
 
 class Reviewer:
@@ -39,7 +58,7 @@ class Reviewer:
         self.policy = policy
         self._resolver = resolver
         self._generation = generation
-        self._memo: OrderedDict[MemoKey, tuple[Verdict, bytes]] = OrderedDict()
+        self._memo: OrderedDict[MemoKey, tuple[Verdict, bytes, str]] = OrderedDict()
         self._memo_size = memo_size
         self.hits = 0
         self.misses = 0
@@ -47,7 +66,7 @@ class Reviewer:
     def evaluate(self, document: Mapping[str, Any]) -> Evaluation:
         return evaluate(document, policy=self.policy, resolver=self._resolver)
 
-    def answer(self, request: AdmissionRequest, *, webhook: Webhook, body: bytes) -> tuple[Verdict, bytes]:
+    def answer(self, request: AdmissionRequest, *, webhook: Webhook, body: bytes) -> Answer:
         """The verdict and the response body; raises `MalformedReviewError` for a patch JSON cannot carry."""
         uid = json.dumps(request.uid).encode()
         key = self._key(uid, webhook, body)
@@ -56,17 +75,18 @@ class Reviewer:
             if cached is not None:
                 self._memo.move_to_end(key)
                 self.hits += 1
-                verdict, tail = cached
-                return verdict, RESPONSE_PREFIX + uid + tail
+                verdict, tail, summary = cached
+                return Answer(verdict, RESPONSE_PREFIX + uid + tail, summary)
         self.misses += 1
         verdict = review_request(request, webhook=webhook, evaluate=self.evaluate, policy=self.policy)
         payload = encode_review(request, verdict)
+        summary = summarize(request, verdict)
         head = RESPONSE_PREFIX + uid
         if key is not None and payload.startswith(head):
-            self._memo[key] = (verdict, payload[len(head) :])
+            self._memo[key] = (verdict, payload[len(head) :], summary)
             if len(self._memo) > self._memo_size:
                 self._memo.popitem(last=False)
-        return verdict, payload
+        return Answer(verdict, payload, summary)
 
     def _key(self, uid: bytes, webhook: Webhook, body: bytes) -> MemoKey | None:
         if self._memo_size <= 0 or len(body) > MEMO_MAX_BODY:

@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from policies.policy import default_policy
@@ -35,6 +35,7 @@ from webhook.tlsreload import CertReloader
 logger = logging.getLogger(__name__)
 
 CACHE_STOP_SECONDS = 5.0
+JSON_CONTENT_TYPE = "application/json"
 STATIC_SOURCE = "static --service map"
 
 
@@ -131,12 +132,12 @@ async def translate_errors(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except AdmissionError as error:
-        request.app[METRICS_KEY].malformed.labels(request.path).inc()
+        request.app[METRICS_KEY].count_malformed(request.path)
         logger.info("refused %s %s: %s", request.method, request.path, error.reason)
         return _plain(error.status, error.reason)
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[SETTINGS_KEY].max_body_bytes
-        request.app[METRICS_KEY].malformed.labels(request.path).inc()
+        request.app[METRICS_KEY].count_malformed(request.path)
         return _plain(400, f"request body is larger than {limit} bytes")
     except web.HTTPNotFound:
         return _plain(
@@ -159,56 +160,56 @@ async def translate_errors(request: web.Request, handler: Handler) -> web.Stream
         return _plain(500, f"internal error ({type(error).__name__}); see the server log")
 
 
-async def read_body(request: web.Request) -> bytes:
-    settings = request.app[SETTINGS_KEY]
-    if request.content_type != "application/json":
+async def read_body(request: web.Request, settings: ServeSettings) -> bytes:
+    """The whole body; refused when it is not JSON by its type, too large, empty or slow to arrive."""
+    if (
+        request.headers.get(hdrs.CONTENT_TYPE) != JSON_CONTENT_TYPE
+        and request.content_type != JSON_CONTENT_TYPE
+    ):
         raise RequestRefusedError(f"Content-Type must be application/json, not {request.content_type!r}")
+    limit = settings.max_body_bytes
     length = request.content_length
-    if length is not None and length > settings.max_body_bytes:
-        raise RequestRefusedError(f"request body is larger than {settings.max_body_bytes} bytes")
-    try:
-        if request.content.is_eof():  # the whole body has arrived with the headers: no timer needed
-            body = await request.read()
-        else:
+    if length is not None and length > limit:
+        raise RequestRefusedError(f"request body is larger than {limit} bytes")
+    content = request.content
+    if content.is_eof():
+        # The whole body arrived with the headers (the usual case): take the buffered chunk as it is,
+        # without the copy `read()` makes, and without a timer.
+        body = content.read_nowait()
+        if len(body) > limit:
+            raise RequestRefusedError(f"request body is larger than {limit} bytes")
+    else:
+        try:
             async with asyncio.timeout(settings.body_timeout_seconds):
                 body = await request.read()
-    except TimeoutError:
-        raise RequestRefusedError(
-            f"request body not received within {settings.body_timeout_seconds:g} seconds"
-        ) from None
+        except TimeoutError:
+            raise RequestRefusedError(
+                f"request body not received within {settings.body_timeout_seconds:g} seconds"
+            ) from None
     if not body:
         raise RequestRefusedError("request body is empty (expected an AdmissionReview)")
     return body
 
 
 async def handle_review(request: web.Request, *, webhook: Webhook) -> web.Response:
-    body = await read_body(request)
+    app = request.app
+    body = await read_body(request, app[SETTINGS_KEY])
     started = time.perf_counter()
     review = parse_review(body)
-    verdict, payload = request.app[REVIEWER_KEY].answer(review, webhook=webhook, body=body)
+    answer = app[REVIEWER_KEY].answer(review, webhook=webhook, body=body)
     seconds = time.perf_counter() - started
-    patched = bool(verdict.patch) and not review.dry_run
-    request.app[METRICS_KEY].record_review(
+    verdict = answer.verdict
+    app[METRICS_KEY].record_review(
         webhook=webhook,
         operation=review.operation,
         outcome=verdict.outcome,
         rules=verdict.rules,
         seconds=seconds,
-        patched=patched,
+        patched=bool(verdict.patch) and not review.dry_run,
     )
-    logger.info(
-        "review webhook=%s uid=%s kind=%s object=%s operation=%s dry_run=%s result=%s rules=%s ms=%.2f",
-        webhook.value,
-        review.uid,
-        review.kind.kind,
-        review.object_name,
-        review.operation,
-        str(review.dry_run).lower(),
-        verdict.outcome.value,
-        ",".join(verdict.rules) or "-",
-        seconds * 1000,
-    )
-    return web.Response(body=payload, content_type="application/json")
+    # The audit line: its fields after the uid are formatted once per distinct body (see `Reviewer`).
+    logger.info(f"review webhook={webhook.value} uid={review.uid} {answer.summary} ms={seconds * 1000:.2f}")
+    return web.Response(body=answer.payload, content_type=JSON_CONTENT_TYPE)
 
 
 async def handle_healthz(request: web.Request) -> web.Response:

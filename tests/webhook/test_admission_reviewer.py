@@ -9,7 +9,7 @@ from policies.policy import default_policy
 from policies.resolver import StaticResolver
 from tests.webhook.webhookrig import STATIC_SERVICES, load_document, review_of
 from webhook.admission import Webhook, build_response, parse_review
-from webhook.reviewer import Reviewer
+from webhook.reviewer import Reviewer, summarize
 
 
 def compact(review: dict[str, Any]) -> bytes:
@@ -23,9 +23,10 @@ def reviewer(generation: list[int] | None = None) -> Reviewer:
 
 def answer(subject: Reviewer, body: bytes, webhook: Webhook = Webhook.MUTATE) -> dict[str, Any]:
     request = parse_review(body)
-    verdict, payload = subject.answer(request, webhook=webhook, body=body)
-    decoded: dict[str, Any] = json.loads(payload)
-    assert decoded == build_response(request, verdict), "the reused answer is the one build_response gives"
+    reply = subject.answer(request, webhook=webhook, body=body)
+    decoded: dict[str, Any] = json.loads(reply.payload)
+    assert decoded == build_response(request, reply.verdict), "a reused answer is what build_response gives"
+    assert reply.summary == summarize(request, reply.verdict), "the reused log fields are this body's"
     return decoded
 
 

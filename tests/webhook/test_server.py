@@ -351,6 +351,10 @@ async def test_metrics_count_reviews_by_operation_result_and_rule(
         r'^extproc_guard_review_rules_total\{rule="EPX007",webhook="validate"\} [1-9]', text, re.M
     )
     assert re.search(r'^extproc_guard_review_duration_seconds_count\{webhook="validate"\} [1-9]', text, re.M)
+    assert re.search(
+        r'^extproc_guard_review_duration_seconds_bucket\{le="\+Inf",webhook="validate"\} [1-9]', text, re.M
+    )
+    assert re.search(r'^extproc_guard_review_duration_seconds_sum\{webhook="validate"\} \d', text, re.M)
     assert "extproc_guard_patches_applied_total" in text
 
 

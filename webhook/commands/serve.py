@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -17,6 +20,7 @@ from webhook.clisettings import (
     load_policy_file,
     resolver_settings_from_args,
 )
+from webhook.logoutput import flush_periodically, install_log_output
 from webhook.services import KubeConfigError
 from webhook.settings import KubeSettings, ServeSettings, TLSSettings
 from webhook.tlsreload import TLSFilesError
@@ -103,18 +107,40 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
     )
 
 
+def keep_flushed(handler: logging.Handler) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A cleanup context that flushes the batched log output while the app runs, and once at the end."""
+
+    async def run(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(flush_periodically(handler), name="log-flush")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    return run
+
+
 def run_serve(args: argparse.Namespace) -> int:
+    # One line per review is the server's audit trail: on unless asked for more.
+    output = install_log_output(logging.DEBUG if args.verbose >= 2 else logging.INFO)
+    try:
+        return serve_until_stopped(args, output)
+    finally:
+        output.flush()
+
+
+def serve_until_stopped(args: argparse.Namespace, output: logging.Handler) -> int:
     from webhook.server import TLS_KEY, make_app
 
-    if args.verbose == 0:
-        # One line per review is the server's audit trail: on unless asked for more.
-        logging.getLogger().setLevel(logging.INFO)
     try:
         settings = settings_from_args(args)
         app = make_app(settings)
     except (SettingsError, TLSFilesError, KubeConfigError) as error:
         print(f"extproc-guard serve: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    app.cleanup_ctx.append(keep_flushed(output))
     logger.info(
         "serving host=%s port=%d services=%s tls_fingerprint=%s",
         settings.host,
@@ -133,6 +159,7 @@ def run_serve(args: argparse.Namespace) -> int:
             shutdown_timeout=5.0,
         )
     except OSError as error:
+        output.flush()
         print(
             f"extproc-guard serve: error: cannot listen on {settings.host}:{settings.port}: {error.strerror}",
             file=sys.stderr,
