@@ -25,7 +25,9 @@ Limits, so that no peer gets unbounded memory or CPU (all in `H2Settings`):
   window (a peer that sends without reading is stopped by flow control); the socket stops being read
   while the kernel send buffer is full, so PING/SETTINGS floods from a peer that does not read are bounded;
 - streams reset by the client, or reset by the server because of the client, draw from a token bucket
-  (rapid reset, CVE-2023-44487); an empty bucket ends the connection with ENHANCE_YOUR_CALM.
+  (rapid reset, CVE-2023-44487) that time and every normally completed call refill; an empty bucket
+  ends the connection with ENHANCE_YOUR_CALM. A gateway whose clients cancel some requests never empties
+  it; a client that opens streams only to reset them does.
 Protocol errors end the connection with GOAWAY and the RFC's error code; stream errors reset the stream.
 """
 
@@ -207,19 +209,46 @@ def _request_problem(headers: list[tuple[str, str]]) -> str | None:
     return None
 
 
-class _Decoded:
-    """One decoded request header block: the headers a call needs and whether the block is malformed."""
+def _refusal(method: str, path: str, content_type: str, encoding: str, timeout: str | None) -> bytes | None:
+    """A trailers-only answer for a call this server will not run, None for a call it serves."""
+    if method != "POST":
+        return _http_status(405) + _trailers(GRPC_UNIMPLEMENTED, f"method {method} is not POST")
+    if not (
+        content_type == "application/grpc"
+        or content_type.startswith(("application/grpc+", "application/grpc;"))
+    ):
+        return _http_status(415) + _trailers(GRPC_INTERNAL, f"content-type {content_type!r} is not gRPC")
+    if path not in (PROCESS_PATH, HEALTH_CHECK_PATH):
+        return _RESPONSE_HEADERS + _trailers(GRPC_UNIMPLEMENTED, f"method {path} is not served here")
+    if encoding != "identity":
+        return (
+            _RESPONSE_HEADERS
+            + _ACCEPT_IDENTITY
+            + _trailers(GRPC_UNIMPLEMENTED, f"grpc-encoding {encoding} is not supported")
+        )
+    if timeout is not None and _parse_timeout(timeout) is None:
+        return _RESPONSE_HEADERS + _trailers(GRPC_INTERNAL, f"malformed grpc-timeout {timeout!r}")
+    return None
 
-    __slots__ = ("content_type", "encoding", "method", "path", "problem", "timeout")
+
+class _Decoded:
+    """One decoded request header block and what it means for a call (computed once per distinct block)."""
+
+    __slots__ = ("path", "problem", "refusal", "timeout")
 
     def __init__(self, headers: list[tuple[str, str]]) -> None:
         values = dict(headers)
         self.problem = _request_problem(headers)
-        self.method = values.get(":method", "")
         self.path = values.get(":path", "")
-        self.content_type = values.get("content-type", "")
-        self.encoding = values.get("grpc-encoding", "identity")
-        self.timeout = values.get("grpc-timeout")
+        timeout = values.get("grpc-timeout")
+        self.refusal = _refusal(
+            values.get(":method", ""),
+            self.path,
+            values.get("content-type", ""),
+            values.get("grpc-encoding", "identity"),
+            timeout,
+        )
+        self.timeout = _parse_timeout(timeout) if timeout is not None else None
 
 
 class _Stream:
@@ -248,7 +277,7 @@ class _Stream:
         self.client_done = False  # the client half-closed (END_STREAM)
         self.pending = bytearray()  # gRPC-framed answers waiting for flow-control window
         self.final: bytes | None = None  # trailers that follow once `pending` is out
-        self.deadline: asyncio.TimerHandle | None = None
+        self.deadline = 0.0  # loop time when the call's grpc-timeout expires; 0: none
 
 
 class GrpcH2Protocol(asyncio.Protocol):
@@ -286,6 +315,7 @@ class GrpcH2Protocol(asyncio.Protocol):
         self._goaway = False
         self._closed = False
         self._linger: asyncio.TimerHandle | None = None
+        self._watchdog: asyncio.TimerHandle | None = None  # fires at the earliest grpc-timeout
         self.peer = "-"
 
     # -- asyncio.Protocol
@@ -346,8 +376,10 @@ class GrpcH2Protocol(asyncio.Protocol):
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         for stream in self._streams.values():
-            self._cancel_deadline(stream)
             self._end_processing(stream, "cancelled")
         self._streams.clear()
         self._blocked.clear()
@@ -648,9 +680,10 @@ class GrpcH2Protocol(asyncio.Protocol):
             )
             self._reset_stream(stream_id, PROTOCOL_ERROR)
             return
-        refusal = self._refuse_call(headers)
-        if refusal is not None:
-            self._out.append(_frame(_HEADERS, _END_HEADERS | _END_STREAM, stream_id, refusal))
+        if headers.refusal is not None:
+            if headers.path not in (PROCESS_PATH, HEALTH_CHECK_PATH):
+                logger.warning("grpc call to an unknown method peer=%s path=%r", self.peer, headers.path)
+            self._out.append(_frame(_HEADERS, _END_HEADERS | _END_STREAM, stream_id, headers.refusal))
             if not flags & _END_STREAM:
                 self._reset_stream(stream_id, NO_ERROR, count=False)
             return
@@ -661,36 +694,9 @@ class GrpcH2Protocol(asyncio.Protocol):
             stream = _Stream("health", self._settings.stream_window)
         self._streams[stream_id] = stream
         if headers.timeout is not None:
-            seconds = _parse_timeout(headers.timeout)
-            if seconds is not None and self._loop is not None:
-                stream.deadline = self._loop.call_later(seconds, self._on_deadline, stream_id, stream)
+            self._set_deadline(stream, headers.timeout)
         if flags & _END_STREAM:
             self._on_client_done(stream_id, stream)
-
-    def _refuse_call(self, headers: _Decoded) -> bytes | None:
-        """A trailers-only answer for a call this server will not run, None for a call it serves."""
-        if headers.method != "POST":
-            return _http_status(405) + _trailers(GRPC_UNIMPLEMENTED, f"method {headers.method} is not POST")
-        content_type = headers.content_type
-        if not (
-            content_type == "application/grpc"
-            or content_type.startswith(("application/grpc+", "application/grpc;"))
-        ):
-            return _http_status(415) + _trailers(GRPC_INTERNAL, f"content-type {content_type!r} is not gRPC")
-        if headers.path not in (PROCESS_PATH, HEALTH_CHECK_PATH):
-            logger.warning("grpc call to an unknown method peer=%s path=%r", self.peer, headers.path)
-            return _RESPONSE_HEADERS + _trailers(
-                GRPC_UNIMPLEMENTED, f"method {headers.path} is not served here"
-            )
-        if headers.encoding != "identity":
-            return (
-                _RESPONSE_HEADERS
-                + _ACCEPT_IDENTITY
-                + _trailers(GRPC_UNIMPLEMENTED, f"grpc-encoding {headers.encoding} is not supported")
-            )
-        if headers.timeout is not None and _parse_timeout(headers.timeout) is None:
-            return _RESPONSE_HEADERS + _trailers(GRPC_INTERNAL, f"malformed grpc-timeout {headers.timeout!r}")
-        return None
 
     # -- data
 
@@ -722,6 +728,8 @@ class GrpcH2Protocol(asyncio.Protocol):
             return
         stream.recv_window -= size
         stream.owed += size
+        if stream.final is not None:
+            return  # the call is over, its trailers wait for window: later messages are not run
         if data:
             self._on_bytes(stream_id, stream, data)
             if self._streams.get(stream_id) is not stream:
@@ -733,36 +741,56 @@ class GrpcH2Protocol(asyncio.Protocol):
 
     def _on_bytes(self, stream_id: int, stream: _Stream, data: bytes) -> None:
         buffer = stream.buffer
-        if self._partial + len(data) > self._settings.max_buffered:
-            self._fail_stream(stream_id, stream, GRPC_RESOURCE_EXHAUSTED, "the connection's buffer is full")
+        if buffer:  # a message continues: gather it in the stream's buffer
+            if self._partial + len(data) > self._settings.max_buffered:
+                self._fail_stream(
+                    stream_id, stream, GRPC_RESOURCE_EXHAUSTED, "the connection's buffer is full"
+                )
+                return
+            buffer += data
+            self._partial += len(data)
+            consumed = self._on_messages(stream_id, stream, buffer)
+            if consumed and self._streams.get(stream_id) is stream:
+                del buffer[:consumed]
+                self._partial -= consumed
             return
-        buffer += data
-        self._partial += len(data)
+        consumed = self._on_messages(stream_id, stream, data)  # whole messages straight from the frame
+        rest = len(data) - consumed
+        if rest and consumed >= 0 and self._streams.get(stream_id) is stream:
+            if self._partial + rest > self._settings.max_buffered:
+                self._fail_stream(
+                    stream_id, stream, GRPC_RESOURCE_EXHAUSTED, "the connection's buffer is full"
+                )
+                return
+            buffer += data[consumed:]
+            self._partial += rest
+
+    def _on_messages(self, stream_id: int, stream: _Stream, source: bytes | bytearray) -> int:
+        """Run every whole gRPC message in `source`; return the bytes consumed (-1: the call ended)."""
         consumed = 0
         limit = self._settings.max_message_size
-        while len(buffer) - consumed >= 5:
-            compressed = buffer[consumed]
-            length = int.from_bytes(buffer[consumed + 1 : consumed + 5], "big")
+        size = len(source)
+        while size - consumed >= 5:
+            compressed = source[consumed]
+            length = int.from_bytes(source[consumed + 1 : consumed + 5], "big")
             if length > limit:
                 self._fail_stream(
                     stream_id, stream, GRPC_RESOURCE_EXHAUSTED, f"a {length}-byte message exceeds {limit}"
                 )
-                return
+                return -1
             if compressed:
                 self._fail_stream(
                     stream_id, stream, GRPC_INTERNAL, "compressed flag set without grpc-encoding"
                 )
-                return
-            if len(buffer) - consumed < 5 + length:
+                return -1
+            if size - consumed < 5 + length:
                 break
-            message = bytes(buffer[consumed + 5 : consumed + 5 + length])
+            message = bytes(source[consumed + 5 : consumed + 5 + length])
             consumed += 5 + length
             self._on_message(stream_id, stream, message)
             if self._streams.get(stream_id) is not stream:
-                return
-        if consumed:
-            del buffer[:consumed]
-            self._partial -= consumed
+                return -1
+        return consumed
 
     def _on_message(self, stream_id: int, stream: _Stream, message: bytes) -> None:
         if stream.kind == "process":
@@ -821,15 +849,38 @@ class GrpcH2Protocol(asyncio.Protocol):
         block = (b"" if stream.sent_headers else _RESPONSE_HEADERS) + _trailers(status, message)
         self._send_final(stream_id, stream, block, "error")
 
-    def _on_deadline(self, stream_id: int, stream: _Stream) -> None:
-        stream.deadline = None
-        if self._streams.get(stream_id) is not stream or self._closed:
+    def _set_deadline(self, stream: _Stream, seconds: float) -> None:
+        """One watchdog timer per connection, set for the earliest deadline, instead of one per call."""
+        if self._loop is None:
             return
+        stream.deadline = self._loop.time() + seconds
+        if self._watchdog is None or stream.deadline < self._watchdog.when():
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+            self._watchdog = self._loop.call_at(stream.deadline, self._on_watchdog)
+
+    def _on_watchdog(self) -> None:
+        self._watchdog = None
+        if self._closed or self._loop is None:
+            return
+        now = self._loop.time()
+        earliest = 0.0
+        for stream_id, stream in list(self._streams.items()):
+            if not stream.deadline or self._streams.get(stream_id) is not stream:
+                continue
+            if stream.deadline <= now:
+                self._on_deadline(stream_id, stream)
+            elif not earliest or stream.deadline < earliest:
+                earliest = stream.deadline
+        if earliest:
+            self._watchdog = self._loop.call_at(earliest, self._on_watchdog)
+        self._flush()
+
+    def _on_deadline(self, stream_id: int, stream: _Stream) -> None:
         block = (b"" if stream.sent_headers else _RESPONSE_HEADERS) + _trailers(
             GRPC_DEADLINE_EXCEEDED, "deadline exceeded"
         )
         self._end_stream(stream_id, stream, block, "cancelled", CANCEL)
-        self._flush()
 
     def _reset_stream(self, stream_id: int, code: int, *, count: bool = True) -> None:
         """RST_STREAM `stream_id`; `count` when the client's behaviour caused it (rapid-reset budget)."""
@@ -860,20 +911,15 @@ class GrpcH2Protocol(asyncio.Protocol):
     def _close_stream(self, stream_id: int, stream: _Stream, outcome: str) -> None:
         if self._streams.pop(stream_id, None) is None:
             return
-        self._blocked.pop(stream_id, None)
+        if outcome == "completed" and self._reset_tokens < self._settings.reset_burst:
+            self._reset_tokens += 1.0  # a call that did its work earns a reset back
+        if stream.pending:
+            self._blocked.pop(stream_id, None)
+            self._pending -= len(stream.pending)
         self._partial -= len(stream.buffer)
-        self._pending -= len(stream.pending)
-        stream.buffer = bytearray()
-        stream.pending = bytearray()
         stream.final = None
-        self._cancel_deadline(stream)
         self._end_processing(stream, outcome)
         self._maybe_close_after_goaway()
-
-    def _cancel_deadline(self, stream: _Stream) -> None:
-        if stream.deadline is not None:
-            stream.deadline.cancel()
-            stream.deadline = None
 
     def _end_processing(self, stream: _Stream, outcome: str) -> None:
         if stream.processing is not None:

@@ -83,6 +83,7 @@ class RawClient:
         self.encoder = hpack.Encoder()
         self.decoder = hpack.Decoder()
         self.seen: list[Frame] = []
+        self.ended: dict[int, dict[str, str]] = {}  # stream id: the headers that ended it
 
     @classmethod
     async def connect(cls, port: int, *, settings: bytes | None = None) -> RawClient:
@@ -139,12 +140,17 @@ class RawClient:
         return code
 
     async def trailers(self, stream_id: int) -> dict[str, str]:
-        """Headers of the HEADERS frame that ends `stream_id` (a trailers-only answer or the trailers)."""
-        while True:
-            _, flags, _, payload = await self.read_until(HEADERS, stream_id)
-            fields = {str(k): str(v) for k, v in self.decoder.decode(payload)}
-            if flags & END_STREAM:
-                return fields
+        """Headers of the HEADERS frame that ends `stream_id` (a trailers-only answer or the trailers);
+        streams may end in any order."""
+        while stream_id not in self.ended:
+            got = await self.read_frame()
+            assert got is not None, f"connection closed before stream {stream_id} ended; saw {self.summary()}"
+            kind, flags, ended, payload = got
+            if kind == HEADERS:
+                fields = {str(k): str(v) for k, v in self.decoder.decode(payload)}
+                if flags & END_STREAM:
+                    self.ended[ended] = fields
+        return self.ended[stream_id]
 
     async def ping_round_trip(self) -> None:
         """The connection still works: a PING comes back acknowledged."""
@@ -564,6 +570,26 @@ async def test_rapid_reset_ends_the_connection_with_enhance_your_calm(
     await server.stop(0.5)
 
 
+async def test_resets_among_completed_calls_keep_the_connection(epp_state: EppServer) -> None:
+    """A gateway whose clients cancel some requests resets streams all day: calls that complete earn
+    the budget back, so only resets beyond the completed calls count."""
+    server, port = await start_h2(epp_state, H2Settings(reset_burst=20, reset_rate=0.001))
+    client = await RawClient.connect(port)
+    call = grpc_message(request_headers(end_of_stream=True).SerializeToString())
+    cancel = struct.pack(">I", CANCEL)
+    try:
+        for i in range(1, 400, 4):  # 100 completed calls and 100 resets, one after the other
+            client.send(client.headers(i, request_fields()), frame(DATA, END_STREAM, i, call))
+            client.send(client.headers(i + 2, request_fields()), frame(RST_STREAM, 0, i + 2, cancel))
+        await client.ping_round_trip()
+    finally:
+        await client.close()
+        await server.stop(0.5)
+    assert GOAWAY not in [k for k, _, _ in client.summary()]
+    assert [k for k, _, s in client.summary() if s == 397].count(HEADERS) == 2  # the last call answered
+    assert open_streams(epp_state) == 0
+
+
 async def test_resets_within_the_budget_keep_the_connection(h2: tuple[EppServer, int]) -> None:
     state, port = h2
     client = await RawClient.connect(port)
@@ -625,19 +651,26 @@ async def test_a_header_list_above_the_advertised_size_is_refused(h2: tuple[EppS
     assert code == COMPRESSION_ERROR
 
 
-async def test_grpc_timeout_ends_a_waiting_call_with_deadline_exceeded(h2: tuple[EppServer, int]) -> None:
+async def test_grpc_timeout_ends_waiting_calls_with_deadline_exceeded(h2: tuple[EppServer, int]) -> None:
+    """Calls that wait (FULL_DUPLEX_STREAMED, no body yet) end at their own deadlines, the later-opened
+    call with the earlier deadline included; a call that completes in time ends with OK."""
     state, port = h2
     client = await RawClient.connect(port)
+    waiting = grpc_message(request_headers(body_mode=Mode.FULL_DUPLEX_STREAMED).SerializeToString())
+    quick = grpc_message(request_headers(end_of_stream=True).SerializeToString())
     try:
-        first = request_headers(body_mode=Mode.FULL_DUPLEX_STREAMED).SerializeToString()  # waits for the body
-        client.send(
-            client.headers(1, request_fields(grpc_timeout="50m")), frame(DATA, 0, 1, grpc_message(first))
-        )
-        answer = await client.trailers(1)
+        client.send(client.headers(1, request_fields(grpc_timeout="80m")), frame(DATA, 0, 1, waiting))
+        client.send(client.headers(3, request_fields(grpc_timeout="20m")), frame(DATA, 0, 3, waiting))
+        client.send(client.headers(5, request_fields(grpc_timeout="9S")), frame(DATA, END_STREAM, 5, quick))
+        answers = {i: await client.trailers(i) for i in (5, 3, 1)}
         assert await client.reset_code(1) == CANCEL
+        await client.ping_round_trip()
     finally:
         await client.close()
-    assert answer["grpc-status"] == str(GRPC_DEADLINE_EXCEEDED)
+    assert answers[5]["grpc-status"] == "0"
+    assert answers[3]["grpc-status"] == str(GRPC_DEADLINE_EXCEEDED)
+    assert answers[1]["grpc-status"] == str(GRPC_DEADLINE_EXCEEDED)
+    assert [k for k, _, s in client.summary() if s == 3].count(RST_STREAM) == 1  # CANCEL: it had not finished
     assert open_streams(state) == 0
 
 
