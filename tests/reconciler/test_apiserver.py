@@ -262,3 +262,25 @@ async def test_an_operator_that_keeps_applying_its_template_is_named_from_real_m
     (fight,) = events(kubectl, namespace, "WriterFight")
     assert OPERATOR in fight["note"]
     assert outcome.writer == OPERATOR
+
+
+async def test_an_audit_reads_every_page_of_a_paged_list(
+    control_plane: ControlPlaneInfo, kubectl: Kubectl, namespace: str
+) -> None:
+    for name in ("one", "two", "three"):
+        document = load("seed-bad.yaml")
+        document["metadata"]["name"] = name
+        create(kubectl, document, namespace)
+    api_client = build_api_client(
+        kubeconfig=control_plane.kubeconfig, context=None, user_agent="extproc-guard-reconciler/paged"
+    )
+    kube = CountingKube(api_client, field_manager=FIELD_MANAGER, timeout=30.0, page_size=1)
+
+    result = await reconciler_for(kube, namespace).audit()
+
+    assert result.errors == ()
+    assert sorted((o.name, o.action) for o in result.outcomes) == [
+        ("one", Action.FIXED),
+        ("three", Action.FIXED),
+        ("two", Action.FIXED),
+    ]

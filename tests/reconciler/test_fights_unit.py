@@ -127,3 +127,16 @@ def test_a_clean_version_written_by_someone_else_ends_the_fight(tracker: FightTr
 
     assert tracker.in_backoff(now=0.0) == 0
     assert tracker.observe_bad("ns/f", "bad-again", now=0.0).verdict is Verdict.FIX
+
+
+def test_rewrites_while_backing_off_are_not_new_reverts(tracker: FightTracker) -> None:
+    for n in range(2):
+        tracker.record_fix("ns/f", f"fixed-{n}")
+        decision = tracker.observe_bad("ns/f", f"reverted-{n}", now=0.0)
+    assert decision.verdict is Verdict.FIGHT
+
+    # The writer keeps writing its bad form; none of these undoes a fix of ours.
+    later = [tracker.observe_bad("ns/f", f"rewritten-{n}", now=1.0) for n in range(5)]
+
+    assert {(d.verdict, d.reverts, d.backoff_seconds) for d in later} == {(Verdict.WAIT, 2, 10.0)}
+    assert tracker.observe_bad("ns/f", "rewritten-5", now=10.0).verdict is Verdict.FIX
