@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -17,15 +18,32 @@ MEMO_SIZE = 256
 MEMO_MAX_BODY = 64 * 1024
 RESPONSE_PREFIX = b'{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":'
 
+# A `"uid"` member whose value is a plain string: printable ASCII without quotes or escapes, so the bytes
+# between the quotes are the value and `json.dumps` spells it the same way.
+PLAIN_UID = re.compile(rb'"uid": ?("[\x20\x21\x23-\x5b\x5d-\x7e]+")')
+
 MemoKey = tuple[Webhook, int, int, bytes]
 
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """A review's verdict, its response body, and the fields of its log line that follow from the body."""
+    """A review's verdict and response body, with what the log line and metrics need of the request."""
 
     verdict: Verdict
     payload: bytes
+    uid: str
+    operation: str
+    dry_run: bool
+    summary: str
+    """The log line's fields after the uid (they follow from the body without its uid)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Memo:
+    verdict: Verdict
+    tail: bytes
+    operation: str
+    dry_run: bool
     summary: str
 
 
@@ -45,6 +63,10 @@ class Reviewer:
     while the resolver's `generation` has not moved: the apiserver re-sends the same object on reinvocation,
     and reconcile loops re-apply unchanged filters. The key is the body with its one `"uid":"..."` member
     cut out, plus where it was cut, so two bodies share a key only when nothing but the uid differs.
+
+    `recall` finds such a body before it is parsed: a body whose key matches a remembered one is that
+    remembered (valid) review with another string literal where its uid was, so it is valid too and needs
+    no parsing; anything else goes through `parse_review` and `answer`.
     """
 
     def __init__(
@@ -58,13 +80,37 @@ class Reviewer:
         self.policy = policy
         self._resolver = resolver
         self._generation = generation
-        self._memo: OrderedDict[MemoKey, tuple[Verdict, bytes, str]] = OrderedDict()
+        self._memo: OrderedDict[MemoKey, _Memo] = OrderedDict()
         self._memo_size = memo_size
         self.hits = 0
         self.misses = 0
 
     def evaluate(self, document: Mapping[str, Any]) -> Evaluation:
         return evaluate(document, policy=self.policy, resolver=self._resolver)
+
+    def recall(self, body: bytes, *, webhook: Webhook) -> Answer | None:
+        """The answer to an unparsed body that differs from a remembered one only in its uid, else None."""
+        if not self._memo or len(body) > MEMO_MAX_BODY:
+            return None
+        match = PLAIN_UID.search(body)
+        if match is None:
+            return None
+        at, end = match.span()
+        key = (webhook, self._generation(), at, body[:at] + body[end:])
+        memo = self._memo.get(key)
+        if memo is None:
+            return None
+        self._memo.move_to_end(key)
+        self.hits += 1
+        literal = match.group(1)
+        return Answer(
+            verdict=memo.verdict,
+            payload=RESPONSE_PREFIX + literal + memo.tail,
+            uid=literal[1:-1].decode("ascii"),
+            operation=memo.operation,
+            dry_run=memo.dry_run,
+            summary=memo.summary,
+        )
 
     def answer(self, request: AdmissionRequest, *, webhook: Webhook, body: bytes) -> Answer:
         """The verdict and the response body; raises `MalformedReviewError` for a patch JSON cannot carry."""
@@ -75,18 +121,28 @@ class Reviewer:
             if cached is not None:
                 self._memo.move_to_end(key)
                 self.hits += 1
-                verdict, tail, summary = cached
-                return Answer(verdict, RESPONSE_PREFIX + uid + tail, summary)
+                return self._answer_from(cached, request.uid, RESPONSE_PREFIX + uid + cached.tail)
         self.misses += 1
         verdict = review_request(request, webhook=webhook, evaluate=self.evaluate, policy=self.policy)
         payload = encode_review(request, verdict)
-        summary = summarize(request, verdict)
+        memo = _Memo(verdict, b"", request.operation, request.dry_run, summarize(request, verdict))
         head = RESPONSE_PREFIX + uid
         if key is not None and payload.startswith(head):
-            self._memo[key] = (verdict, payload[len(head) :], summary)
+            self._memo[key] = _Memo(verdict, payload[len(head) :], memo.operation, memo.dry_run, memo.summary)
             if len(self._memo) > self._memo_size:
                 self._memo.popitem(last=False)
-        return Answer(verdict, payload, summary)
+        return self._answer_from(memo, request.uid, payload)
+
+    @staticmethod
+    def _answer_from(memo: _Memo, uid: str, payload: bytes) -> Answer:
+        return Answer(
+            verdict=memo.verdict,
+            payload=payload,
+            uid=uid,
+            operation=memo.operation,
+            dry_run=memo.dry_run,
+            summary=memo.summary,
+        )
 
     def _key(self, uid: bytes, webhook: Webhook, body: bytes) -> MemoKey | None:
         if self._memo_size <= 0 or len(body) > MEMO_MAX_BODY:

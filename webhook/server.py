@@ -2,7 +2,8 @@
 
 `make_app(settings)` builds everything a running server owns (policy, resolver, Service cache, certificate
 reloader, metrics) and hands the long-lived parts to `cleanup_ctx`, so `AppRunner.cleanup()` stops them.
-Handlers only translate: bytes -> `parse_review` -> `review_request` -> `build_response` -> bytes.
+Handlers only translate: bytes -> `parse_review` -> `review_request` -> `build_response` -> bytes (or, for a
+body that differs from a recent one only in its uid, bytes -> `Reviewer.recall` -> bytes).
 """
 
 from __future__ import annotations
@@ -195,20 +196,22 @@ async def handle_review(request: web.Request, *, webhook: Webhook) -> web.Respon
     app = request.app
     body = await read_body(request, app[SETTINGS_KEY])
     started = time.perf_counter()
-    review = parse_review(body)
-    answer = app[REVIEWER_KEY].answer(review, webhook=webhook, body=body)
+    reviewer = app[REVIEWER_KEY]
+    answer = reviewer.recall(body, webhook=webhook)
+    if answer is None:
+        answer = reviewer.answer(parse_review(body), webhook=webhook, body=body)
     seconds = time.perf_counter() - started
     verdict = answer.verdict
     app[METRICS_KEY].record_review(
         webhook=webhook,
-        operation=review.operation,
+        operation=answer.operation,
         outcome=verdict.outcome,
         rules=verdict.rules,
         seconds=seconds,
-        patched=bool(verdict.patch) and not review.dry_run,
+        patched=bool(verdict.patch) and not answer.dry_run,
     )
     # The audit line: its fields after the uid are formatted once per distinct body (see `Reviewer`).
-    logger.info(f"review webhook={webhook.value} uid={review.uid} {answer.summary} ms={seconds * 1000:.2f}")
+    logger.info(f"review webhook={webhook.value} uid={answer.uid} {answer.summary} ms={seconds * 1000:.2f}")
     return web.Response(body=answer.payload, content_type=JSON_CONTENT_TYPE)
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
+
+import pytest
 
 from policies.policy import default_policy
 from policies.resolver import StaticResolver
@@ -76,3 +79,55 @@ def test_a_uid_that_also_appears_in_the_object_is_not_memoized() -> None:
     answer(subject, compact(review))
     answer(subject, compact(review))
     assert (subject.misses, subject.hits) == (2, 0)
+
+
+def test_a_body_that_differs_only_in_uid_is_recalled_without_parsing_and_matches_a_fresh_answer() -> None:
+    subject = reviewer()
+    bad = load_document("seed-bad.yaml")
+    answer(subject, compact(review_of(bad, uid="first")))
+    body = compact(review_of(bad, uid="705ab4f5-6393-11e8-b7cc-42010a800002"))
+    recalled = subject.recall(body, webhook=Webhook.MUTATE)
+    assert recalled is not None
+    fresh = reviewer().answer(parse_review(body), webhook=Webhook.MUTATE, body=body)
+    assert recalled == fresh
+    assert json.loads(recalled.payload)["response"]["uid"] == "705ab4f5-6393-11e8-b7cc-42010a800002"
+    assert (subject.misses, subject.hits) == (1, 1)
+
+
+def _with_uid_literal(body: bytes, literal: bytes) -> bytes:
+    assert body.count(b'"uid":"first"') == 1
+    return body.replace(b'"uid":"first"', b'"uid":' + literal)
+
+
+NOT_RECALLED = [
+    pytest.param(lambda body: _with_uid_literal(body, b'"a\\u0062"'), id="escaped-uid"),
+    pytest.param(lambda body: _with_uid_literal(body, b'""'), id="empty-uid"),
+    pytest.param(lambda body: _with_uid_literal(body, b"7"), id="number-uid"),
+    pytest.param(lambda body: _with_uid_literal(body, b"null"), id="null-uid"),
+    pytest.param(lambda body: body.replace(b'"CREATE"', b'"UPDATE"'), id="other-operation"),
+    pytest.param(lambda body: body.replace(b'"dryRun":false', b'"dryRun":true'), id="dry-run"),
+    pytest.param(lambda body: body + b" ", id="other-spacing"),
+]
+
+
+@pytest.mark.parametrize("change", NOT_RECALLED)
+def test_a_body_that_differs_in_more_than_a_plain_uid_is_not_recalled(
+    change: Callable[[bytes], bytes],
+) -> None:
+    subject = reviewer()
+    body = compact(review_of(load_document("seed-bad.yaml"), uid="first"))
+    answer(subject, body)
+    changed = change(body)
+    assert changed != body
+    assert subject.recall(changed, webhook=Webhook.MUTATE) is None
+
+
+def test_nothing_is_recalled_for_another_webhook_or_after_a_resolver_change() -> None:
+    generation = [0]
+    subject = reviewer(generation)
+    bad = load_document("seed-bad.yaml")
+    assert subject.recall(compact(review_of(bad, uid="a")), webhook=Webhook.MUTATE) is None, "nothing yet"
+    answer(subject, compact(review_of(bad, uid="a")))
+    assert subject.recall(compact(review_of(bad, uid="b")), webhook=Webhook.VALIDATE) is None
+    generation[0] += 1
+    assert subject.recall(compact(review_of(bad, uid="c")), webhook=Webhook.MUTATE) is None
