@@ -24,10 +24,11 @@ Limits, so that no peer gets unbounded memory or CPU (all in `H2Settings`):
 - receive windows are granted as data is consumed and held back while answers wait for the peer's
   window (a peer that sends without reading is stopped by flow control); the socket stops being read
   while the kernel send buffer is full, so PING/SETTINGS floods from a peer that does not read are bounded;
-- streams reset by the client, or reset by the server because of the client, draw from a token bucket
-  (rapid reset, CVE-2023-44487) that time and every normally completed call refill; an empty bucket
-  ends the connection with ENHANCE_YOUR_CALM. A gateway whose clients cancel some requests never empties
-  it; a client that opens streams only to reset them does.
+- streams the client resets before the server answered anything, and streams the server resets because
+  of the client, draw from a token bucket (rapid reset, CVE-2023-44487) that time and every normally
+  completed call refill; an empty bucket ends the connection with ENHANCE_YOUR_CALM. Envoy ends every
+  ext_proc stream with a reset once it has its answers, and a gateway's clients cancel some requests:
+  neither empties the bucket; a client that opens streams only to reset them does.
 Protocol errors end the connection with GOAWAY and the RFC's error code; stream errors reset the stream.
 """
 
@@ -575,7 +576,8 @@ class GrpcH2Protocol(asyncio.Protocol):
         if stream is None:
             return
         self._close_stream(stream_id, stream, "cancelled")
-        self._draw_reset_token()
+        if not stream.sent_headers:  # reset before the server answered anything: wasted work
+            self._draw_reset_token()
 
     def _is_idle(self, stream_id: int) -> bool:
         return stream_id > self._last_stream or stream_id % 2 == 0

@@ -590,6 +590,25 @@ async def test_resets_among_completed_calls_keep_the_connection(epp_state: EppSe
     assert open_streams(epp_state) == 0
 
 
+async def test_resets_of_answered_streams_as_envoy_sends_them_cost_no_budget(epp_state: EppServer) -> None:
+    """Envoy's ext_proc filter resets its stream once it has its answers (seen with a real Envoy in the
+    benchmark); those resets come after the server's work is done and are not rapid resets."""
+    server, port = await start_h2(epp_state, H2Settings(reset_burst=20, reset_rate=0.001))
+    client = await RawClient.connect(port)
+    message = grpc_message(request_headers().SerializeToString())
+    cancel = struct.pack(">I", CANCEL)
+    try:
+        for i in range(1, 400, 2):
+            client.send(client.headers(i, request_fields()), frame(DATA, 0, i, message))
+            client.send(frame(RST_STREAM, 0, i, cancel))
+        await client.ping_round_trip()
+    finally:
+        await client.close()
+        await server.stop(0.5)
+    assert GOAWAY not in [k for k, _, _ in client.summary()]
+    assert open_streams(epp_state) == 0
+
+
 async def test_resets_within_the_budget_keep_the_connection(h2: tuple[EppServer, int]) -> None:
     state, port = h2
     client = await RawClient.connect(port)
