@@ -10,12 +10,16 @@ serves, on loopback over plain HTTP:
   patch is a precondition: 409);
 - `metadata.managedFields` per field manager (`fieldManager` query parameter), lists atomic as the
   apiserver's deduced schema for preserved unknown fields keeps them, so the writer of a field can be named;
+- `?watch=true` on a collection (namespaced or cluster-wide): ADDED / MODIFIED events of the objects
+  committed after the given resourceVersion, as newline-delimited JSON, until `timeoutSeconds` (no
+  bookmarks, no compaction; the watch tests that need 410 Gone use `kubefake.FakeServiceAPI`);
 - Services at `/api/v1/services` (list + watch) through the webhook tests' `FakeServiceAPI`.
 Every request is recorded (method, path, User-Agent) so tests can count who wrote what.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import json
@@ -118,6 +122,10 @@ class FakeKubeAPI:
     port: int = 0
     _runner: web.AppRunner | None = None
     _tick: int = 0
+    _history: list[tuple[int, Key, dict[str, Any]]] = field(default_factory=list)
+    _watchers: list[tuple[tuple[str, str, str | None], asyncio.Queue[dict[str, Any] | None]]] = field(
+        default_factory=list
+    )
 
     # -- driving the fake (from the test's event loop) -----------------------------------------------
     def store(self, obj: dict[str, Any], *, group: str, plural: str, manager: str) -> dict[str, Any]:
@@ -196,6 +204,11 @@ class FakeKubeAPI:
             if paths
         ]
         self.objects[key] = new
+        event = {"type": "ADDED" if old is None else "MODIFIED", "object": copy.deepcopy(new)}
+        self._history.append((self.version, key, event))
+        for (group, plural, namespace), queue in self._watchers:
+            if (group, plural) == key[:2] and namespace in (None, key[2]):
+                queue.put_nowait(event)
         return copy.deepcopy(new)
 
     # -- the HTTP side -------------------------------------------------------------------------------
@@ -206,12 +219,38 @@ class FakeKubeAPI:
     def _served(self, group: str) -> bool:
         return self.serve_policy_reports or group != POLICY_REPORTS[0]
 
-    async def handle_cluster_list(self, request: web.Request) -> web.Response:
+    async def handle_cluster_list(self, request: web.Request) -> web.StreamResponse:
         group, plural = request.match_info["group"], request.match_info["plural"]
         self._record(request, (group, plural, "", ""), 200)
+        if request.query.get("watch") in ("true", "True", "1"):
+            return await self._watch(request, group, plural, None)
         return self._list(group, plural, None, request.match_info["version"])
 
-    async def handle_collection(self, request: web.Request) -> web.Response:
+    async def _watch(
+        self, request: web.Request, group: str, plural: str, namespace: str | None
+    ) -> web.StreamResponse:
+        since = int(request.query.get("resourceVersion") or self.version)
+        timeout = float(request.query.get("timeoutSeconds") or 1800)
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        for version, key, event in self._history:
+            if version > since and key[:2] == (group, plural) and namespace in (None, key[2]):
+                queue.put_nowait(event)
+        watcher = ((group, plural, namespace), queue)
+        self._watchers.append(watcher)
+        try:
+            async with asyncio.timeout(timeout):
+                while (event := await queue.get()) is not None:
+                    await response.write(json.dumps(event).encode() + b"\n")
+        except (TimeoutError, ConnectionResetError):
+            pass  # the watch timed out, or its client went away
+        finally:
+            self._watchers.remove(watcher)
+        return response
+
+    async def handle_collection(self, request: web.Request) -> web.StreamResponse:
         info = request.match_info
         group, plural, namespace = info["group"], info["plural"], info["namespace"]
         if not self._served(group):
@@ -219,6 +258,8 @@ class FakeKubeAPI:
             return _status(404, "NotFound", "the server could not find the requested resource")
         if request.method == "GET":
             self._record(request, (group, plural, namespace, ""), 200)
+            if request.query.get("watch") in ("true", "True", "1"):
+                return await self._watch(request, group, plural, namespace)
             return self._list(group, plural, namespace, info["version"])
         body = await request.json()
         metadata = body.setdefault("metadata", {})
@@ -337,6 +378,8 @@ class FakeKubeAPI:
 
     async def stop(self) -> None:
         self.services.drop_watches()
+        for _scope, queue in self._watchers:
+            queue.put_nowait(None)
         if self._runner is not None:
             with contextlib.suppress(Exception):
                 await self._runner.cleanup()
