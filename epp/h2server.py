@@ -71,6 +71,7 @@ _MAX_FRAME = 16384  # the default SETTINGS_MAX_FRAME_SIZE, which this server kee
 _HPACK_DEFAULT_TABLE = 4096  # what a client may use until it has acknowledged our SETTINGS
 _CACHEABLE_BLOCK = 1024  # larger header blocks are decoded every time, not remembered
 _REMEMBERED_RESETS = 1024  # streams this server reset, whose late frames are ignored quietly
+_SHUTDOWN_PING = b"shutdown"  # the PING between the two GOAWAY frames of a graceful close
 _LINGER_SECONDS = 1.0  # after a connection error: how long the client gets to read the GOAWAY
 
 # HPACK: ":status: 200" (static index 8); "content-type: application/grpc" (literal, static name 31)
@@ -313,7 +314,8 @@ class GrpcH2Protocol(asyncio.Protocol):
         self._reset_tokens = float(settings.reset_burst)
         self._reset_stamp = time.monotonic()
         self._out: list[bytes] = []
-        self._goaway = False
+        self._goaway = False  # no new streams: the final GOAWAY was sent, or the client sent one
+        self._draining = False  # the first GOAWAY of a graceful close was sent
         self._closed = False
         self._linger: asyncio.TimerHandle | None = None
         self._watchdog: asyncio.TimerHandle | None = None  # fires at the earliest grpc-timeout
@@ -394,14 +396,21 @@ class GrpcH2Protocol(asyncio.Protocol):
     # -- shutdown
 
     def send_goaway(self) -> None:
-        """Tell the client no new streams will be accepted; open ones may finish."""
-        if self._transport is None or self._goaway or self._closed:
+        """Start a graceful close (RFC 9113 section 6.8): a GOAWAY with the highest stream id first, so
+        streams the client is sending right now are still served, then a PING; when its ACK shows the
+        client has seen the GOAWAY, the final GOAWAY names the last stream served and later ones are
+        refused. Open streams may finish; the connection closes when none is left."""
+        if self._transport is None or self._goaway or self._draining or self._closed:
             return
+        self._draining = True
+        self._out.append(_frame(_GOAWAY, 0, 0, struct.pack(">II", _MAX_WINDOW, NO_ERROR)))
+        self._out.append(_frame(_PING, 0, 0, _SHUTDOWN_PING))
+        self._flush()
+
+    def _send_final_goaway(self) -> None:
         self._goaway = True
         self._out.append(_frame(_GOAWAY, 0, 0, struct.pack(">II", self._last_stream, NO_ERROR)))
-        self._flush()
-        if not self._streams:
-            self._transport.close()
+        self._maybe_close_after_goaway()
 
     def close(self) -> None:
         if self._transport is not None:
@@ -514,6 +523,8 @@ class GrpcH2Protocol(asyncio.Protocol):
             raise _ConnectionError(FRAME_SIZE_ERROR, "PING payload is not 8 bytes")
         if not flags & _ACK:
             self._out.append(_frame(_PING, _ACK, 0, payload))
+        elif payload == _SHUTDOWN_PING and self._draining and not self._goaway:
+            self._send_final_goaway()
 
     def _on_settings(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id != 0:

@@ -714,20 +714,31 @@ async def test_a_client_that_disconnects_mid_stream_leaves_nothing_open(h2: tupl
     assert open_streams(state) == 0
 
 
-async def test_graceful_stop_sends_goaway_refuses_new_streams_and_lets_open_ones_finish(
+async def test_graceful_stop_serves_streams_in_flight_refuses_later_ones_and_lets_open_ones_finish(
     epp_state: EppServer,
 ) -> None:
+    """Two-step GOAWAY (RFC 9113 section 6.8): streams the client sends before it has seen the GOAWAY
+    are served; after the PING round trip the final GOAWAY names the last one, later streams are refused
+    (REFUSED_STREAM: the client may retry them elsewhere), open streams finish, then the server closes."""
     server, port = await start_h2(epp_state)
     client = await RawClient.connect(port)
+    waiting = grpc_message(request_headers(body_mode=Mode.FULL_DUPLEX_STREAMED).SerializeToString())
+    quick = grpc_message(request_headers(end_of_stream=True).SerializeToString())
     try:
-        first = request_headers(body_mode=Mode.FULL_DUPLEX_STREAMED).SerializeToString()
-        client.send(client.headers(1, request_fields()), frame(DATA, 0, 1, grpc_message(first)))
+        client.send(client.headers(1, request_fields()), frame(DATA, 0, 1, waiting))
         await client.ping_round_trip()
         stopping = asyncio.create_task(server.stop(5.0))
         _, _, _, payload = await client.read_until(GOAWAY)
-        assert struct.unpack(">II", payload[:8]) == (1, NO_ERROR)
-        client.send(client.headers(3, request_fields()))
-        assert await client.reset_code(3) == REFUSED_STREAM
+        assert struct.unpack(">II", payload[:8]) == (2**31 - 1, NO_ERROR)
+        client.send(client.headers(3, request_fields()), frame(DATA, END_STREAM, 3, quick))  # in flight
+        assert (await client.trailers(3))["grpc-status"] == "0"
+        probes = [p for k, f, _, p in client.seen if k == PING and not f & ACK]  # came with the GOAWAY
+        assert probes
+        client.send(frame(PING, ACK, 0, probes[0]))
+        _, _, _, payload = await client.read_until(GOAWAY)
+        assert struct.unpack(">II", payload[:8]) == (3, NO_ERROR)
+        client.send(client.headers(5, request_fields()))
+        assert await client.reset_code(5) == REFUSED_STREAM
         body = ext_proc.ProcessingRequest(request_body=ext_proc.HttpBody(body=b"{}", end_of_stream=True))
         client.send(frame(DATA, END_STREAM, 1, grpc_message(body.SerializeToString())))
         assert (await client.trailers(1))["grpc-status"] == "0"
@@ -744,9 +755,10 @@ async def test_graceful_stop_is_bounded_when_a_stream_never_finishes(epp_state: 
     try:
         client.send(client.headers(1, request_fields()))
         await client.ping_round_trip()
-        await asyncio.wait_for(server.stop(0.2), timeout=WAIT)
+        await asyncio.wait_for(server.stop(0.2), timeout=WAIT)  # the client never acknowledges the PING
         await client.read_until(GOAWAY)
-        assert await client.read_frame() is None
+        while await client.read_frame() is not None:
+            pass
     finally:
         await client.close()
     assert open_streams(epp_state) == 0
