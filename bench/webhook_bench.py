@@ -4,8 +4,9 @@ Runs `extproc-guard serve` (static `--service`, so no cluster is needed) and, in
 TLS server that answers the same AdmissionReview with `allowed: true` and nothing else. `wrk`, with a Lua
 script that posts a real review under a fresh uid per request, loads both: the seed's bad filter on
 /mutate and its corrected form on /validate, at concurrency 16 and 64, in interleaved rounds. It prints
-requests/s, p50/p99, server CPU per request and the ratio to the baseline (medians over the rounds), then
-an error run at concurrency 64 of at least --requests requests.
+requests/s, p50/p99, server CPU per request, the throughput ratio to the baseline and the ratio the CPU per
+request implies (medians over the rounds), then an error run at concurrency 64 of at least --requests
+requests.
 
 Not a test: the numbers depend on the machine and on what else runs on it. Needs `wrk` on PATH.
 
@@ -230,7 +231,7 @@ def compare(
     args: argparse.Namespace, guard: Server, bare: Server, bodies: dict[str, Path], script: Path
 ) -> None:
     header = f"{'endpoint':<10} {'conc':>4} {'server':<14} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7}"
-    print(header + f" {'errors':>6} {'cpu us/req':>10} {'ratio':>6}")
+    print(header + f" {'errors':>6} {'cpu us/req':>10} {'ratio':>6} {'cpu ratio':>9}")
     for path, body in bodies.items():
         for server in (guard, bare):  # warm up: imports, first evaluations, connection setup
             run_wrk(server, path, body, script, connections=16, seconds=2)
@@ -245,10 +246,13 @@ def compare(
             for server in (bare, guard):
                 run = median_run(runs[server.name])
                 ratio = f"{run.rps / base.rps:.2f}" if server is guard and base.rps else ""
+                # CPU per request is steadier than wall-clock throughput on a shared machine: the
+                # throughput ratio the server's own cost allows, all else equal.
+                cpu_ratio = f"{base.cpu_us / run.cpu_us:.2f}" if server is guard and run.cpu_us else ""
                 errors = sum(r.errors for r in runs[server.name])
                 print(
                     f"{path:<10} {connections:>4} {server.name:<14} {run.rps:>8.0f} {run.p50_ms:>7.2f} "
-                    f"{run.p99_ms:>7.2f} {errors:>6} {run.cpu_us:>10.0f} {ratio:>6}",
+                    f"{run.p99_ms:>7.2f} {errors:>6} {run.cpu_us:>10.0f} {ratio:>6} {cpu_ratio:>9}",
                     flush=True,
                 )
 
