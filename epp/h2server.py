@@ -113,6 +113,7 @@ class H2Settings:
     max_buffered: int = 32 << 20  # partial messages, and answers waiting for window, per connection
     reset_burst: int = 1000  # streams a client may reset (or make the server reset) at once ...
     reset_rate: float = 100.0  # ... and per second after that
+    handshake_timeout: float = 10.0  # seconds a new connection has to send the preface and SETTINGS
 
     def __post_init__(self) -> None:
         if not _DEFAULT_WINDOW <= self.stream_window <= _MAX_WINDOW:
@@ -319,6 +320,7 @@ class GrpcH2Protocol(asyncio.Protocol):
         self._closed = False
         self._linger: asyncio.TimerHandle | None = None
         self._watchdog: asyncio.TimerHandle | None = None  # fires at the earliest grpc-timeout
+        self._handshake: asyncio.TimerHandle | None = None  # closes a connection that never starts
         self.peer = "-"
 
     # -- asyncio.Protocol
@@ -345,7 +347,19 @@ class GrpcH2Protocol(asyncio.Protocol):
         if grow:
             self._out.append(_frame(_WINDOW_UPDATE, 0, 0, struct.pack(">I", grow)))
         self._flush()
+        self._handshake = self._loop.call_later(self._settings.handshake_timeout, self._on_handshake_timeout)
         logger.debug("h2 connection opened peer=%s", self.peer)
+
+    def _on_handshake_timeout(self) -> None:
+        self._handshake = None
+        if self._settings_seen or self._transport is None:
+            return
+        logger.warning(
+            "h2 connection closed peer=%s: no HTTP/2 preface and SETTINGS within %ss",
+            self.peer,
+            self._settings.handshake_timeout,
+        )
+        self._abort(PROTOCOL_ERROR, "no connection preface in time")
 
     def data_received(self, data: bytes) -> None:
         if self._closed:
@@ -379,9 +393,10 @@ class GrpcH2Protocol(asyncio.Protocol):
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
+        for handle in (self._watchdog, self._handshake):
+            if handle is not None:
+                handle.cancel()
+        self._watchdog = self._handshake = None
         for stream in self._streams.values():
             self._end_processing(stream, "cancelled")
         self._streams.clear()
@@ -484,6 +499,9 @@ class GrpcH2Protocol(asyncio.Protocol):
             if kind != _SETTINGS or flags & _ACK:
                 raise _ConnectionError(PROTOCOL_ERROR, "the first frame after the preface must be SETTINGS")
             self._settings_seen = True
+            if self._handshake is not None:
+                self._handshake.cancel()
+                self._handshake = None
         if self._continuation is not None and kind != _CONTINUATION:
             raise _ConnectionError(PROTOCOL_ERROR, "expected CONTINUATION")
         if kind == _DATA:

@@ -749,6 +749,22 @@ async def test_graceful_stop_serves_streams_in_flight_refuses_later_ones_and_let
     assert open_streams(epp_state) == 0
 
 
+async def test_a_connection_that_never_sends_the_preface_is_closed(epp_state: EppServer) -> None:
+    server, port = await start_h2(epp_state, H2Settings(handshake_timeout=0.2))
+    silent = RawClient(*await asyncio.open_connection("127.0.0.1", port))
+    talking = await RawClient.connect(port)
+    try:
+        _, code, debug = await silent.goaway()  # bounded by the read timeout
+        await asyncio.sleep(0.3)  # past the handshake timeout: the talking client is not affected
+        await talking.ping_round_trip()
+    finally:
+        await silent.close()
+        await talking.close()
+        await server.stop(0.5)
+    assert code == PROTOCOL_ERROR
+    assert b"preface" in debug
+
+
 async def test_graceful_stop_is_bounded_when_a_stream_never_finishes(epp_state: EppServer) -> None:
     server, port = await start_h2(epp_state)
     client = await RawClient.connect(port)
