@@ -21,6 +21,8 @@ Limits, so that no peer gets unbounded memory or CPU (all in `H2Settings`):
   the accumulated HEADERS + CONTINUATION block;
 - a gRPC message over `max_message_size` ends its call with RESOURCE_EXHAUSTED; partial messages of all
   streams together are bounded per connection;
+- more than 100 DATA or CONTINUATION frames in a row that carry nothing end the connection
+  (ENHANCE_YOUR_CALM);
 - receive windows are granted as data is consumed and held back while answers wait for the peer's
   window (a peer that sends without reading is stopped by flow control); the socket stops being read
   while the kernel send buffer is full, so PING/SETTINGS floods from a peer that does not read are bounded;
@@ -71,6 +73,7 @@ _MAX_FRAME = 16384  # the default SETTINGS_MAX_FRAME_SIZE, which this server kee
 _HPACK_DEFAULT_TABLE = 4096  # what a client may use until it has acknowledged our SETTINGS
 _CACHEABLE_BLOCK = 1024  # larger header blocks are decoded every time, not remembered
 _REMEMBERED_RESETS = 1024  # streams this server reset, whose late frames are ignored quietly
+_MAX_EMPTY_FRAMES = 100  # consecutive DATA/CONTINUATION frames that carry nothing and end nothing
 _SHUTDOWN_PING = b"shutdown"  # the PING between the two GOAWAY frames of a graceful close
 _LINGER_SECONDS = 1.0  # after a connection error: how long the client gets to read the GOAWAY
 
@@ -310,6 +313,7 @@ class GrpcH2Protocol(asyncio.Protocol):
         self._peer_max_frame = _MAX_FRAME
         self._recv_window = settings.connection_window
         self._conn_owed = 0
+        self._empty_frames = 0  # consecutive frames that carry nothing (CVE-2019-9518 flood)
         self._partial = 0  # bytes of partial messages, all streams
         self._pending = 0  # bytes of answers waiting for window, all streams
         self._reset_tokens = float(settings.reset_burst)
@@ -643,12 +647,21 @@ class GrpcH2Protocol(asyncio.Protocol):
         if self._continuation is None or self._continuation[0] != stream_id:
             raise _ConnectionError(PROTOCOL_ERROR, "unexpected CONTINUATION")
         _, first_flags, block = self._continuation
+        if payload or flags & _END_HEADERS:
+            self._empty_frames = 0
+        else:
+            self._count_empty_frame()
         block += payload
         if len(block) > 2 * self._settings.max_header_list_size:
             raise _ConnectionError(ENHANCE_YOUR_CALM, f"header block above {len(block) - len(payload)} bytes")
         if flags & _END_HEADERS:
             self._continuation = None
             self._on_header_block(first_flags, stream_id, bytes(block))
+
+    def _count_empty_frame(self) -> None:
+        self._empty_frames += 1
+        if self._empty_frames > _MAX_EMPTY_FRAMES:
+            raise _ConnectionError(ENHANCE_YOUR_CALM, f"more than {_MAX_EMPTY_FRAMES} empty frames in a row")
 
     def _decode(self, block: bytes) -> _Decoded:
         table = self._decoder.header_table.dynamic_entries
@@ -735,6 +748,10 @@ class GrpcH2Protocol(asyncio.Protocol):
         if stream_id == 0:
             raise _ConnectionError(PROTOCOL_ERROR, "DATA on stream 0")
         size = len(payload)
+        if size or flags & _END_STREAM:
+            self._empty_frames = 0
+        else:
+            self._count_empty_frame()
         if size > self._recv_window:
             raise _ConnectionError(FLOW_CONTROL_ERROR, "DATA beyond the connection window")
         self._recv_window -= size

@@ -341,6 +341,16 @@ CONNECTION_ERRORS = [
         id="continuation-flood",
     ),
     pytest.param(
+        lambda c: [frame(SETTINGS, 0, 0), c.headers(1, request_fields()), *[frame(DATA, 0, 1)] * 200],
+        ENHANCE_YOUR_CALM,
+        id="empty-data-flood",
+    ),
+    pytest.param(
+        lambda c: [frame(SETTINGS, 0, 0), frame(HEADERS, 0, 1, b"\x83"), *[frame(CONTINUATION, 0, 1)] * 200],
+        ENHANCE_YOUR_CALM,
+        id="empty-continuation-flood",
+    ),
+    pytest.param(
         lambda c: [frame(SETTINGS, 0, 0), frame(HEADERS, END_HEADERS, 1, b"\xff\xff\xff\xff\xff")],
         COMPRESSION_ERROR,
         id="hpack-garbage",
