@@ -776,8 +776,9 @@ class GrpcH2Protocol(asyncio.Protocol):
             return
         stream.recv_window -= size
         stream.owed += size
-        if stream.final is not None:
-            return  # the call is over, its trailers wait for window: later messages are not run
+        if stream.final is not None:  # the call is over, its trailers wait for window: nothing more runs
+            stream.client_done = stream.client_done or bool(flags & _END_STREAM)
+            return
         if data:
             self._on_bytes(stream_id, stream, data)
             if self._streams.get(stream_id) is not stream:
