@@ -32,7 +32,7 @@ from webhook.leader import LeaseElector
 from webhook.reconcile_kube import KubeObjects, build_api_client
 from webhook.reconcile_metrics import ReconcileMetrics, make_metrics_app
 from webhook.reconcile_settings import ReconcileSettings
-from webhook.reconcile_watch import ChangeQueue, FilterWatch, WatchSettings
+from webhook.reconcile_watch import ChangeQueue, FilterChange, FilterWatch, WatchSettings
 from webhook.reconciler import Action, AuditResult, Reconciler
 from webhook.services import ServiceCache
 from webhook.settings import KubeSettings
@@ -167,7 +167,25 @@ async def reconcile_changes(
     reconciler: Reconciler, *, changes: ChangeQueue, may_write: Callable[[], bool], stop: asyncio.Event
 ) -> None:
     """Look at each EnvoyFilter the watch saw change. Changes seen while not leading are dropped: gaining
-    the Lease starts a full audit anyway."""
+    the Lease starts a full audit anyway. An object left alone for a fight's back-off is looked at again
+    when the back-off ends (one timer per object), not only at the next audit."""
+    loop = asyncio.get_running_loop()
+    timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
+    try:
+        await _reconcile_changes(reconciler, changes, may_write, stop, loop, timers)
+    finally:
+        for timer in timers.values():
+            timer.cancel()
+
+
+async def _reconcile_changes(
+    reconciler: Reconciler,
+    changes: ChangeQueue,
+    may_write: Callable[[], bool],
+    stop: asyncio.Event,
+    loop: asyncio.AbstractEventLoop,
+    timers: dict[tuple[str, str], asyncio.TimerHandle],
+) -> None:
     while not stop.is_set():
         waiter = asyncio.ensure_future(changes.wait())
         stopper = asyncio.ensure_future(stop.wait())
@@ -185,7 +203,12 @@ async def reconcile_changes(
         for change in batch:
             if stop.is_set():
                 return
-            await reconciler.reconcile_change(change)
+            outcome = await reconciler.reconcile_change(change)
+            if outcome is not None and outcome.retry_in is not None:
+                if (previous := timers.pop(change.key, None)) is not None:
+                    previous.cancel()
+                again = FilterChange(change.namespace, change.name, "")
+                timers[change.key] = loop.call_later(outcome.retry_in, changes.offer, again)
 
 
 async def _start_metrics(settings: ReconcileSettings, metrics: ReconcileMetrics) -> web.AppRunner | None:

@@ -94,6 +94,8 @@ class Outcome:
     uid: str = ""
     attempts: int = 1
     writer: str = ""
+    retry_in: float | None = None
+    """For BACKING_OFF: seconds until the back-off ends and the object may be fixed again."""
 
     @property
     def unfixed(self) -> tuple[Finding, ...]:
@@ -213,7 +215,8 @@ class Reconciler:
     # -- one changed object (the watch) -----------------------------------------------------------------
     async def reconcile_change(self, change: FilterChange) -> Outcome | None:
         """Look at one EnvoyFilter the watch saw change; None when there is nothing new to look at: the
-        version is one this reconciler already looked at, or the one its own patch wrote."""
+        version is one this reconciler already looked at, or the one its own patch wrote. A change with
+        no resourceVersion is always looked at (a back-off that ended)."""
         key = change.key
         async with self._lock:
             if change.deleted:
@@ -317,8 +320,15 @@ class Reconciler:
             decision = self._fights.observe_bad(key, version, now=self._clock())
             if decision.verdict is not Verdict.FIX:
                 writer = await self._report_fight(obj, plan, decision)
+                retry_in = max(0.0, (decision.retry_at or 0.0) - self._clock())
                 return Outcome(
-                    namespace, name, Action.BACKING_OFF, remaining=plan.findings, uid=uid, writer=writer
+                    namespace,
+                    name,
+                    Action.BACKING_OFF,
+                    remaining=plan.findings,
+                    uid=uid,
+                    writer=writer,
+                    retry_in=retry_in,
                 )
             if self._settings.dry_run:
                 self._metrics.would_fix.inc()

@@ -233,3 +233,21 @@ async def test_a_service_recreated_with_a_new_cluster_ip_is_repaired_through_the
     assert running.fixed("drift") == 1
     assert running.fixed("audit") == 1
     assert running.fixed("watch") == 0
+
+
+@pytest.mark.usefixtures("epp_service")
+async def test_a_filter_left_alone_for_a_fight_is_fixed_again_when_the_back_off_ends_without_an_audit(
+    kubectl: Kubectl, namespace: str, start: Callable[..., Running]
+) -> None:
+    await operator_applies(kubectl, load("seed-bad.yaml"), namespace)
+    running = start(backoff_initial_seconds=1.0)
+    await wait_for(lambda: is_corrected(kubectl, namespace), "the first audit fixed the filter", running)
+    await operator_applies(kubectl, load("seed-bad.yaml"), namespace, rollout=1)
+    await wait_for(lambda: is_corrected(kubectl, namespace), "the watch fixed the first rewrite", running)
+
+    await operator_applies(kubectl, load("seed-bad.yaml"), namespace, rollout=2)  # now a fight
+    await wait_for(lambda: is_corrected(kubectl, namespace), "the fix after the back-off", running)
+
+    (fight,) = await asyncio.to_thread(events, kubectl, namespace, "WriterFight")
+    assert "backs off 1s" in fight["note"]
+    assert (running.fixed("audit"), running.fixed("watch")) == (1, 2)
