@@ -608,7 +608,10 @@ class GrpcH2Protocol(asyncio.Protocol):
         stream = self._streams.get(stream_id)
         if stream is None:
             return
-        self._close_stream(stream_id, stream, "cancelled")
+        # Envoy resets every ext_proc stream once the request no longer needs it: after the decision that
+        # is the stream's normal end; before it, the request was abandoned.
+        decided = stream.processing is not None and stream.processing.decided
+        self._close_stream(stream_id, stream, "completed" if decided else "cancelled")
         if not stream.sent_headers:  # reset before the server answered anything: wasted work
             self._draw_reset_token()
 

@@ -121,7 +121,8 @@ class Processor:
             # A stream that ends owing an answer waits a moment for that, so it is logged as cancelled.
             await asyncio.sleep(0 if stream.decided else 0.05)
         except asyncio.CancelledError:
-            outcome = "cancelled"
+            # Envoy resets each stream once it has what it needs: after the decision that is the normal end.
+            outcome = "completed" if stream.decided else "cancelled"
             raise
         except Exception as exc:
             outcome = "error"

@@ -228,18 +228,15 @@ async def test_a_stream_closed_without_messages_is_logged_as_completed(
         pytest.param(
             [request_headers(body_mode=Mode.FULL_DUPLEX_STREAMED)], 0, id="while-the-epp-holds-headers"
         ),
-        pytest.param([request_headers()], 1, id="after-the-decision"),
     ],
 )
-async def test_a_cancelled_stream_is_logged_as_cancelled(
+async def test_a_stream_cancelled_before_its_decision_is_logged_as_cancelled(
     epp: EppServer,
     caplog: pytest.LogCaptureFixture,
     messages: list[ext_proc.ProcessingRequest],
     answers_before_cancel: int,
     transport: str,
 ) -> None:
-    if transport == "grpcio" and answers_before_cancel:
-        pytest.skip("grpcio reports a cancel after the last answer like a normal end of the request stream")
     caplog.set_level(logging.INFO, logger="epp")
     async with grpc.aio.insecure_channel(f"127.0.0.1:{epp.port}") as channel:
         call = ext_proc_grpc.ExternalProcessorStub(channel).Process(timeout=10)
@@ -255,6 +252,23 @@ async def test_a_cancelled_stream_is_logged_as_cancelled(
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stream ")]
     assert len(lines) == 1
     assert "outcome=cancelled" in lines[0]
+
+
+async def test_a_stream_reset_after_its_decision_is_its_normal_end(
+    epp: EppServer, caplog: pytest.LogCaptureFixture, transport: str
+) -> None:
+    """Envoy resets each ext_proc stream once it has what it needs: that is no failure to report."""
+    caplog.set_level(logging.INFO, logger="epp")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{epp.port}") as channel:
+        call = ext_proc_grpc.ExternalProcessorStub(channel).Process(timeout=10)
+        await call.write(request_headers())
+        assert destination(await call.read()) in STATIC_NAMES
+        call.cancel()
+        assert await wait_for_sample(epp, "epp_streams_total", {"outcome": "completed"}, 1) == 1
+    assert sample_value(epp, "epp_streams_total", {"outcome": "cancelled"}) == 0
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stream ")]
+    assert len(lines) == 1
+    assert "outcome=completed" in lines[0]
 
 
 async def test_the_grpc_health_service_reports_serving(epp: EppServer) -> None:
