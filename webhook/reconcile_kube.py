@@ -14,14 +14,14 @@ import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from kubernetes.config.config_exception import ConfigException
 
 from policies.patch import PatchOp
+from webhook.kubeclient import KubeConfigError as KubeConfigError
+from webhook.kubeclient import build_api_client as build_api_client
 
 logger = logging.getLogger(__name__)
 
@@ -61,31 +61,6 @@ class ConflictError(KubeAPIError):
 
 class NotFoundError(KubeAPIError):
     """The object does not exist (404)."""
-
-
-class KubeConfigError(Exception):
-    """The kubeconfig or in-cluster configuration cannot be used; one plain line."""
-
-
-def build_api_client(*, kubeconfig: Path | None, context: str | None, user_agent: str) -> Any:
-    """An `ApiClient` of its own (kubeconfig None = the pod's service account); the library's global
-    default configuration is left alone."""
-    try:
-        if kubeconfig is None:
-            configuration = client.Configuration()
-            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-            api_client = client.ApiClient(configuration)
-        else:
-            if not kubeconfig.is_file():
-                raise KubeConfigError(f"{kubeconfig}: kubeconfig file not found")
-            api_client = config.new_client_from_config(  # type: ignore[no-untyped-call]
-                config_file=str(kubeconfig), context=context, persist_config=False
-            )
-    except (ConfigException, OSError, ValueError, TypeError) as error:
-        where = str(kubeconfig) if kubeconfig is not None else "in-cluster config"
-        raise KubeConfigError(f"{where}: cannot use it: {' '.join(str(error).split())}") from None
-    api_client.user_agent = user_agent
-    return api_client
 
 
 def _message(error: ApiException) -> str:

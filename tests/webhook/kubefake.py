@@ -83,6 +83,11 @@ class FakeServiceAPI:
     def watches(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.watch]
 
+    @property
+    def open_watches(self) -> int:
+        """Watch streams the fake is still serving (one it has not yet found closed counts)."""
+        return len(self._watchers)
+
     def _emit(self, kind: str, obj: dict[str, Any]) -> None:
         event = {"type": kind, "object": obj}
         self.history.append((self.version, kind, obj))
@@ -136,7 +141,8 @@ class FakeServiceAPI:
                     "code": 410,
                 },
             }
-            await response.write(json.dumps(gone).encode() + b"\n")
+            with contextlib.suppress(ConnectionResetError):
+                await response.write(json.dumps(gone).encode() + b"\n")
             return response
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         for version, kind, obj in self.history:
@@ -154,6 +160,9 @@ class FakeServiceAPI:
                         return response
                     await response.write(json.dumps(event).encode() + b"\n")
         except TimeoutError:
+            return response
+        except ConnectionResetError:
+            # The client went away (a stopped watch): there is no one left to answer.
             return response
         finally:
             self._watchers.discard(queue)
