@@ -23,9 +23,7 @@ from typing import Any
 
 from kubernetes import client
 
-from webhook.informer import Change, Informer, InformerLog, InformerSettings
-from webhook.informer import WatchExpiredError as WatchExpiredError
-from webhook.informer import WatchStreamError as WatchStreamError
+from webhook.informer import Change, Informer, InformerLog, InformerSettings, resource_version_of
 from webhook.reconcile_kube import ENVOY_FILTERS, LIST_PAGE_SIZE, Resource
 
 logger = logging.getLogger(__name__)
@@ -68,8 +66,7 @@ def _key_of(obj: Mapping[str, Any]) -> ObjectKey | None:
 
 
 def _version_of(obj: Mapping[str, Any]) -> str:
-    version = _metadata(obj).get("resourceVersion")
-    return version if isinstance(version, str) else ""
+    return resource_version_of(obj) or ""
 
 
 class _ScopeWatch:

@@ -25,8 +25,6 @@ from kubernetes import client
 
 from policies.resolver import ServiceAddress, ServiceLookupError, ServiceNotFound, ServiceRef, ServiceUnknown
 from webhook.informer import Change, Informer, InformerLog, InformerSettings
-from webhook.informer import WatchExpiredError as WatchExpiredError
-from webhook.informer import WatchStreamError as WatchEventError
 from webhook.kubeclient import KubeConfigError as KubeConfigError
 from webhook.kubeclient import build_api_client
 from webhook.settings import KubeSettings
@@ -40,18 +38,6 @@ Entry = ServiceAddress | ServiceLookupError
 ChangeCallback = Callable[[ServiceRef, ServiceAddress | None, ServiceAddress | None], None]
 """Called as `(ref, old_address, new_address)`; None = the Service has no usable address (absent,
 headless, ExternalName)."""
-
-__all__ = [
-    "ChangeCallback",
-    "Entry",
-    "KubeConfigError",
-    "ServiceCache",
-    "WatchEventError",
-    "WatchExpiredError",
-    "address_from_service",
-    "build_core_api",
-    "ref_of",
-]
 
 
 def build_core_api(*, kubeconfig: Path | None, context: str | None) -> Any:
