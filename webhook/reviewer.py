@@ -47,10 +47,21 @@ class _Memo:
     summary: str
 
 
+_UNSAFE_IN_LOG = frozenset(' "=\\')
+
+
+def log_value(text: str) -> str:
+    """`text` as one `key=value` field: quoted and escaped when it could forge or split a log line."""
+    if text and text.isprintable() and _UNSAFE_IN_LOG.isdisjoint(text):
+        return text
+    return json.dumps(text)
+
+
 def summarize(request: AdmissionRequest, verdict: Verdict) -> str:
     """The log line's fields after the uid: the same for every body that differs only in its uid."""
     return (
-        f"kind={request.kind.kind} object={request.object_name} operation={request.operation} "
+        f"kind={log_value(request.kind.kind)} object={log_value(request.object_name)} "
+        f"operation={log_value(request.operation)} "
         f"dry_run={'true' if request.dry_run else 'false'} result={verdict.outcome.value} "
         f"rules={','.join(verdict.rules) or '-'}"
     )

@@ -28,7 +28,7 @@ from webhook.admission import (
 )
 from webhook.clisettings import ChainResolver
 from webhook.metrics import Metrics
-from webhook.reviewer import Reviewer
+from webhook.reviewer import Reviewer, log_value
 from webhook.services import ServiceCache, build_core_api
 from webhook.settings import ServeSettings
 from webhook.tlsreload import CertReloader
@@ -211,7 +211,8 @@ async def handle_review(request: web.Request, *, webhook: Webhook) -> web.Respon
         patched=bool(verdict.patch) and not answer.dry_run,
     )
     # The audit line: its fields after the uid are formatted once per distinct body (see `Reviewer`).
-    logger.info(f"review webhook={webhook.value} uid={answer.uid} {answer.summary} ms={seconds * 1000:.2f}")
+    uid = log_value(answer.uid)
+    logger.info(f"review webhook={webhook.value} uid={uid} {answer.summary} ms={seconds * 1000:.2f}")
     return web.Response(body=answer.payload, content_type=JSON_CONTENT_TYPE)
 
 

@@ -12,7 +12,7 @@ from policies.policy import default_policy
 from policies.resolver import StaticResolver
 from tests.webhook.webhookrig import STATIC_SERVICES, load_document, review_of
 from webhook.admission import Webhook, build_response, parse_review
-from webhook.reviewer import Reviewer, summarize
+from webhook.reviewer import Reviewer, log_value, summarize
 
 
 def compact(review: dict[str, Any]) -> bytes:
@@ -131,3 +131,19 @@ def test_nothing_is_recalled_for_another_webhook_or_after_a_resolver_change() ->
     assert subject.recall(compact(review_of(bad, uid="b")), webhook=Webhook.VALIDATE) is None
     generation[0] += 1
     assert subject.recall(compact(review_of(bad, uid="c")), webhook=Webhook.MUTATE) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "logged"),
+    [
+        ("705ab4f5-6393-11e8-b7cc-42010a800002", "705ab4f5-6393-11e8-b7cc-42010a800002"),
+        ("llm-d/epp-ext-proc", "llm-d/epp-ext-proc"),
+        ("x\nreview webhook=mutate uid=forged", '"x\\nreview webhook=mutate uid=forged"'),
+        ("a b", '"a b"'),
+        ("k=v", '"k=v"'),
+        ("", '""'),
+    ],
+    ids=["uuid", "namespaced-name", "newline", "space", "equals", "empty"],
+)
+def test_log_fields_from_a_review_cannot_forge_or_split_a_log_line(text: str, logged: str) -> None:
+    assert log_value(text) == logged
