@@ -1,8 +1,11 @@
-"""The EPP's log output: one line per event on stderr, written in batches.
+"""A cheap log output for the services: one line per event on stderr, written in batches.
 
-A decision and a stream end each log a line at info, thousands of times a second. `logging.StreamHandler`
-flushes (one write system call) per line; this handler buffers and the server flushes it every 100 ms,
-and at once for warnings and errors, so lines stay in order and arrive within a fraction of a second.
+The EPP logs a line per decision and per stream, the admission server one per review (its audit trail),
+thousands of times a second under load.
+`logging.StreamHandler` flushes (one write system call) per line and the default formatter builds a dict
+and a `strftime` per record; this handler buffers, formats the date once a second, and is flushed every
+100 ms by the server (and at once for warnings and errors), so lines stay in order and arrive within a
+fraction of a second. Text that cannot be encoded is escaped, never an error.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ import time
 from typing import TextIO
 
 FLUSH_INTERVAL = 0.1
+STDERR_BUFFER_BYTES = 1 << 16
 
 
-class _LineFormatter(logging.Formatter):
+class LineFormatter(logging.Formatter):
     """`2026-01-02T03:04:05.678Z INFO epp.processor message`; the date part is formatted once a second."""
 
     def __init__(self) -> None:
@@ -40,10 +44,12 @@ class _LineFormatter(logging.Formatter):
 
 
 class BatchedLineHandler(logging.Handler):
+    """Writes formatted lines to a buffered text stream; flushes at once only for warnings and errors."""
+
     def __init__(self, stream: TextIO | None = None) -> None:
         super().__init__()
-        self._stream = stream if stream is not None else _buffered_stderr()
-        self.setFormatter(_LineFormatter())
+        self._stream = stream if stream is not None else open_buffered_stderr()
+        self.setFormatter(LineFormatter())
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -58,27 +64,47 @@ class BatchedLineHandler(logging.Handler):
             self._stream.flush()
 
 
-def _buffered_stderr() -> TextIO:
+def open_buffered_stderr() -> TextIO:
+    """stderr's file descriptor behind a 64 KiB buffer (stderr itself if it has no descriptor)."""
     try:
-        return open(sys.stderr.fileno(), "w", buffering=1 << 16, closefd=False, encoding="utf-8")
+        # Lives as long as the process; closing it would close stderr.
+        return open(
+            sys.stderr.fileno(),
+            "w",
+            buffering=STDERR_BUFFER_BYTES,
+            closefd=False,
+            encoding="utf-8",
+            errors="backslashreplace",
+        )
     except (OSError, ValueError, io.UnsupportedOperation):
         return sys.stderr
 
 
-def install_epp_log_output(level: int) -> BatchedLineHandler:
-    """Send the `epp` loggers' records to a batched stderr handler (call once per process, at start)."""
+def install_log_output(
+    level: int, *, stream: TextIO | None = None, logger_name: str = ""
+) -> BatchedLineHandler:
+    """Send the records of `logger_name` (default: every logger) to one batched stderr handler.
+
+    Call once per process, at start.
+    """
     # The Logging HOWTO's "Optimization" switches: these lines show no thread, process or caller
-    # information, so none is looked up per record (the caller walk alone is a third of a record's cost).
+    # information, so none is looked up per record.
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
     logging._srcfile = None
-    handler = BatchedLineHandler()
-    root = logging.getLogger("epp")
+    handler = BatchedLineHandler(stream)
+    root = logging.getLogger(logger_name)
     root.setLevel(level)
     root.handlers[:] = [handler]
-    root.propagate = False
+    if logger_name:
+        root.propagate = False
     return handler
+
+
+def install_epp_log_output(level: int) -> BatchedLineHandler:
+    """Send the `epp` loggers' records to a batched stderr handler (call once per process, at start)."""
+    return install_log_output(level, logger_name="epp")
 
 
 async def flush_periodically(handler: logging.Handler) -> None:

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from webhook.logoutput import BatchedLineHandler
+from epp.logoutput import BatchedLineHandler
 
 
 class CountingStream(io.StringIO):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from epp.logoutput import flush_periodically, install_log_output
 from webhook.clisettings import (
     SettingsError,
     add_policy_argument,
@@ -20,7 +21,6 @@ from webhook.clisettings import (
     load_policy_file,
     resolver_settings_from_args,
 )
-from webhook.logoutput import flush_periodically, install_log_output
 from webhook.services import KubeConfigError
 from webhook.settings import KubeSettings, ServeSettings, TLSSettings
 from webhook.tlsreload import TLSFilesError
