@@ -96,10 +96,7 @@ class Processor:
                 "response_trailers",
             )
         }
-        self._picked = metrics.decisions.labels("picked")
-        self._no_endpoint = metrics.decisions.labels("no_endpoint")
-        self._open = metrics.open_streams
-        self._kind_counters = {kind: metrics.messages.labels(kind) for kind in self._pass}
+        self._tally = metrics.tally
 
     def rpc_handler(self) -> grpc.GenericRpcHandler:
         """The generic handler for `Process`; messages stay bytes until this class parses them."""
@@ -134,7 +131,7 @@ class Processor:
     def open_stream(self) -> ProcessStream:
         """State for one new Process stream (for transports that drive the processor themselves)."""
         self._serial += 1
-        self._open.inc()
+        self._tally.open += 1
         return ProcessStream(self._serial)
 
     def handle_message(self, stream: ProcessStream, raw: bytes) -> list[bytes]:
@@ -151,7 +148,7 @@ class Processor:
             return []
         first = not stream.kinds
         stream.kinds.append(kind)
-        self._kind_counters[kind].inc()
+        self._tally.messages[kind] += 1
         if first and request.HasField("protocol_config"):
             stream.body_mode = request.protocol_config.request_body_mode
             stream.response_body_mode = request.protocol_config.response_body_mode
@@ -259,7 +256,7 @@ class Processor:
             answer: bytes = responses.build_unavailable(
                 reason, request_id=stream.request_id
             ).SerializeToString()
-            counter, outcome = self._no_endpoint, "no_endpoint"
+            outcome = "no_endpoint"
         else:
             key = (endpoint, on_body)
             cached = self._pick_cache.get(key)
@@ -271,10 +268,11 @@ class Processor:
                 self._pick_cache[key] = cached
             answer = cached
             stream.endpoint = str(endpoint)
-            counter, outcome = self._picked, "picked"
+            outcome = "picked"
         elapsed = time.perf_counter_ns() - arrived
-        counter.inc()
-        self._metrics.decision_seconds.observe(elapsed / 1e9)
+        tally = self._tally
+        tally.decisions[outcome] += 1
+        tally.latency.observe(elapsed / 1e9)
         if logger.isEnabledFor(logging.INFO):
             logger.info(
                 "decision request_id=%s method=%s path=%s model=%s endpoint=%s outcome=%s decision_us=%d",
@@ -309,8 +307,9 @@ class Processor:
 
     def finish_stream(self, stream: ProcessStream, outcome: str) -> None:
         """Count and log a stream's end: completed, cancelled or error."""
-        self._open.dec()
-        self._metrics.streams.labels(outcome).inc()
+        tally = self._tally
+        tally.open -= 1
+        tally.streams[outcome] += 1
         if not logger.isEnabledFor(logging.INFO):
             return
         logger.info(

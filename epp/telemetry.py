@@ -3,44 +3,114 @@
 from __future__ import annotations
 
 import contextlib
+import time
+from bisect import bisect_left
+from collections import Counter as Counter_
+from collections.abc import Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 DECISION_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
+
+DECISION_OUTCOMES = ("picked", "no_endpoint")
+MESSAGE_KINDS = (
+    "request_headers",
+    "response_headers",
+    "request_body",
+    "response_body",
+    "request_trailers",
+    "response_trailers",
+)
+
+
+class LatencyTally:
+    """One histogram's bucket counts and sum as plain numbers (buckets are upper bounds, `le`)."""
+
+    __slots__ = ("bounds", "counts", "labels", "sum")
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.bounds = buckets
+        self.labels = [*(repr(float(bound)) for bound in buckets), "+Inf"]
+        self.counts = [0] * (len(buckets) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        buckets: list[tuple[str, float]] = []
+        total = 0
+        for label, count in zip(self.labels, self.counts, strict=True):
+            total += count
+            buckets.append((label, float(total)))
+        return buckets
+
+
+class StreamTally(Collector):
+    """The per-message and per-stream numbers as plain ints, turned into metric families only when scraped.
+
+    Streams are counted on the EPP's event loop, which also serves `/metrics`, so a message costs a dict
+    update instead of a locked `inc()` per label set. The families, label sets and values are those of the
+    `Counter`/`Gauge`/`Histogram` they replace: decision outcomes and message kinds are exported from the
+    start, stream outcomes once they have happened.
+    """
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.created = time.time()
+        self.decisions: dict[str, int] = dict.fromkeys(DECISION_OUTCOMES, 0)
+        self.messages: dict[str, int] = dict.fromkeys(MESSAGE_KINDS, 0)
+        self.streams: Counter_[str] = Counter_()
+        self.open = 0
+        self.latency = LatencyTally(buckets)
+
+    def collect(self) -> Iterator[Metric]:
+        yield self._counter(
+            "epp_decisions",
+            "Routing decisions by outcome (picked, no_endpoint).",
+            "outcome",
+            self.decisions.items(),
+        )
+        latency = HistogramMetricFamily(
+            "epp_decision_duration_seconds",
+            "Time from the deciding message's arrival to the answer being built.",
+        )
+        latency.add_metric([], self.latency.cumulative(), sum_value=self.latency.sum)
+        latency.samples.append(Sample("epp_decision_duration_seconds_created", {}, self.created))
+        yield latency
+        yield self._counter(
+            "epp_streams",
+            "ext_proc streams by how they ended (completed, cancelled, error).",
+            "outcome",
+            self.streams.items(),
+        )
+        yield GaugeMetricFamily("epp_streams_open", "ext_proc streams in progress.", value=self.open)
+        yield self._counter(
+            "epp_messages", "ext_proc messages received by kind.", "kind", self.messages.items()
+        )
+
+    def _counter(
+        self, name: str, documentation: str, label: str, values: Iterable[tuple[str, int]]
+    ) -> CounterMetricFamily:
+        family = CounterMetricFamily(name, documentation, labels=[label])
+        for value, count in list(values):
+            family.add_metric([value], count, created=self.created)
+        return family
 
 
 class EppMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.decisions = Counter(
-            "epp_decisions",
-            "Routing decisions by outcome (picked, no_endpoint).",
-            ["outcome"],
-            registry=self.registry,
-        )
-        self.decision_seconds = Histogram(
-            "epp_decision_duration_seconds",
-            "Time from the deciding message's arrival to the answer being built.",
-            buckets=DECISION_BUCKETS,
-            registry=self.registry,
-        )
-        self.streams = Counter(
-            "epp_streams",
-            "ext_proc streams by how they ended (completed, cancelled, error).",
-            ["outcome"],
-            registry=self.registry,
-        )
-        self.open_streams = Gauge(
-            "epp_streams_open",
-            "ext_proc streams in progress.",
-            registry=self.registry,
-        )
-        self.messages = Counter(
-            "epp_messages",
-            "ext_proc messages received by kind.",
-            ["kind"],
-            registry=self.registry,
-        )
+        self.tally = StreamTally(DECISION_BUCKETS)
+        self.registry.register(self.tally)
         self.unexpected = Counter(
             "epp_unexpected_messages",
             "Messages the configured processing mode should not send (a sign of a mis-set mode).",
