@@ -29,15 +29,16 @@ class LineFormatter(logging.Formatter):
         super().__init__()
         self._second = -1
         self._stamp = ""
+        self._msecs = [f".{ms:03d}Z " for ms in range(1000)]  # the millisecond part, formatted once
 
     def format(self, record: logging.LogRecord) -> str:
         second = int(record.created)
         if second != self._second:
             self._second = second
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        line = (
-            f"{self._stamp}.{int(record.msecs):03d}Z {record.levelname} {record.name} {record.getMessage()}"
-        )
+        ms = int(record.msecs)
+        stamp = self._msecs[ms] if 0 <= ms < 1000 else f".{ms:03d}Z "
+        line = f"{self._stamp}{stamp}{record.levelname} {record.name} {record.getMessage()}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
@@ -50,6 +51,14 @@ class BatchedLineHandler(logging.Handler):
         super().__init__()
         self._stream = stream if stream is not None else open_buffered_stderr()
         self.setFormatter(LineFormatter())
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        """`Handler.handle` without the filter pass when there are no filters (one record per event)."""
+        if self.filters:
+            return super().handle(record)
+        with self.lock:  # type: ignore[union-attr]  # createLock() ran in Handler.__init__
+            self.emit(record)
+        return True
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

@@ -37,6 +37,7 @@ _BodyMode = processing_mode_pb2.ProcessingMode
 _DECIDE_ON_HEADERS = frozenset({_BodyMode.NONE, _BodyMode.STREAMED, _BodyMode.GRPC})
 _DECIDE_ON_BODY = frozenset({_BodyMode.BUFFERED, _BodyMode.BUFFERED_PARTIAL})
 _RESPONSE_KINDS = frozenset({"response_headers", "response_body", "response_trailers"})
+_LOGGED_HEADERS = frozenset({":path", ":method", "x-request-id"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +85,8 @@ class Processor:
         self._metrics = metrics
         self._settings = settings
         self._serial = 0
-        self._pick_cache: dict[tuple[Endpoint, bool], bytes] = {}
+        # the serialized answer and the endpoint's name, per endpoint and deciding phase
+        self._pick_cache: dict[tuple[Endpoint, bool], tuple[bytes, str]] = {}
         self._pass = {
             kind: responses.build_pass_through(kind).SerializeToString()
             for kind in (
@@ -167,7 +169,7 @@ class Processor:
             self._note_unexpected(stream, "request_headers", "request headers a second time on one stream")
         for header in headers.headers.headers:
             key = header.key
-            if key == ":path" or key == "x-request-id" or key == ":method":
+            if key in _LOGGED_HEADERS:
                 value = header.raw_value.decode("utf-8", "replace") if header.raw_value else header.value
                 if key == ":path":
                     stream.path = value
@@ -264,10 +266,9 @@ class Processor:
                 if len(self._pick_cache) > 4096:
                     self._pick_cache.clear()
                 build = responses.build_body_pick if on_body else responses.build_headers_pick
-                cached = build(endpoint).SerializeToString()
+                cached = (build(endpoint).SerializeToString(), str(endpoint))
                 self._pick_cache[key] = cached
-            answer = cached
-            stream.endpoint = str(endpoint)
+            answer, stream.endpoint = cached
             outcome = "picked"
         elapsed = time.perf_counter_ns() - arrived
         tally = self._tally
