@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections import Counter as Counter_
 from collections.abc import Callable, Iterable, Iterator
 
@@ -10,31 +9,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from epp.telemetry import LatencyTally
 from webhook.admission import Outcome, Webhook
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-
-
-class LatencyTally:
-    """One histogram's bucket counts and sum as plain numbers (buckets are upper bounds, `le`)."""
-
-    def __init__(self, buckets: tuple[float, ...]) -> None:
-        self.bounds = buckets
-        self.labels = [*(repr(float(bound)) for bound in buckets), "+Inf"]
-        self.counts = [0] * (len(buckets) + 1)  # the last one is +Inf
-        self.sum = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect_left(self.bounds, seconds)] += 1
-        self.sum += seconds
-
-    def cumulative(self) -> list[tuple[str, float]]:
-        buckets: list[tuple[str, float]] = []
-        total = 0
-        for label, count in zip(self.labels, self.counts, strict=True):
-            total += count
-            buckets.append((label, float(total)))
-        return buckets
 
 
 class ReviewTally(Collector):
