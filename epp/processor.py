@@ -25,6 +25,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 
 from epp import responses
 from epp.endpoints import Endpoint
+from epp.logoutput import log_info
 from epp.picker import Picker
 from epp.telemetry import EppMetrics
 
@@ -274,17 +275,17 @@ class Processor:
         tally = self._tally
         tally.decisions[outcome] += 1
         tally.latency.observe(elapsed / 1e9)
-        if logger.isEnabledFor(logging.INFO):
-            logger.info(
-                "decision request_id=%s method=%s path=%s model=%s endpoint=%s outcome=%s decision_us=%d",
-                stream.request_id,
-                stream.method,
-                stream.path,
-                stream.model,
-                stream.endpoint,
-                outcome,
-                elapsed // 1000,
-            )
+        log_info(
+            logger,
+            "decision request_id=%s method=%s path=%s model=%s endpoint=%s outcome=%s decision_us=%d",
+            stream.request_id,
+            stream.method,
+            stream.path,
+            stream.model,
+            stream.endpoint,
+            outcome,
+            elapsed // 1000,
+        )
         return answer
 
     def _keep_body(self, stream: ProcessStream, chunk: bytes) -> None:
@@ -311,9 +312,8 @@ class Processor:
         tally = self._tally
         tally.open -= 1
         tally.streams[outcome] += 1
-        if not logger.isEnabledFor(logging.INFO):
-            return
-        logger.info(
+        log_info(
+            logger,
             "stream request_id=%s method=%s path=%s model=%s endpoint=%s outcome=%s messages=%s"
             " duration_us=%d",
             stream.request_id,

@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from epp.logoutput import log_info
 from policies.policy import default_policy
 from policies.resolver import ServiceResolver, StaticResolver
 from webhook.admission import (
@@ -212,7 +213,7 @@ async def handle_review(request: web.Request, *, webhook: Webhook) -> web.Respon
     )
     # The audit line: its fields after the uid are formatted once per distinct body (see `Reviewer`).
     uid = log_value(answer.uid)
-    logger.info(f"review webhook={webhook.value} uid={uid} {answer.summary} ms={seconds * 1000:.2f}")
+    log_info(logger, f"review webhook={webhook.value} uid={uid} {answer.summary} ms={seconds * 1000:.2f}")
     return web.Response(body=answer.payload, content_type=JSON_CONTENT_TYPE)
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import io
 import logging
 import re
+from collections.abc import Iterator
 
 import pytest
 
-from epp.logoutput import BatchedLineHandler
+from epp.logoutput import BatchedLineHandler, log_info, sole_line_handler
 
 
 class CountingStream(io.StringIO):
@@ -63,3 +64,117 @@ def test_a_message_with_percent_signs_and_no_arguments_is_written_as_is(
     logger, stream = logged
     logger.info("review uid=100%s")
     assert stream.getvalue().endswith(" review uid=100%s\n")
+
+
+class ListHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def two_level() -> Iterator[tuple[logging.Logger, logging.Logger, CountingStream]]:
+    """`parent` holds the batched handler and does not propagate; `child` logs through it.
+
+    pytest attaches its log capture to non-propagating loggers too, which would (rightly) send every
+    line through `logging`; the handler list is set again inside each test, where that has happened."""
+    stream = CountingStream()
+    parent = logging.getLogger("webhook.test_logoutput_fast")
+    parent.setLevel(logging.INFO)
+    parent.propagate = False
+    child = logging.getLogger("webhook.test_logoutput_fast.child")
+    child.handlers[:] = []
+    child.filters[:] = []
+    saved = list(parent.handlers)
+    parent.handlers[:] = [BatchedLineHandler(stream)]
+    yield parent, child, stream
+    parent.handlers[:] = saved
+
+
+def only_the_batched_handler(parent: logging.Logger) -> None:
+    parent.handlers[:] = [h for h in parent.handlers if isinstance(h, BatchedLineHandler)]
+
+
+def test_the_direct_line_is_the_line_a_record_gives(
+    two_level: tuple[logging.Logger, logging.Logger, CountingStream],
+) -> None:
+    parent, child, stream = two_level
+    only_the_batched_handler(parent)
+    assert sole_line_handler(child) is parent.handlers[0]
+    log_info(child, "decision request_id=%s decision_us=%d", "r-1", 12)
+    child.info("decision request_id=%s decision_us=%d", "r-1", 12)
+    direct, through_logging = stream.getvalue().splitlines()
+    assert (
+        direct[25:]
+        == through_logging[25:]
+        == ("INFO webhook.test_logoutput_fast.child decision request_id=r-1 decision_us=12")
+    )
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ", direct[:25])
+    assert stream.flushes == 0  # info lines wait for the periodic flush on both paths
+
+
+def test_a_second_handler_on_the_way_gets_the_record_and_the_line_is_still_written(
+    two_level: tuple[logging.Logger, logging.Logger, CountingStream],
+) -> None:
+    parent, child, stream = two_level
+    only_the_batched_handler(parent)
+    listener = ListHandler()
+    child.addHandler(listener)
+    try:
+        assert sole_line_handler(child) is None
+        log_info(child, "stream request_id=%s", "r-2")
+    finally:
+        child.removeHandler(listener)
+    assert [r.getMessage() for r in listener.records] == ["stream request_id=r-2"]
+    assert listener.records[0].funcName == (
+        "test_a_second_handler_on_the_way_gets_the_record_and_the_line_is_still_written"
+    )  # the caller, not log_info
+    assert stream.getvalue().endswith(" stream request_id=r-2\n")
+
+
+def test_a_filter_on_the_logger_or_the_handler_is_honoured(
+    two_level: tuple[logging.Logger, logging.Logger, CountingStream],
+) -> None:
+    parent, child, stream = two_level
+    only_the_batched_handler(parent)
+    drop_all = logging.Filter("nothing.matches.this")
+    parent.handlers[0].addFilter(drop_all)
+    try:
+        assert sole_line_handler(child) is None
+        log_info(child, "filtered out")
+    finally:
+        parent.handlers[0].removeFilter(drop_all)
+    child.addFilter(drop_all)
+    try:
+        log_info(child, "filtered out too")
+    finally:
+        child.removeFilter(drop_all)
+    assert stream.getvalue() == ""
+
+
+def test_below_the_level_nothing_is_formatted_or_written(
+    two_level: tuple[logging.Logger, logging.Logger, CountingStream],
+) -> None:
+    parent, child, stream = two_level
+    parent.setLevel(logging.WARNING)
+
+    class Loud:
+        def __str__(self) -> str:
+            raise AssertionError("formatted below the level")
+
+    log_info(child, "quiet %s", Loud())
+    assert stream.getvalue() == ""
+
+
+def test_a_stream_that_fails_to_write_does_not_raise(
+    two_level: tuple[logging.Logger, logging.Logger, CountingStream],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parent, child, stream = two_level
+    only_the_batched_handler(parent)
+    stream.close()
+    log_info(child, "into a closed stream")  # logging's own error report, never an exception
+    assert "into a closed stream" in capsys.readouterr().err
