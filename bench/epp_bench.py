@@ -7,7 +7,11 @@ asks the EPP). It prints requests/s and p50/p99 for both (medians over the round
 round to the baseline round just before it and the median of those pairs, and the EPP's CPU time per
 decision from the EPP processes' own CPU counters (/proc/PID/stat) divided by its decision counter.
 
-    .venv/bin/python bench/epp_bench.py [--duration 5] [--rounds 6] [--workers 1] [--profile]
+    .venv/bin/python bench/epp_bench.py [--duration 5] [--rounds 6] [--workers 1] [--py-spy | --profile]
+
+`--py-spy` samples the EPP with py-spy during the EPP rounds and prints where its busy time went (the
+sampler costs some CPU of its own, so read that run's throughput with care); `--profile` runs the EPP
+under cProfile instead (exact call counts, heavy overhead: read it as proportions).
 
 Not a test: numbers depend on the machine. Needs `wrk` on PATH.
 """
@@ -33,6 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.sampling import Sampler, summarize
 from epp.children import Child, find_envoy_binary, free_port, start_child, stop_child, wait_for_port
 from webhook.gateway import INFERENCE_PATH, build_local_gateway
 
@@ -159,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epp-log-level", default="info", choices=["info", "warning"], help="(info)")
     parser.add_argument("--sim-latency-ms", type=float, default=0.0, help="simulator latency (0)")
     parser.add_argument("--profile", action="store_true", help="run the EPP under cProfile and print it")
+    parser.add_argument("--py-spy", action="store_true", help="sample the EPP with py-spy in the EPP rounds")
     parser.add_argument("--keep", type=Path, help="keep configs and logs in this directory")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
@@ -205,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         baseline_url, epp_url = gateway + "/baseline" + INFERENCE_PATH, gateway + INFERENCE_PATH
         destination = f"x-gateway-destination-endpoint: 127.0.0.1:{sim_port}"
         epp_pids = process_tree(epp.process.pid)
+        # with workers the parent only waits: sample the first worker, which Envoy's one connection reaches
+        sampler = Sampler(epp_pids[1] if len(epp_pids) > 1 else epp_pids[0], workdir) if args.py_spy else None
         # warm-up, not counted
         run_wrk(baseline_url, duration=2, connections=args.connections, script=script, header=destination)
         run_wrk(epp_url, duration=2, connections=args.connections, script=script, header=None)
@@ -223,13 +231,17 @@ def main(argv: list[str] | None = None) -> int:
                 before = {name: cpu_seconds(pids) for name, pids in groups.items()}
                 wrk_before = wrk_cpu()
                 decisions_before = epp_decisions(metrics_ports)
+                if sampler is not None and side == "with EPP":
+                    sampler.start(args.duration)
                 result = run_wrk(
                     url, duration=args.duration, connections=args.connections, script=script, header=header
                 )
+                spent[side]["wrk"] += wrk_cpu() - wrk_before  # before py-spy, also a child, is reaped
+                if sampler is not None:
+                    sampler.finish()
                 results.append(result)
                 for name, pids in groups.items():
                     spent[side][name] += cpu_seconds(pids) - before[name]
-                spent[side]["wrk"] += wrk_cpu() - wrk_before
                 spent[side]["requests"] += result.requests
                 if side == "with EPP":
                     cpu += cpu_seconds(epp_pids) - before["epp"]
@@ -240,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
             requests = counts.pop("requests") or 1
             parts = ", ".join(f"{name} {1e6 * value / requests:.0f}" for name, value in counts.items())
             print(f"  {side:9} {parts}")
+        if sampler is not None:
+            print("\nWhere the EPP's busy time went (py-spy, EPP rounds):")
+            print(sampler.problem or summarize(sampler.profile))
         return 0
     finally:
         for child in reversed(children):
