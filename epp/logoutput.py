@@ -120,10 +120,15 @@ def log_info(logger: logging.Logger, message: str, *args: object) -> None:
     if not logger.isEnabledFor(logging.INFO):
         return
     handler = sole_line_handler(logger)
-    if handler is None:
-        logger.info(message, *args, stacklevel=2)
-    else:
-        handler.write_info(logger.name, message % args if args else message)
+    if handler is not None:
+        try:
+            line = message % args if args else message
+        except Exception:  # a bad format: logging reports it (handleError), the caller goes on
+            pass
+        else:
+            handler.write_info(logger.name, line)
+            return
+    logger.info(message, *args, stacklevel=2)
 
 
 def open_buffered_stderr() -> TextIO:

@@ -107,11 +107,13 @@ def test_a_killed_simulator_stops_getting_traffic_and_with_none_left_the_gateway
 
 
 def test_with_failure_mode_allow_false_a_stopped_epp_means_5xx_not_a_silent_bypass(pair: Stack) -> None:
-    assert pair.send().status == 200
+    wait_until(lambda: healthy(pair, "sim-x") == 1 and healthy(pair, "sim-y") == 1, what="both healthy")
+    first = pair.send()
+    assert first.status == 200, f"{first}\nEPP log:\n{pair.epp.tail()}"
     stop_child(pair.epp)
     answers = [pair.send() for _ in range(3)]
-    assert all(500 <= a.status < 600 for a in answers)
-    assert not any(a.served_by for a in answers)
+    assert all(500 <= a.status < 600 for a in answers), answers
+    assert not any(a.served_by for a in answers), answers
 
 
 def test_without_http2_on_the_epp_cluster_the_epp_hears_nothing_and_envoy_counts_protocol_errors(

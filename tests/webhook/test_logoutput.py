@@ -178,3 +178,15 @@ def test_a_stream_that_fails_to_write_does_not_raise(
     stream.close()
     log_info(child, "into a closed stream")  # logging's own error report, never an exception
     assert "into a closed stream" in capsys.readouterr().err
+
+
+def test_a_bad_format_is_reported_by_logging_and_never_raises_into_the_caller(
+    two_level: tuple[logging.Logger, logging.Logger, CountingStream],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parent, child, stream = two_level
+    only_the_batched_handler(parent)
+    log_info(child, "decision request_id=%s decision_us=%d", "r-3", "not a number")
+    log_info(child, "next line")
+    assert "--- Logging error ---" in capsys.readouterr().err
+    assert stream.getvalue().endswith(" next line\n")
