@@ -1,4 +1,10 @@
-"""Scrape every endpoint's `/metrics` on an interval and report to the picker."""
+"""Scrape every endpoint's `/metrics` on an interval and report to the picker.
+
+Each endpoint is followed by its own loop, so a model server that is slow to answer (or hangs until the
+timeout) delays only its own next scrape, never the others'; the timeout is its own setting, not the
+interval, so a short interval does not turn one slow answer, or one stall of this process, into every
+endpoint failing at once. The loops follow the picker's endpoint set as discovery changes it.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class ScrapeSettings:
     interval: float = 0.5  # seconds; 0 turns scraping off (endpoints then take turns)
-    timeout: float = 1.0
+    timeout: float = 1.0  # seconds one scrape may take, whatever the interval
 
 
 class Scraper:
@@ -28,15 +34,35 @@ class Scraper:
 
     async def run(self) -> None:
         """Scrape until cancelled. The caller owns the task."""
-        if self._settings.interval <= 0:
+        interval = self._settings.interval
+        if interval <= 0:
             return
-        timeout = aiohttp.ClientTimeout(total=min(self._settings.timeout, max(self._settings.interval, 0.05)))
+        loops: dict[Endpoint, asyncio.Task[None]] = {}
+        timeout = aiohttp.ClientTimeout(total=max(self._settings.timeout, 0.05))
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            while True:
-                await self.scrape_all(session)
-                await asyncio.sleep(self._settings.interval)
+            try:
+                while True:
+                    current = set(self._picker.endpoints)
+                    for gone in loops.keys() - current:
+                        loops.pop(gone).cancel()
+                    for new in current - loops.keys():
+                        loops[new] = asyncio.create_task(self._follow(session, new), name=f"epp-scrape-{new}")
+                    await asyncio.sleep(min(interval, 1.0))  # how soon a new endpoint is first scraped
+            finally:
+                for task in loops.values():
+                    task.cancel()
+                await asyncio.gather(*loops.values(), return_exceptions=True)
+
+    async def _follow(self, session: aiohttp.ClientSession, endpoint: Endpoint) -> None:
+        """Scrape one endpoint every interval (measured from the start of each scrape) until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await self._scrape(session, endpoint)
+            await asyncio.sleep(max(0.0, self._settings.interval - (loop.time() - started)))
 
     async def scrape_all(self, session: aiohttp.ClientSession) -> None:
+        """Scrape every endpoint once, together (for callers that drive scraping themselves)."""
         endpoints = self._picker.endpoints
         await asyncio.gather(*(self._scrape(session, e) for e in endpoints))
 

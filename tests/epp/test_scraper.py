@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import aiohttp
 from aiohttp import web
@@ -66,3 +67,99 @@ async def test_the_scrape_loop_runs_until_cancelled() -> None:
         await asyncio.gather(task, return_exceptions=True)
         await runner.cleanup()
     assert task.cancelled()
+
+
+class CountingMetrics:
+    """A real HTTP server whose /metrics answers after `delay` seconds and counts the scrapes it saw."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.hits = 0
+        self.app = web.Application()
+        self.app.router.add_get("/metrics", self.metrics)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        self.hits += 1
+        await asyncio.sleep(self.delay)
+        return web.Response(text="vllm:num_requests_waiting 0\nvllm:num_requests_running 1\n")
+
+
+async def eventually(condition: Callable[[], bool], *, within: float = 5.0) -> bool:
+    deadline = asyncio.get_running_loop().time() + within
+    while asyncio.get_running_loop().time() < deadline:
+        if condition():
+            return True
+        await asyncio.sleep(0.02)
+    return condition()
+
+
+def health(picker: Picker, endpoint: Endpoint) -> Health:
+    return {s.endpoint: s.health for s in picker.statuses()}[endpoint]
+
+
+async def test_a_hanging_endpoint_holds_back_only_its_own_scrapes() -> None:
+    quick, hanging = CountingMetrics(delay=0.0), CountingMetrics(delay=3.0)
+    quick_runner, quick_port = await start_app(quick.app)
+    hanging_runner, hanging_port = await start_app(hanging.app)
+    fast, stuck = Endpoint("127.0.0.1", quick_port), Endpoint("127.0.0.1", hanging_port)
+    picker = Picker(PickerSettings(stale_after=0))
+    picker.set_endpoints([fast, stuck])
+    task = asyncio.create_task(Scraper(picker, ScrapeSettings(interval=0.05, timeout=0.8)).run())
+    try:
+        assert await eventually(lambda: hanging.hits == 1)
+        # while the hanging endpoint's first scrape is still waiting, the quick one is scraped again and again
+        assert await eventually(lambda: quick.hits >= 5, within=0.6)
+        assert hanging.hits == 1
+        assert health(picker, fast) is Health.HEALTHY
+        assert health(picker, stuck) is Health.UNKNOWN
+        # the timeout then fails the hanging one alone
+        assert await eventually(lambda: health(picker, stuck) is Health.UNHEALTHY)
+        assert "TimeoutError" in {s.endpoint: s.reason for s in picker.statuses()}[stuck]
+        assert health(picker, fast) is Health.HEALTHY
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await quick_runner.cleanup()
+        await hanging_runner.cleanup()
+
+
+async def test_an_answer_slower_than_the_interval_but_within_the_timeout_is_healthy() -> None:
+    slow = CountingMetrics(delay=0.3)
+    runner, port = await start_app(slow.app)
+    endpoint = Endpoint("127.0.0.1", port)
+    picker = Picker(PickerSettings(stale_after=0))
+    picker.set_endpoints([endpoint])
+    task = asyncio.create_task(Scraper(picker, ScrapeSettings(interval=0.05, timeout=2.0)).run())
+    try:
+        assert await eventually(lambda: health(picker, endpoint) is Health.HEALTHY)
+        assert await eventually(lambda: slow.hits >= 3)
+        assert health(picker, endpoint) is Health.HEALTHY
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await runner.cleanup()
+
+
+async def test_the_scrape_loops_follow_the_endpoint_set() -> None:
+    first, second = CountingMetrics(delay=0.0), CountingMetrics(delay=0.0)
+    first_runner, first_port = await start_app(first.app)
+    second_runner, second_port = await start_app(second.app)
+    one, two = Endpoint("127.0.0.1", first_port), Endpoint("127.0.0.1", second_port)
+    picker = Picker(PickerSettings(stale_after=0))
+    picker.set_endpoints([one])
+    task = asyncio.create_task(Scraper(picker, ScrapeSettings(interval=0.05)).run())
+    try:
+        assert await eventually(lambda: first.hits >= 2)
+        assert second.hits == 0
+        picker.set_endpoints([two])  # discovery replaced the first endpoint with the second
+        assert await eventually(lambda: second.hits >= 2)
+        await asyncio.sleep(0.1)  # a scrape of the first one may have been under way
+        settled = first.hits
+        await asyncio.sleep(0.3)
+        assert first.hits == settled
+        assert health(picker, two) is Health.HEALTHY
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await first_runner.cleanup()
+        await second_runner.cleanup()

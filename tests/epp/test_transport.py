@@ -85,6 +85,9 @@ async def test_tls_serves_ext_proc_with_a_certificate_from_the_certs_package(tmp
         pytest.param(
             ["--endpoints", "10.0.0.1:80", "--workers", "2", "--port", "0"], "fixed --port", id="workers"
         ),
+        pytest.param(
+            ["--endpoints", "10.0.0.1:80", "--scrape-timeout", "0"], "--scrape-timeout", id="scrape-timeout"
+        ),
     ],
 )
 def test_the_epp_command_refuses_bad_arguments_in_one_line(argv: list[str], says: str) -> None:

@@ -31,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--port-name", help="with --service: the EndpointSlice port of this name")
     parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
     parser.add_argument("--scrape-interval", type=float, default=0.5, help="seconds between scrapes; 0 = off")
+    parser.add_argument(
+        "--scrape-timeout", type=float, default=1.0, help="seconds one scrape may take (default 1.0)"
+    )
     parser.add_argument("--stale-after", type=float, default=None, help="seconds (default 3 x interval)")
     parser.add_argument("--metrics-port", type=int, default=None, help="serve /metrics on this port")
     parser.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate (PEM)")
@@ -95,6 +98,8 @@ def build_settings(args: argparse.Namespace) -> EppSettings:
     if args.workers > 1 and args.port == 0:
         raise ValueError("--workers > 1 needs a fixed --port (the workers share it)")
     interval = max(args.scrape_interval, 0.0)
+    if args.scrape_timeout <= 0:
+        raise ValueError("--scrape-timeout must be more than 0 seconds")
     stale = args.stale_after if args.stale_after is not None else 3 * interval
     return EppSettings(
         host=args.host,
@@ -102,7 +107,7 @@ def build_settings(args: argparse.Namespace) -> EppSettings:
         metrics_port=args.metrics_port,
         endpoints=endpoints,
         discovery=discovery,
-        scrape=ScrapeSettings(interval=interval),
+        scrape=ScrapeSettings(interval=interval, timeout=args.scrape_timeout),
         picker=PickerSettings(stale_after=stale),
         processor=ProcessorSettings(expect_response_messages=args.expect_response_messages),
         tls=TlsFiles(args.tls_cert, args.tls_key) if args.tls_cert else None,
