@@ -167,8 +167,9 @@ def _repair(
     document: Mapping[str, Any],
     subject: Subject,
     results: list[tuple[Rule, Level, list[Violation]]],
-) -> dict[str, Any] | None:
-    """Run every fixable rule's fix in id order on a working copy; None when nothing changed."""
+) -> tuple[dict[str, Any], Subject] | None:
+    """Run every fixable rule's fix in id order on a working copy; the copy and its subject, or None when
+    nothing changed."""
     working: dict[str, Any] | None = None
     current = subject
     for rule, _level, violations in results:
@@ -190,7 +191,7 @@ def _repair(
             logger.warning("rule %s removed the ext_proc content it fixed; fix dropped", rule.id)
             return None
         current = rebuilt
-    return working
+    return None if working is None else (working, current)
 
 
 def _not_applicable(envoy_filter: EnvoyFilter | None, document: dict[str, Any]) -> Evaluation:
@@ -211,13 +212,13 @@ def _repaired(
     results: list[tuple[Rule, Level, list[Violation]]],
     findings: tuple[Finding, ...],
 ) -> _Repair:
-    working = None
+    repaired = None
     if any(violation.fixable for *_, violations in results for violation in violations):
-        working = _repair(document, subject, results)
-    if working is None:
+        repaired = _repair(document, subject, results)
+    if repaired is None:
         return _Repair(patch=(), fixed=document, remaining=findings)
-    final = _subject(working, subject.policy, subject.resolver)
-    remaining = _findings(_check(final, active), working) if final is not None else ()
+    working, final = repaired
+    remaining = _findings(_check(final, active), working)
     return _Repair(patch=tuple(diff_documents(document, working)), fixed=working, remaining=remaining)
 
 
