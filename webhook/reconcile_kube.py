@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,6 +116,14 @@ class KubeObjects:
         self._timeout = timeout
         self._page_size = page_size
 
+    def _request(self, what: str, call: Callable[..., object], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """One API call with this client's timeout; its failure or a non-object answer as a `KubeAPIError`."""
+        try:
+            answer = call(*args, _request_timeout=self._timeout, **kwargs)
+        except Exception as error:
+            raise _translate(what, error) from None
+        return _as_object(answer, what)
+
     # -- generic -----------------------------------------------------------------------------------
     def list_objects(self, resource: Resource, namespace: str | None) -> list[dict[str, Any]]:
         """Every object of `resource` in `namespace` (None = all namespaces), page by page."""
@@ -125,21 +133,28 @@ class KubeObjects:
         token: str | None = None
         where = f"list {resource.plural}" + (f" in {namespace}" if namespace else "")
         while True:
-            kwargs: dict[str, Any] = {"limit": self._page_size, "_request_timeout": self._timeout}
+            kwargs: dict[str, Any] = {"limit": self._page_size}
             if token:
                 kwargs["_continue"] = token
-            try:
-                if namespace is None:
-                    page = self._custom.list_cluster_custom_object(
-                        resource.group, resource.version, resource.plural, **kwargs
-                    )
-                else:
-                    page = self._custom.list_namespaced_custom_object(
-                        resource.group, resource.version, namespace, resource.plural, **kwargs
-                    )
-            except Exception as error:
-                raise _translate(where, error) from None
-            page = _as_object(page, where)
+            if namespace is None:
+                page = self._request(
+                    where,
+                    self._custom.list_cluster_custom_object,
+                    resource.group,
+                    resource.version,
+                    resource.plural,
+                    **kwargs,
+                )
+            else:
+                page = self._request(
+                    where,
+                    self._custom.list_namespaced_custom_object,
+                    resource.group,
+                    resource.version,
+                    namespace,
+                    resource.plural,
+                    **kwargs,
+                )
             for item in page.get("items") or ():
                 if isinstance(item, dict):
                     yield item
@@ -148,54 +163,42 @@ class KubeObjects:
                 return
 
     def get_object(self, resource: Resource, namespace: str, name: str) -> dict[str, Any]:
-        what = f"get {resource.plural} {namespace}/{name}"
-        try:
-            found = self._custom.get_namespaced_custom_object(
-                resource.group,
-                resource.version,
-                namespace,
-                resource.plural,
-                name,
-                _request_timeout=self._timeout,
-            )
-        except Exception as error:
-            raise _translate(what, error) from None
-        return _as_object(found, what)
+        return self._request(
+            f"get {resource.plural} {namespace}/{name}",
+            self._custom.get_namespaced_custom_object,
+            resource.group,
+            resource.version,
+            namespace,
+            resource.plural,
+            name,
+        )
 
     def create_object(self, resource: Resource, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        what = f"create {resource.plural} in {namespace}"
-        try:
-            created = self._custom.create_namespaced_custom_object(
-                resource.group,
-                resource.version,
-                namespace,
-                resource.plural,
-                dict(body),
-                field_manager=self._field_manager,
-                _request_timeout=self._timeout,
-            )
-        except Exception as error:
-            raise _translate(what, error) from None
-        return _as_object(created, what)
+        return self._request(
+            f"create {resource.plural} in {namespace}",
+            self._custom.create_namespaced_custom_object,
+            resource.group,
+            resource.version,
+            namespace,
+            resource.plural,
+            dict(body),
+            field_manager=self._field_manager,
+        )
 
     def replace_object(self, resource: Resource, body: Mapping[str, Any]) -> dict[str, Any]:
         """PUT with the body's resourceVersion: the API refuses it (409) if the object moved on."""
         namespace, name = object_ref(body)
-        what = f"replace {resource.plural} {namespace}/{name}"
-        try:
-            replaced = self._custom.replace_namespaced_custom_object(
-                resource.group,
-                resource.version,
-                namespace,
-                resource.plural,
-                name,
-                dict(body),
-                field_manager=self._field_manager,
-                _request_timeout=self._timeout,
-            )
-        except Exception as error:
-            raise _translate(what, error) from None
-        return _as_object(replaced, what)
+        return self._request(
+            f"replace {resource.plural} {namespace}/{name}",
+            self._custom.replace_namespaced_custom_object,
+            resource.group,
+            resource.version,
+            namespace,
+            resource.plural,
+            name,
+            dict(body),
+            field_manager=self._field_manager,
+        )
 
     def patch_object(
         self,
@@ -213,7 +216,9 @@ class KubeObjects:
         body.extend(op.to_json() for op in ops)
         what = f"patch {resource.plural} {namespace}/{name}"
         try:
-            patched = self._custom.patch_namespaced_custom_object(
+            return self._request(
+                what,
+                self._custom.patch_namespaced_custom_object,
                 resource.group,
                 resource.version,
                 namespace,
@@ -222,14 +227,11 @@ class KubeObjects:
                 body,
                 field_manager=self._field_manager,
                 _content_type=JSON_PATCH,
-                _request_timeout=self._timeout,
             )
-        except Exception as error:
-            translated = _translate(what, error)
-            if translated.status == 422 and self._moved_on(resource, namespace, name, expected_version):
+        except KubeAPIError as error:
+            if error.status == 422 and self._moved_on(resource, namespace, name, expected_version):
                 raise ConflictError(what, 422, "the object changed since it was read") from None
-            raise translated from None
-        return _as_object(patched, what)
+            raise
 
     def _moved_on(self, resource: Resource, namespace: str, name: str, expected_version: str) -> bool:
         """After a 422: did the `test` op fail because the object has a newer resourceVersion? (The API
