@@ -27,7 +27,7 @@ from epp import responses
 from epp.endpoints import Endpoint
 from epp.logoutput import log_info
 from epp.picker import Picker
-from epp.telemetry import EppMetrics
+from epp.telemetry import MESSAGE_KINDS, EppMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -88,17 +88,7 @@ class Processor:
         self._serial = 0
         # the serialized answer and the endpoint's name, per endpoint and deciding phase
         self._pick_cache: dict[tuple[Endpoint, bool], tuple[bytes, str]] = {}
-        self._pass = {
-            kind: responses.build_pass_through(kind).SerializeToString()
-            for kind in (
-                "request_headers",
-                "response_headers",
-                "request_body",
-                "response_body",
-                "request_trailers",
-                "response_trailers",
-            )
-        }
+        self._pass = {kind: responses.build_pass_through(kind).SerializeToString() for kind in MESSAGE_KINDS}
         self._tally = metrics.tally
 
     def rpc_handler(self) -> grpc.GenericRpcHandler:
@@ -205,29 +195,28 @@ class Processor:
             self._read_model(stream)
             return [self._decide(stream, arrived, on_body=True)]
         if stream.body_mode == _BodyMode.FULL_DUPLEX_STREAMED:
-            if not end:
-                return []
-            self._read_model(stream)
-            decision = self._decide(stream, arrived, on_body=False)
-            if stream.endpoint == "-":
-                return [decision]
-            whole = b"".join(stream.body)
-            stream.body = []
-            return [decision, responses.build_streamed_body(whole, end_of_stream=True).SerializeToString()]
+            return self._decide_full_duplex(stream, arrived, trailers=False) if end else []
         # a body in a mode that decided on headers but has not decided: answer it unchanged
         return [self._pass["request_body"]]
 
     def _answer_request_trailers(self, stream: ProcessStream, arrived: int) -> list[bytes]:
         if stream.decided or stream.body_mode != _BodyMode.FULL_DUPLEX_STREAMED:
             return [self._pass["request_trailers"]]
+        return self._decide_full_duplex(stream, arrived, trailers=True)
+
+    def _decide_full_duplex(self, stream: ProcessStream, arrived: int, *, trailers: bool) -> list[bytes]:
+        """FULL_DUPLEX_STREAMED, once the body is whole: the decision, then the held body back (which ends
+        the stream unless trailers follow it, answered last)."""
         self._read_model(stream)
         decision = self._decide(stream, arrived, on_body=False)
         if stream.endpoint == "-":
             return [decision]
         whole = b"".join(stream.body)
         stream.body = []
-        body = responses.build_streamed_body(whole, end_of_stream=False).SerializeToString()
-        return [decision, body, self._pass["request_trailers"]]
+        body = responses.build_streamed_body(whole, end_of_stream=not trailers).SerializeToString()
+        if trailers:
+            return [decision, body, self._pass["request_trailers"]]
+        return [decision, body]
 
     def _answer_response_phase(
         self, stream: ProcessStream, request: ext_proc.ProcessingRequest, kind: str, *, first: bool
