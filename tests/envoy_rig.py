@@ -27,19 +27,16 @@ API::
 - Ports: give the bootstrap port 0 for the admin and the listener; the rig reads the real ports back from
   Envoy, so there is no window in which another process can take them.
 
-Synchronous (stdlib only). From async tests, enter it in a module-scoped fixture or wrap calls in
-``asyncio.to_thread``.
+Synchronous (stdlib and `epp.children` only). From async tests, enter it in a module-scoped fixture or wrap
+calls in ``asyncio.to_thread``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -48,6 +45,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+from epp.children import ChildError, find_envoy_binary
 
 _STOP_TIMEOUT = 10.0
 _POLL_INTERVAL = 0.05
@@ -60,13 +59,10 @@ class EnvoyStartError(RuntimeError):
 
 def find_envoy() -> str:
     """Path of the Envoy binary: next to the interpreter first (the virtualenv), else on PATH."""
-    beside = Path(sys.executable).parent / "envoy"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    found = shutil.which("envoy")
-    if found is None:
-        raise EnvoyStartError("no envoy binary next to the interpreter or on PATH")
-    return found
+    try:
+        return find_envoy_binary()
+    except ChildError as exc:
+        raise EnvoyStartError("no envoy binary next to the interpreter or on PATH") from exc
 
 
 @dataclass
