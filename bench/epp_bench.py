@@ -37,12 +37,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.procstat import cpu_seconds
 from bench.sampling import Sampler, summarize
 from epp.children import Child, find_envoy_binary, free_port, start_child, stop_child, wait_for_port
 from webhook.gateway import INFERENCE_PATH, build_local_gateway
 
 CLI = (sys.executable, "-m", "webhook.cli")
-TICKS = os.sysconf("SC_CLK_TCK")
 WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.body = '{"model": "sim-model", "prompt": "hello", "max_tokens": 4}'
@@ -107,17 +107,6 @@ def process_tree(root: int) -> list[int]:
         tree += children
         frontier += children
     return tree
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime + stime
-    return total / TICKS
 
 
 def wrk_cpu() -> float:

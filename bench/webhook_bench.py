@@ -21,7 +21,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -36,6 +35,12 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.procstat import cpu_seconds  # noqa: E402
+from certs.pki import generate_ca, issue_serving_cert  # noqa: E402
+from epp.children import free_port  # noqa: E402
+
 DATA = ROOT / "tests" / "webhook" / "data"
 SERVICE = "llm-d-inference-scheduler/gaie-inference-scheduling-epp=10.96.45.12:9002"
 START_SECONDS = 30.0
@@ -116,21 +121,11 @@ class Server:
     process: subprocess.Popen[bytes]
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the server process (Linux /proc)."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+        """User + system CPU time of the server process."""
+        return cpu_seconds([self.process.pid])
 
 
 def write_certs(folder: Path) -> tuple[Path, Path]:
-    sys.path.insert(0, str(ROOT))
-    from certs.pki import generate_ca, issue_serving_cert
-
     now = datetime.now(UTC)
     ca = generate_ca(common_name="bench CA", now=now, valid_for=timedelta(days=1))
     pair = issue_serving_cert(
