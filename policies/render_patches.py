@@ -30,6 +30,7 @@ from policies.render_merge import (
     HTTP_FILTER,
     ROUTE,
     VIRTUAL_HOST,
+    Descriptor,
     find_key,
     get_field,
     merge_message,
@@ -140,24 +141,33 @@ def _apply_http_filter(bootstrap: dict[str, Any], patch: ConfigPatch, options: R
 
 
 def _patch_http_filters(filters: list[Any], patch: ConfigPatch, sub_name: str | None) -> bool:
-    operation, value = patch.operation, patch.value
     positions = [i for i, item in enumerate(filters) if _name_of(item) == sub_name] if sub_name else []
+    return _patch_list(filters, patch, positions, named=bool(sub_name), descriptor=HTTP_FILTER)
+
+
+def _patch_list(
+    items: list[Any], patch: ConfigPatch, positions: list[int], *, named: bool, descriptor: Descriptor
+) -> bool:
+    """Apply a positional operation to a list of filters or routes; `positions` are the matched entries,
+    `named` says whether the match names one (without a name INSERT_BEFORE / INSERT_AFTER go to the
+    beginning / the end). False when nothing changed."""
+    operation, value = patch.operation, patch.value
     if operation == "ADD":
-        filters.append(copy.deepcopy(value))
-    elif operation == "INSERT_FIRST" or (operation == "INSERT_BEFORE" and not sub_name):
-        filters.insert(0, copy.deepcopy(value))
-    elif operation == "INSERT_AFTER" and not sub_name:
-        filters.append(copy.deepcopy(value))
+        items.append(copy.deepcopy(value))
+    elif operation == "INSERT_FIRST" or (operation == "INSERT_BEFORE" and not named):
+        items.insert(0, copy.deepcopy(value))
+    elif operation == "INSERT_AFTER" and not named:
+        items.append(copy.deepcopy(value))
     elif operation in {"INSERT_BEFORE", "INSERT_AFTER"} and positions:
         offset = 0 if operation == "INSERT_BEFORE" else 1
-        filters.insert(positions[0] + offset, copy.deepcopy(value))
+        items.insert(positions[0] + offset, copy.deepcopy(value))
     elif operation == "REPLACE" and positions:
-        filters[positions[0]] = copy.deepcopy(value)
+        items[positions[0]] = copy.deepcopy(value)
     elif operation == "MERGE" and positions and value is not None:
         for i in positions:
-            filters[i] = merge_message(filters[i], value, HTTP_FILTER)
+            items[i] = merge_message(items[i], value, descriptor)
     elif operation == "REMOVE" and positions:
-        filters[:] = [item for i, item in enumerate(filters) if i not in positions]
+        items[:] = [item for i, item in enumerate(items) if i not in positions]
     else:
         return False
     return True
@@ -249,29 +259,13 @@ def _apply_http_route(bootstrap: dict[str, Any], patch: ConfigPatch, options: Re
         get_field(get_field(patch.match, "routeConfiguration") or {}, "vhost") or {}, "route"
     )
     route_match = route_match or {}
+    named = bool(get_field(route_match, "name"))
     changed = False
     for virtual_host in _matching_virtual_hosts(bootstrap, patch.match, options):
         key = find_key(virtual_host, "routes") or "routes"
         routes: list[Any] = virtual_host.setdefault(key, [])
         positions = [i for i, item in enumerate(routes) if _route_matches(item, route_match)]
-        if operation == "INSERT_FIRST" or (
-            operation == "INSERT_BEFORE" and not get_field(route_match, "name")
-        ):
-            routes.insert(0, copy.deepcopy(patch.value))
-        elif operation == "INSERT_AFTER" and not get_field(route_match, "name"):
-            routes.append(copy.deepcopy(patch.value))
-        elif operation in {"INSERT_BEFORE", "INSERT_AFTER"} and positions:
-            routes.insert(
-                positions[0] + (0 if operation == "INSERT_BEFORE" else 1), copy.deepcopy(patch.value)
-            )
-        elif operation == "REMOVE" and positions:
-            routes[:] = [item for i, item in enumerate(routes) if i not in positions]
-        elif operation == "MERGE" and positions and patch.value is not None:
-            for i in positions:
-                routes[i] = merge_message(routes[i], patch.value, ROUTE)
-        else:
-            continue
-        changed = True
+        changed = _patch_list(routes, patch, positions, named=named, descriptor=ROUTE) or changed
     return None if changed else "no route matches"
 
 
