@@ -11,6 +11,7 @@ import argparse
 import ipaddress
 import logging
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,17 @@ def service_arg_type(text: str) -> tuple[ServiceRef, ServiceAddress]:
         return parse_service_arg(text)
     except ServiceArgError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def port_arg_type(text: str) -> int:
+    """`argparse` type for a listening port (`serve`, `reconcile`): 0 to 65535, as digits."""
+    if not text.isdigit() or not 0 <= int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number from 0 to 65535")
+    return int(text)
+
+
+def print_error(message: str) -> None:
+    sys.stderr.write(f"extproc-guard: error: {message}\n")
 
 
 def merge_services(

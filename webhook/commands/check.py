@@ -16,6 +16,7 @@ from webhook.clisettings import (
     add_resolver_arguments,
     build_resolver,
     load_policy_file,
+    print_error,
     resolver_settings_from_args,
 )
 from webhook.report import OutputFormat, render_report
@@ -56,10 +57,6 @@ def build_scan_settings(args: argparse.Namespace) -> ScanSettings:
     policy = load_policy_file(args.policy)
     resolver = build_resolver(resolver_settings_from_args(args))
     return ScanSettings(policy=policy, resolver=resolver)
-
-
-def print_error(message: str) -> None:
-    sys.stderr.write(f"extproc-guard: error: {message}\n")
 
 
 def run_check(args: argparse.Namespace) -> int:

@@ -13,8 +13,8 @@ import logging
 import sys
 
 from policies.findings import Level
-from webhook.clisettings import SettingsError
-from webhook.commands.check import EXIT_USAGE, add_input_arguments, build_scan_settings, print_error
+from webhook.clisettings import SettingsError, print_error
+from webhook.commands.check import EXIT_USAGE, add_input_arguments, build_scan_settings
 from webhook.repair import SourceFix, fix_source, write_in_place
 from webhook.report import DocumentResult, describe_finding
 from webhook.sources import InputError, expand_paths, read_source

@@ -13,7 +13,6 @@ import logging
 import re
 import signal
 import socket
-import sys
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +22,8 @@ from webhook.clisettings import (
     add_policy_argument,
     add_resolver_arguments,
     load_policy_file,
+    port_arg_type,
+    print_error,
     resolver_settings_from_args,
 )
 from webhook.reconcile_settings import LeaseSettings, ReconcileSettings
@@ -47,12 +48,6 @@ def _seconds(text: str) -> float:
     if not 1 <= value <= 86400:
         raise argparse.ArgumentTypeError(f"{text!r} must be from 1 to 86400 seconds")
     return value
-
-
-def _port(text: str) -> int:
-    if not text.isdigit() or not 0 <= int(text) < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number from 0 to 65535")
-    return int(text)
 
 
 def _namespace(text: str) -> str:
@@ -105,7 +100,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--identity", metavar="ID", help="this replica's name in the Lease (default: hostname_RANDOM)"
     )
     parser.add_argument(
-        "--metrics-port", type=_port, metavar="N", help="serve Prometheus /metrics on this port"
+        "--metrics-port", type=port_arg_type, metavar="N", help="serve Prometheus /metrics on this port"
     )
     parser.add_argument(
         "--metrics-host", default="0.0.0.0", metavar="ADDR", help="address for /metrics (default: 0.0.0.0)"
@@ -151,10 +146,6 @@ def settings_from_args(args: argparse.Namespace) -> ReconcileSettings:
         kubeconfig=args.kubeconfig,
         context=args.context,
     )
-
-
-def print_error(message: str) -> None:
-    sys.stderr.write(f"extproc-guard: error: {message}\n")
 
 
 def run_reconcile(args: argparse.Namespace) -> int:

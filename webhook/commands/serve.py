@@ -19,6 +19,7 @@ from webhook.clisettings import (
     add_policy_argument,
     add_resolver_arguments,
     load_policy_file,
+    port_arg_type,
     resolver_settings_from_args,
 )
 from webhook.services import KubeConfigError
@@ -28,12 +29,6 @@ from webhook.tlsreload import TLSFilesError
 logger = logging.getLogger(__name__)
 
 EXIT_USAGE = 2
-
-
-def _port(text: str) -> int:
-    if not text.isdigit() or not 0 <= int(text) < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number from 0 to 65535")
-    return int(text)
 
 
 def _seconds(text: str) -> float:
@@ -61,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--client-ca", type=Path, metavar="FILE", help="require client certificates signed by this CA (PEM)"
     )
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
-    parser.add_argument("--port", type=_port, default=8443, help="port to listen on (default: 8443)")
+    parser.add_argument("--port", type=port_arg_type, default=8443, help="port to listen on (default: 8443)")
     parser.add_argument(
         "--cert-poll-seconds",
         type=_seconds,
