@@ -89,14 +89,12 @@ class StoredCAError(PkiError):
 def rotate_certs(stored: StoredCerts, *, request: CertRequest, now: datetime) -> Rotation:
     """Keep what is still good, renew what is not, create what is missing."""
     ca, ca_reason = _current_ca(stored, request=request, now=now)
-    old_bundle = stored.ca_bundle or b""
-    if ca_reason:
+    if ca is None:
         ca = generate_ca(common_name=request.ca_common_name, now=now, valid_for=request.ca_valid_for)
-    bundle = build_trust_bundle(ca.cert_pem, old_bundle, now=now)
-    if ca_reason:
         serving, serving_reason = None, "CA replaced"
     else:
         serving, serving_reason = _reusable_serving(stored, ca=ca, request=request, now=now)
+    bundle = build_trust_bundle(ca.cert_pem, stored.ca_bundle or b"", now=now)
     if serving is None:
         serving = issue_serving_cert(
             ca,
@@ -126,10 +124,10 @@ def build_trust_bundle(ca_cert_pem: bytes, previous_bundle: bytes, *, now: datet
     return b"".join(_to_pem(cert) for cert in keep)
 
 
-def _current_ca(stored: StoredCerts, *, request: CertRequest, now: datetime) -> tuple[KeyPair, str]:
-    """The stored CA and "" when it can be reused; a placeholder and the reason to create one otherwise."""
+def _current_ca(stored: StoredCerts, *, request: CertRequest, now: datetime) -> tuple[KeyPair | None, str]:
+    """The stored CA and "" when it can be reused; None and the reason to create one otherwise."""
     if stored.ca_bundle is None and stored.ca_key is None:
-        return _NO_CA, "no CA stored"
+        return None, "no CA stored"
     if stored.ca_bundle is None or stored.ca_key is None:
         missing = "CA certificate" if stored.ca_bundle is None else "CA key"
         raise StoredCAError(f"the {missing} is missing; remove the other half to create a new CA")
@@ -141,7 +139,7 @@ def _current_ca(stored: StoredCerts, *, request: CertRequest, now: datetime) -> 
         pair = KeyPair(cert_pem=_to_pem(cert), key_pem=stored.ca_key)
         if is_ca_keypair(pair):
             if needs_renewal(pair.cert_pem, now=now, renew_before=request.renew_before):
-                return _NO_CA, "CA expires soon"
+                return None, "CA expires soon"
             return pair, ""
     raise StoredCAError("the stored CA key matches no CA certificate of the bundle")
 
@@ -184,6 +182,3 @@ def _load_bundle(pem: bytes) -> list[x509.Certificate]:
 
 def _to_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
-
-
-_NO_CA = KeyPair(cert_pem=b"", key_pem=b"")
