@@ -69,12 +69,7 @@ def test_serving_certificate_is_reissued_when_the_requested_names_change(request
 def test_serving_certificate_with_a_foreign_key_is_reissued() -> None:
     stored = _stored_at(NOW)
     other = _stored_at(NOW)
-    mixed = StoredCerts(
-        ca_bundle=stored.ca_bundle,
-        ca_key=stored.ca_key,
-        serving_cert=stored.serving_cert,
-        serving_key=other.serving_key,
-    )
+    mixed = dataclasses.replace(stored, serving_key=other.serving_key)
     assert rotate_certs(mixed, request=REQUEST, now=NOW).serving_reason == (
         "serving key does not match the certificate"
     )
@@ -83,12 +78,7 @@ def test_serving_certificate_with_a_foreign_key_is_reissued() -> None:
 def test_serving_certificate_from_another_ca_is_reissued() -> None:
     stored = _stored_at(NOW)
     other = _stored_at(NOW)
-    mixed = StoredCerts(
-        ca_bundle=stored.ca_bundle,
-        ca_key=stored.ca_key,
-        serving_cert=other.serving_cert,
-        serving_key=other.serving_key,
-    )
+    mixed = dataclasses.replace(stored, serving_cert=other.serving_cert, serving_key=other.serving_key)
     rotation = rotate_certs(mixed, request=REQUEST, now=NOW)
     assert rotation.serving_reason == "serving certificate not issued by the current CA"
     assert is_issued_by(rotation.certs.serving.cert_pem, stored.ca_bundle or b"")
@@ -96,9 +86,7 @@ def test_serving_certificate_from_another_ca_is_reissued() -> None:
 
 def test_unreadable_serving_certificate_is_reissued() -> None:
     stored = _stored_at(NOW)
-    broken = StoredCerts(
-        ca_bundle=stored.ca_bundle, ca_key=stored.ca_key, serving_cert=b"junk", serving_key=stored.serving_key
-    )
+    broken = dataclasses.replace(stored, serving_cert=b"junk")
     assert "unreadable" in rotate_certs(broken, request=REQUEST, now=NOW).serving_reason
 
 
