@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
@@ -21,6 +22,27 @@ async def start_app(app: web.Application) -> tuple[web.AppRunner, int]:
     sock = bind_listener("127.0.0.1", 0)
     await web.SockSite(runner, sock).start()
     return runner, sock.getsockname()[1]
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[int]:
+    """`app` on a loopback port for the block; yields the port."""
+    runner, port = await start_app(app)
+    try:
+        yield port
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def scraping(picker: Picker, settings: ScrapeSettings) -> AsyncIterator[asyncio.Task[None]]:
+    """The scrape loop running for the block, cancelled and awaited on leaving it."""
+    task = asyncio.create_task(Scraper(picker, settings).run())
+    try:
+        yield task
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_scrapes_set_health_and_load_and_a_stopped_server_turns_unhealthy() -> None:
@@ -51,21 +73,16 @@ async def test_scrapes_set_health_and_load_and_a_stopped_server_turns_unhealthy(
 
 
 async def test_the_scrape_loop_runs_until_cancelled() -> None:
-    runner, port = await start_app(Simulator(SimulatorSettings(name="s")).make_app())
-    picker = Picker(PickerSettings(stale_after=0))
-    endpoint = Endpoint("127.0.0.1", port)
-    picker.set_endpoints([endpoint])
-    task = asyncio.create_task(Scraper(picker, ScrapeSettings(interval=0.05)).run())
-    try:
-        for _ in range(100):
-            if picker.statuses()[0].health is Health.HEALTHY:
-                break
-            await asyncio.sleep(0.02)
-        assert picker.statuses()[0].health is Health.HEALTHY
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await runner.cleanup()
+    async with serving(Simulator(SimulatorSettings(name="s")).make_app()) as port:
+        picker = Picker(PickerSettings(stale_after=0))
+        endpoint = Endpoint("127.0.0.1", port)
+        picker.set_endpoints([endpoint])
+        async with scraping(picker, ScrapeSettings(interval=0.05)) as task:
+            for _ in range(100):
+                if picker.statuses()[0].health is Health.HEALTHY:
+                    break
+                await asyncio.sleep(0.02)
+            assert picker.statuses()[0].health is Health.HEALTHY
     assert task.cancelled()
 
 
@@ -99,67 +116,49 @@ def health(picker: Picker, endpoint: Endpoint) -> Health:
 
 async def test_a_hanging_endpoint_holds_back_only_its_own_scrapes() -> None:
     quick, hanging = CountingMetrics(delay=0.0), CountingMetrics(delay=3.0)
-    quick_runner, quick_port = await start_app(quick.app)
-    hanging_runner, hanging_port = await start_app(hanging.app)
-    fast, stuck = Endpoint("127.0.0.1", quick_port), Endpoint("127.0.0.1", hanging_port)
-    picker = Picker(PickerSettings(stale_after=0))
-    picker.set_endpoints([fast, stuck])
-    task = asyncio.create_task(Scraper(picker, ScrapeSettings(interval=0.05, timeout=0.8)).run())
-    try:
-        assert await eventually(lambda: hanging.hits == 1)
-        # while the hanging endpoint's first scrape is still waiting, the quick one is scraped again and again
-        assert await eventually(lambda: quick.hits >= 5, within=0.6)
-        assert hanging.hits == 1
-        assert health(picker, fast) is Health.HEALTHY
-        assert health(picker, stuck) is Health.UNKNOWN
-        # the timeout then fails the hanging one alone
-        assert await eventually(lambda: health(picker, stuck) is Health.UNHEALTHY)
-        assert "TimeoutError" in {s.endpoint: s.reason for s in picker.statuses()}[stuck]
-        assert health(picker, fast) is Health.HEALTHY
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await quick_runner.cleanup()
-        await hanging_runner.cleanup()
+    async with serving(quick.app) as quick_port, serving(hanging.app) as hanging_port:
+        fast, stuck = Endpoint("127.0.0.1", quick_port), Endpoint("127.0.0.1", hanging_port)
+        picker = Picker(PickerSettings(stale_after=0))
+        picker.set_endpoints([fast, stuck])
+        async with scraping(picker, ScrapeSettings(interval=0.05, timeout=0.8)):
+            assert await eventually(lambda: hanging.hits == 1)
+            # while the hanging endpoint's first scrape is still waiting, the quick one is scraped again
+            # and again
+            assert await eventually(lambda: quick.hits >= 5, within=0.6)
+            assert hanging.hits == 1
+            assert health(picker, fast) is Health.HEALTHY
+            assert health(picker, stuck) is Health.UNKNOWN
+            # the timeout then fails the hanging one alone
+            assert await eventually(lambda: health(picker, stuck) is Health.UNHEALTHY)
+            assert "TimeoutError" in {s.endpoint: s.reason for s in picker.statuses()}[stuck]
+            assert health(picker, fast) is Health.HEALTHY
 
 
 async def test_an_answer_slower_than_the_interval_but_within_the_timeout_is_healthy() -> None:
     slow = CountingMetrics(delay=0.3)
-    runner, port = await start_app(slow.app)
-    endpoint = Endpoint("127.0.0.1", port)
-    picker = Picker(PickerSettings(stale_after=0))
-    picker.set_endpoints([endpoint])
-    task = asyncio.create_task(Scraper(picker, ScrapeSettings(interval=0.05, timeout=2.0)).run())
-    try:
-        assert await eventually(lambda: health(picker, endpoint) is Health.HEALTHY)
-        assert await eventually(lambda: slow.hits >= 3)
-        assert health(picker, endpoint) is Health.HEALTHY
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await runner.cleanup()
+    async with serving(slow.app) as port:
+        endpoint = Endpoint("127.0.0.1", port)
+        picker = Picker(PickerSettings(stale_after=0))
+        picker.set_endpoints([endpoint])
+        async with scraping(picker, ScrapeSettings(interval=0.05, timeout=2.0)):
+            assert await eventually(lambda: health(picker, endpoint) is Health.HEALTHY)
+            assert await eventually(lambda: slow.hits >= 3)
+            assert health(picker, endpoint) is Health.HEALTHY
 
 
 async def test_the_scrape_loops_follow_the_endpoint_set() -> None:
     first, second = CountingMetrics(delay=0.0), CountingMetrics(delay=0.0)
-    first_runner, first_port = await start_app(first.app)
-    second_runner, second_port = await start_app(second.app)
-    one, two = Endpoint("127.0.0.1", first_port), Endpoint("127.0.0.1", second_port)
-    picker = Picker(PickerSettings(stale_after=0))
-    picker.set_endpoints([one])
-    task = asyncio.create_task(Scraper(picker, ScrapeSettings(interval=0.05)).run())
-    try:
-        assert await eventually(lambda: first.hits >= 2)
-        assert second.hits == 0
-        picker.set_endpoints([two])  # discovery replaced the first endpoint with the second
-        assert await eventually(lambda: second.hits >= 2)
-        await asyncio.sleep(0.1)  # a scrape of the first one may have been under way
-        settled = first.hits
-        await asyncio.sleep(0.3)
-        assert first.hits == settled
-        assert health(picker, two) is Health.HEALTHY
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await first_runner.cleanup()
-        await second_runner.cleanup()
+    async with serving(first.app) as first_port, serving(second.app) as second_port:
+        one, two = Endpoint("127.0.0.1", first_port), Endpoint("127.0.0.1", second_port)
+        picker = Picker(PickerSettings(stale_after=0))
+        picker.set_endpoints([one])
+        async with scraping(picker, ScrapeSettings(interval=0.05)):
+            assert await eventually(lambda: first.hits >= 2)
+            assert second.hits == 0
+            picker.set_endpoints([two])  # discovery replaced the first endpoint with the second
+            assert await eventually(lambda: second.hits >= 2)
+            await asyncio.sleep(0.1)  # a scrape of the first one may have been under way
+            settled = first.hits
+            await asyncio.sleep(0.3)
+            assert first.hits == settled
+            assert health(picker, two) is Health.HEALTHY
