@@ -6,10 +6,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from policies.pieces import EXT_PROC_TYPE
 from policies.profile import ProfileName
+from policies.spelling import get_field
 
 EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
-_EXT_PROC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,30 +25,22 @@ class FilterFacts:
     profile: ProfileName
 
 
-def _field(mapping: Mapping[str, Any], snake: str) -> Any:
-    """Read a field in either Envoy JSON spelling (`cluster_name` or `clusterName`)."""
-    if snake in mapping:
-        return mapping[snake]
-    head, *rest = snake.split("_")
-    return mapping.get(head + "".join(part.capitalize() for part in rest))
-
-
 def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
 def _patch_values(document: Mapping[str, Any], apply_to: str) -> Iterable[Mapping[str, Any]]:
-    patches = _field(_mapping(document.get("spec")), "config_patches")
+    patches = get_field(_mapping(document.get("spec")), "config_patches")
     for patch in patches if isinstance(patches, list) else []:
         patch = _mapping(patch)
-        if _field(patch, "apply_to") == apply_to:
+        if get_field(patch, "apply_to") == apply_to:
             yield _mapping(_mapping(patch.get("patch")).get("value"))
 
 
 def _ext_proc_config(document: Mapping[str, Any]) -> Mapping[str, Any] | None:
     for value in _patch_values(document, "HTTP_FILTER"):
-        config = _mapping(_field(value, "typed_config"))
-        if value.get("name") == EXT_PROC_FILTER or config.get("@type") == _EXT_PROC_TYPE:
+        config = _mapping(get_field(value, "typed_config"))
+        if value.get("name") == EXT_PROC_FILTER or config.get("@type") == EXT_PROC_TYPE:
             return config
     return None
 
@@ -59,14 +52,14 @@ def read_filter_facts(document: Mapping[str, Any]) -> FilterFacts | None:
     config = _ext_proc_config(document)
     if config is None:
         return None
-    grpc = _mapping(_field(config, "grpc_service"))
-    cluster_name = _field(_mapping(_field(grpc, "envoy_grpc")), "cluster_name")
-    mode = _mapping(_field(config, "processing_mode"))
-    body_mode = _field(mode, "request_body_mode")
+    grpc = _mapping(get_field(config, "grpc_service"))
+    cluster_name = get_field(_mapping(get_field(grpc, "envoy_grpc")), "cluster_name")
+    mode = _mapping(get_field(config, "processing_mode"))
+    body_mode = get_field(mode, "request_body_mode")
     cluster_tls = False
     for value in _patch_values(document, "CLUSTER"):
         if cluster_name is not None and value.get("name") == cluster_name:
-            cluster_tls = bool(_field(value, "transport_socket"))
+            cluster_tls = bool(get_field(value, "transport_socket"))
     body = str(body_mode) if body_mode is not None else None
     profile = (
         ProfileName.GIE_EPP if cluster_tls or body == "FULL_DUPLEX_STREAMED" else ProfileName.HEADERS_EPP
@@ -75,7 +68,7 @@ def read_filter_facts(document: Mapping[str, Any]) -> FilterFacts | None:
         name=str(_mapping(document.get("metadata")).get("name", "")),
         cluster_name=str(cluster_name) if isinstance(cluster_name, str) and cluster_name else None,
         request_body_mode=body,
-        failure_mode_allow=_field(config, "failure_mode_allow") is True,
+        failure_mode_allow=get_field(config, "failure_mode_allow") is True,
         cluster_tls=cluster_tls,
         profile=profile,
     )
