@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
@@ -46,6 +47,15 @@ def without_server_fields(obj: dict[str, Any]) -> dict[str, Any]:
     for key in ("resourceVersion", "uid", "managedFields", "generation", "creationTimestamp"):
         result["metadata"].pop(key, None)
     return result
+
+
+async def poll_until(condition: Callable[[], bool], what: str, *, seconds: float, every: float) -> None:
+    """Check `condition` every `every` seconds; fail the test if it is still false after `seconds`."""
+    for _ in range(int(seconds / every)):
+        if condition():
+            return
+        await asyncio.sleep(every)
+    pytest.fail(f"not within {seconds}s: {what}")
 
 
 @dataclass

@@ -8,13 +8,21 @@ import contextlib
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.reconciler.conftest import EPP, EPP_IP, NAMESPACE, OPERATOR, load, without_server_fields
+from tests.reconciler.conftest import (
+    EPP,
+    EPP_IP,
+    NAMESPACE,
+    OPERATOR,
+    load,
+    poll_until,
+    without_server_fields,
+)
 from tests.reconciler.fakeapi import LEASES, FakeKubeAPI
 
 WAIT_SECONDS = 60.0
@@ -45,12 +53,7 @@ async def run_cli(*args: str) -> tuple[int, str, str]:
     return process.returncode, out.decode(), err.decode()
 
 
-async def wait_for(condition: Callable[[], bool], what: str) -> None:
-    for _ in range(int(WAIT_SECONDS / 0.05)):
-        if condition():
-            return
-        await asyncio.sleep(0.05)
-    pytest.fail(f"not within {WAIT_SECONDS}s: {what}")
+wait_for = partial(poll_until, seconds=WAIT_SECONDS, every=0.05)
 
 
 @pytest.fixture

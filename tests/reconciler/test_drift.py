@@ -6,17 +6,18 @@ cache (`webhook.services.ServiceCache`) on its own thread."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 from kubernetes import client
 
-from tests.reconciler.conftest import EPP, EPP_IP, NAMESPACE, OPERATOR, ReconcilerFactory, load
+from tests.reconciler.conftest import EPP, EPP_IP, NAMESPACE, OPERATOR, ReconcilerFactory, load, poll_until
 from tests.reconciler.fakeapi import EVENTS, FakeKubeAPI
 from webhook.reconcile_kube import build_api_client
 from webhook.reconcile_runner import repair_on_drift
-from webhook.reconciler import Action
+from webhook.reconciler import Action, Reconciler
 from webhook.services import ServiceCache
 from webhook.settings import KubeSettings
 
@@ -46,22 +47,26 @@ def cache(fake_api: FakeKubeAPI, kubeconfig: Path) -> Iterator[ServiceCache]:
         service_cache.stop(5.0)
 
 
-async def wait_for(condition: Callable[[], bool], what: str) -> None:
-    """Poll a condition the cache thread changes, at most WAIT_SECONDS."""
-    for _ in range(int(WAIT_SECONDS / 0.02)):
-        if condition():
-            return
-        await asyncio.sleep(0.02)
-    pytest.fail(f"not within {WAIT_SECONDS}s: {what}")
+@pytest.fixture
+async def reconciler(
+    fake_api: FakeKubeAPI, cache: ServiceCache, make_reconciler: ReconcilerFactory
+) -> Reconciler:
+    """A reconciler reading Services through the synced cache, after its first audit of the seed's bad
+    filter (which pins that filter to the EPP Service)."""
+    assert await asyncio.to_thread(cache.wait_synced, WAIT_SECONDS)
+    fake_api.store_envoy_filter(load("seed-bad.yaml"), manager=OPERATOR)
+    built = make_reconciler(resolver=cache)
+    await built.audit()
+    return built
+
+
+# The cache thread changes what the conditions read, so poll more often than the process-level tests.
+wait_for = partial(poll_until, seconds=WAIT_SECONDS, every=0.02)
 
 
 async def test_a_recreated_service_with_a_new_cluster_ip_is_repaired_in_every_pinned_filter(
-    fake_api: FakeKubeAPI, cache: ServiceCache, make_reconciler: ReconcilerFactory
+    fake_api: FakeKubeAPI, reconciler: Reconciler
 ) -> None:
-    assert await asyncio.to_thread(cache.wait_synced, WAIT_SECONDS)
-    fake_api.store_envoy_filter(load("seed-bad.yaml"), manager=OPERATOR)
-    reconciler = make_reconciler(resolver=cache)
-    await reconciler.audit()
     assert pinned_address(fake_api) == (EPP_IP, 9002)
     assert reconciler.drifted() == []
 
@@ -78,12 +83,8 @@ async def test_a_recreated_service_with_a_new_cluster_ip_is_repaired_in_every_pi
 
 
 async def test_a_deleted_service_leaves_filters_alone_until_it_returns(
-    fake_api: FakeKubeAPI, cache: ServiceCache, make_reconciler: ReconcilerFactory
+    fake_api: FakeKubeAPI, reconciler: Reconciler
 ) -> None:
-    assert await asyncio.to_thread(cache.wait_synced, WAIT_SECONDS)
-    fake_api.store_envoy_filter(load("seed-bad.yaml"), manager=OPERATOR)
-    reconciler = make_reconciler(resolver=cache)
-    await reconciler.audit()
     writes = len(fake_api.writes(plural="envoyfilters"))
 
     fake_api.services.delete(EPP.namespace, EPP.name)
@@ -95,12 +96,8 @@ async def test_a_deleted_service_leaves_filters_alone_until_it_returns(
 
 
 async def test_the_drift_loop_repairs_a_cluster_ip_change_without_an_audit(
-    fake_api: FakeKubeAPI, cache: ServiceCache, make_reconciler: ReconcilerFactory
+    fake_api: FakeKubeAPI, reconciler: Reconciler
 ) -> None:
-    assert await asyncio.to_thread(cache.wait_synced, WAIT_SECONDS)
-    fake_api.store_envoy_filter(load("seed-bad.yaml"), manager=OPERATOR)
-    reconciler = make_reconciler(resolver=cache)
-    await reconciler.audit()
     stop = asyncio.Event()
     loop = asyncio.ensure_future(
         repair_on_drift(reconciler, may_write=lambda: True, wake=asyncio.Event(), poll=0.05, stop=stop)
@@ -117,12 +114,8 @@ async def test_the_drift_loop_repairs_a_cluster_ip_change_without_an_audit(
 
 
 async def test_a_single_port_service_recreated_on_another_port_takes_its_filters_along(
-    fake_api: FakeKubeAPI, cache: ServiceCache, make_reconciler: ReconcilerFactory
+    fake_api: FakeKubeAPI, reconciler: Reconciler
 ) -> None:
-    assert await asyncio.to_thread(cache.wait_synced, WAIT_SECONDS)
-    fake_api.store_envoy_filter(load("seed-bad.yaml"), manager=OPERATOR)
-    reconciler = make_reconciler(resolver=cache)
-    await reconciler.audit()
 
     fake_api.services.delete(EPP.namespace, EPP.name)
     await wait_for(lambda: reconciler.drifted() == [EPP], "the cache saw the deletion")
@@ -137,12 +130,8 @@ async def test_a_single_port_service_recreated_on_another_port_takes_its_filters
 
 
 async def test_a_port_change_to_a_multi_port_service_is_reported_not_guessed(
-    fake_api: FakeKubeAPI, cache: ServiceCache, make_reconciler: ReconcilerFactory
+    fake_api: FakeKubeAPI, reconciler: Reconciler
 ) -> None:
-    assert await asyncio.to_thread(cache.wait_synced, WAIT_SECONDS)
-    fake_api.store_envoy_filter(load("seed-bad.yaml"), manager=OPERATOR)
-    reconciler = make_reconciler(resolver=cache)
-    await reconciler.audit()
 
     fake_api.services.delete(EPP.namespace, EPP.name)
     fake_api.services.put(EPP.namespace, EPP.name, NEW_IP, (9003, 9090))

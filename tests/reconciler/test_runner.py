@@ -5,13 +5,11 @@ bounded polls on what the fake has stored; nothing asserts on time."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
-import pytest
-
 from policies.policy import default_policy
-from tests.reconciler.conftest import EPP, EPP_IP, NAMESPACE, OPERATOR, load
+from tests.reconciler.conftest import EPP, EPP_IP, NAMESPACE, OPERATOR, load, poll_until
 from tests.reconciler.fakeapi import LEASES, FakeKubeAPI
 from webhook.reconcile_runner import Parts, build_parts, run_reconciler
 from webhook.reconcile_settings import LeaseSettings, ReconcileSettings
@@ -19,12 +17,7 @@ from webhook.reconcile_settings import LeaseSettings, ReconcileSettings
 WAIT_SECONDS = 30.0
 
 
-async def wait_for(condition: Callable[[], bool], what: str) -> None:
-    for _ in range(int(WAIT_SECONDS / 0.05)):
-        if condition():
-            return
-        await asyncio.sleep(0.05)
-    pytest.fail(f"not within {WAIT_SECONDS}s: {what}")
+wait_for = partial(poll_until, seconds=WAIT_SECONDS, every=0.05)
 
 
 def settings_for(kubeconfig: Path, identity: str) -> ReconcileSettings:
