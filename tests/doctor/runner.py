@@ -1,7 +1,8 @@
 """Run `extproc-guard doctor` in-process and capture its exit code and output.
 
-The parser holds only the doctor command (registered the way the CLI registers every command), so these
-tests exercise the doctor's flags, output and exit codes without depending on the other sub-commands.
+The parser is the CLI's own parser class with only the doctor command (registered the way the CLI registers
+every command), so these tests exercise the doctor's flags, output and exit codes without depending on the
+other sub-commands.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
+from webhook.cli import _Parser
 from webhook.commands import doctor
 
 
@@ -24,14 +26,9 @@ class DoctorRun:
     stderr: str
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def run_doctor(argv: Sequence[str], *, stdin: str | None = None) -> DoctorRun:
-    parser = _OneLineParser(prog="extproc-guard")
-    subparsers = parser.add_subparsers(dest="command", parser_class=_OneLineParser)
+    parser = _Parser(prog="extproc-guard")
+    subparsers = parser.add_subparsers(dest="command", parser_class=_Parser)
     doctor.register(cast("argparse._SubParsersAction[argparse.ArgumentParser]", subparsers))
     out, err = io.StringIO(), io.StringIO()
     saved_stdin = sys.stdin
