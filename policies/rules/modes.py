@@ -239,7 +239,7 @@ def _profile_mismatches(subject: Subject, site: ModeSite) -> dict[str, Any]:
         value = effective_mode(site, field)
         if value == wanted or not isinstance(value, str) or value not in KNOWN_MODES:
             continue
-        if skip_disallowed and field in BODY_FIELDS and isinstance(value, str) and value not in allowed:
+        if skip_disallowed and field in BODY_FIELDS and value not in allowed:
             continue
         wrong[field] = value
     return wrong

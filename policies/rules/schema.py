@@ -60,16 +60,13 @@ def check_schema(subject: Subject) -> Iterator[Violation]:
     pieces = subject.pieces
     for piece in pieces.filters:
         value = piece.patch.value or {}
-        if find_key(value, "typed_config") is None:
+        key = find_key(value, "typed_config")
+        if key is None:
             error = SchemaError((), "the filter has no typed_config")
             yield _violation(piece.patch.value_path, "the ext_proc HTTP filter", "HttpFilter", error)
             continue
         yield from _check_any(
-            piece.config_path,
-            "the ext_proc typed_config",
-            value.get(find_key(value, "typed_config") or ""),
-            EXT_PROC_TYPE,
-            EXTERNAL_PROCESSOR,
+            piece.config_path, "the ext_proc typed_config", value[key], EXT_PROC_TYPE, EXTERNAL_PROCESSOR
         )
     for route in pieces.routes:
         yield from _check_any(
