@@ -280,10 +280,10 @@ def _apply_virtual_host(bootstrap: dict[str, Any], patch: ConfigPatch, options: 
             route_config.setdefault(key, []).append(copy.deepcopy(patch.value))
             changed = True
         return None if changed else "no route configuration matches"
+    vhost_match = get_field(get_field(patch.match, "routeConfiguration") or {}, "vhost") or {}
     for route_config in _matching_route_configs(bootstrap, patch.match, options):
         key = find_key(route_config, "virtual_hosts") or "virtual_hosts"
         hosts: list[Any] = route_config.setdefault(key, [])
-        vhost_match = get_field(get_field(patch.match, "routeConfiguration") or {}, "vhost") or {}
         positions = [i for i, item in enumerate(hosts) if _virtual_host_matches(item, vhost_match)]
         if not positions:
             continue
