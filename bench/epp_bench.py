@@ -166,10 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     children: list[Child] = []
     try:
         sim_port, epp_port, listen_port, admin_port = free_port(), free_port(), free_port(), free_port()
-        metrics_ports = [free_port() + 0 for _ in range(1)]
         if args.workers > 1:  # worker i serves metrics on base + i
             base = 20000 + (os.getpid() % 20000)
             metrics_ports = [base + i for i in range(args.workers)]
+        else:
+            metrics_ports = [free_port()]
         sim_argv = [*CLI, "sim-model", "--port", str(sim_port), "--name", "sim", "--concurrency", "64"]
         sim = start_child("sim", [*sim_argv, "--latency-ms", str(args.sim_latency_ms)], log_dir=workdir)
         children.append(sim)
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         run_wrk(epp_url, duration=2, connections=args.connections, script=script, header=None)
         baseline: list[WrkResult] = []
         through: list[WrkResult] = []
-        cpu = decisions = 0.0
+        decisions = 0.0
         groups = {"envoy": [envoy.process.pid], "simulator": process_tree(sim.process.pid), "epp": epp_pids}
         spent: dict[str, defaultdict[str, float]] = {
             side: defaultdict(float) for side in ("baseline", "with EPP")
@@ -233,9 +234,8 @@ def main(argv: list[str] | None = None) -> int:
                     spent[side][name] += cpu_seconds(pids) - before[name]
                 spent[side]["requests"] += result.requests
                 if side == "with EPP":
-                    cpu += cpu_seconds(epp_pids) - before["epp"]
                     decisions += epp_decisions(metrics_ports) - decisions_before
-        report(baseline, through, cpu=cpu, decisions=decisions, args=args)
+        report(baseline, through, cpu=spent["with EPP"]["epp"], decisions=decisions, args=args)
         print("CPU per request by process (us):")
         for side, counts in spent.items():
             requests = counts.pop("requests") or 1
