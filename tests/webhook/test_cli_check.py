@@ -10,27 +10,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 import yaml
 
-from webhook.cli import main
-
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = ROOT / "manifests" / "examples"
-SEED_BAD = EXAMPLES / "seed-bad.yaml"
-SEED_CORRECTED = EXAMPLES / "seed-corrected.yaml"
-SERVICE = ["--service", "llm-d-inference-scheduler/gaie-inference-scheduling-epp=10.96.45.12:9002"]
-SCRIPT = Path(sys.executable).parent / "extproc-guard"
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(argv)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from tests.webhook.clirun import EXAMPLES, ROOT, SCRIPT, SEED_BAD, SEED_CORRECTED, SERVICE, run
 
 
 def run_script(

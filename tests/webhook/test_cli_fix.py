@@ -6,27 +6,15 @@ import difflib
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.webhook.clirun import EXAMPLES, SCRIPT, SEED_BAD, SEED_CORRECTED, SERVICE, run
 from webhook.cli import main
 
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = ROOT / "manifests" / "examples"
-SEED_BAD = EXAMPLES / "seed-bad.yaml"
-SEED_CORRECTED = EXAMPLES / "seed-corrected.yaml"
-SERVICE = ["--service", "llm-d-inference-scheduler/gaie-inference-scheduling-epp=10.96.45.12:9002"]
-SCRIPT = Path(sys.executable).parent / "extproc-guard"
 BROKEN = ("seed-bad.yaml", "camelcase-no-http2.yaml", "failure-mode-allow.yaml")
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(argv)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def copy_example(name: str, folder: Path) -> Path:
