@@ -94,15 +94,13 @@ def reconciler_for(
 
 
 def create(kubectl: Kubectl, document: dict[str, Any], namespace: str) -> None:
-    document = copy.deepcopy(document)
-    document["metadata"]["namespace"] = namespace
+    document = in_namespace(document, namespace)
     kubectl.run("create", "-f", "-", "--field-manager", OPERATOR, stdin=yaml.safe_dump(document))
 
 
 def operator_applies(kubectl: Kubectl, document: dict[str, Any], namespace: str) -> None:
     """The operator's reconcile loop: server-side apply of its template, taking the fields back."""
-    document = copy.deepcopy(document)
-    document["metadata"]["namespace"] = namespace
+    document = in_namespace(document, namespace)
     kubectl.run(
         "apply",
         "--server-side",

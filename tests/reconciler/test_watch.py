@@ -18,7 +18,8 @@ from policies.policy import default_policy
 from tests.e2e.cluster import ControlPlaneInfo, Kubectl
 from tests.e2e.conftest import EppService, epp_service  # noqa: F401  (the seed's EPP Service fixture)
 from tests.reconciler.conftest import OPERATOR, load, without_server_fields
-from tests.reconciler.test_apiserver import FILTER, in_namespace
+from tests.reconciler.test_apiserver import FILTER, events, in_namespace, stored
+from tests.reconciler.test_apiserver import operator_applies as apply_as_operator
 from webhook.reconcile_runner import Parts, build_parts, run_reconciler
 from webhook.reconcile_settings import ReconcileSettings
 
@@ -82,19 +83,10 @@ async def wait_for(condition: Callable[[], bool], what: str, running: Running | 
     pytest.fail(f"not within {WAIT_SECONDS}s: {what}")
 
 
-def stored(kubectl: Kubectl, namespace: str, name: str = FILTER) -> dict[str, Any]:
-    return kubectl.get_json("envoyfilter", name, "-n", namespace)
-
-
 def is_corrected(kubectl: Kubectl, namespace: str, name: str = FILTER) -> bool:
     return bool(
         stored(kubectl, namespace, name)["spec"]["configPatches"][0]["patch"]["operation"] == "REPLACE"
     )
-
-
-def events(kubectl: Kubectl, namespace: str, reason: str) -> list[dict[str, Any]]:
-    items = kubectl.get_json("events.events.k8s.io", "-n", namespace).get("items") or []
-    return [e for e in items if e.get("reason") == reason]
 
 
 async def operator_applies(
@@ -104,17 +96,7 @@ async def operator_applies(
     `rollout` changes an annotation so every apply is a new version. Returns the stored resourceVersion."""
     document = in_namespace(document, namespace)
     document["metadata"].setdefault("annotations", {})["example.com/rollout"] = str(rollout)
-    await asyncio.to_thread(
-        kubectl.run,
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "--field-manager",
-        OPERATOR,
-        "-f",
-        "-",
-        stdin=yaml.safe_dump(document),
-    )
+    await asyncio.to_thread(apply_as_operator, kubectl, document, namespace)
     version = (await asyncio.to_thread(stored, kubectl, namespace))["metadata"]["resourceVersion"]
     return str(version)
 
