@@ -132,14 +132,8 @@ class Picker:
 
     def statuses(self) -> tuple[EndpointStatus, ...]:
         return tuple(
-            EndpointStatus(s.endpoint, s.health, s.sample, self._score(s), s.reason)
-            for s in self._states.values()
+            EndpointStatus(s.endpoint, s.health, s.sample, s.base, s.reason) for s in self._states.values()
         )
-
-    def _score(self, state: _State) -> float | None:
-        if state.sample is None:
-            return None
-        return score_load(state.sample, assigned=0, weights=self._settings.weights)
 
     def _set_health(self, state: _State, health: Health, reason: str) -> None:
         if state.health is not health:
@@ -153,5 +147,4 @@ class Picker:
             return
         name = str(state.endpoint)
         self._metrics.endpoint_healthy.labels(name).set(0 if state.health is Health.UNHEALTHY else 1)
-        score = self._score(state)
-        self._metrics.endpoint_score.labels(name).set(score if score is not None else float("nan"))
+        self._metrics.endpoint_score.labels(name).set(state.base if state.base is not None else float("nan"))
