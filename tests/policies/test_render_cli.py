@@ -11,11 +11,11 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
+from tests.policies.bootstraps import manager_of
 from webhook.commands import render
 
 SINGLE_COMMAND_CLI = (
@@ -44,12 +44,6 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
     code = main(["render", *argv])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
-
-
-def manager_of(bootstrap: dict[str, Any]) -> dict[str, Any]:
-    chain = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]
-    manager: dict[str, Any] = chain["filters"][0]["typed_config"]
-    return manager
 
 
 def test_render_prints_the_bootstrap_as_yaml_by_default(capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,6 +16,7 @@ import yaml
 
 from policies.render import EXT_PROC_FILTER, RenderOptions, RouteSpec, SocketAddress, render_gateway
 from tests.envoy_rig import EnvoyRig, EnvoyStartError, find_envoy, run_envoy
+from tests.policies.bootstraps import http_filters
 
 pytestmark = pytest.mark.envoy
 
@@ -51,12 +52,6 @@ def validate(bootstrap: dict[str, Any], workdir: Path) -> subprocess.CompletedPr
         "error",
     ]
     return subprocess.run(command, capture_output=True, text=True, timeout=VALIDATE_TIMEOUT, check=False)
-
-
-def http_filters(bootstrap: dict[str, Any]) -> list[dict[str, Any]]:
-    chain = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]
-    filters: list[dict[str, Any]] = chain["filters"][0]["typed_config"]["http_filters"]
-    return filters
 
 
 def loopback_options(**overrides: Any) -> RenderOptions:

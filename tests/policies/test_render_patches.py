@@ -16,6 +16,7 @@ from policies.render import (
     render_bootstrap,
     render_gateway,
 )
+from tests.policies.bootstraps import http_filters, manager_of, routes
 
 HCM = "envoy.filters.network.http_connection_manager"
 ROUTER = "envoy.filters.http.router"
@@ -66,20 +67,8 @@ def ext_proc_value(cluster: str = "epp-cluster", *, camel: bool = False) -> dict
     return {"name": EXT_PROC_FILTER, "typed_config": config}
 
 
-def http_filters(bootstrap: dict[str, Any]) -> list[dict[str, Any]]:
-    manager = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    filters: list[dict[str, Any]] = manager["http_filters"]
-    return filters
-
-
 def filter_names(bootstrap: dict[str, Any]) -> list[str]:
     return [item["name"] for item in http_filters(bootstrap)]
-
-
-def routes(bootstrap: dict[str, Any]) -> list[dict[str, Any]]:
-    manager = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    found: list[dict[str, Any]] = manager["route_config"]["virtual_hosts"][0]["routes"]
-    return found
 
 
 def clusters(bootstrap: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -400,9 +389,7 @@ class TestRouteAndVirtualHostMerge:
     @pytest.mark.parametrize("camel", [True, False], ids=["camelCase", "snake_case"])
     def test_virtual_host_merge_sets_the_override_on_the_virtual_host(self, camel: bool) -> None:
         patch = per_route_patch("VIRTUAL_HOST", camel=camel, overrides={"processing_mode": {}})
-        manager = render_bootstrap(make_filter(patch), options=OPTIONS)["static_resources"]["listeners"][0][
-            "filter_chains"
-        ][0]["filters"][0]["typed_config"]
+        manager = manager_of(render_bootstrap(make_filter(patch), options=OPTIONS))
         host = manager["route_config"]["virtual_hosts"][0]
         per_filter = host.get("typed_per_filter_config") or host["typedPerFilterConfig"]
         assert per_filter[EXT_PROC_FILTER]["overrides"] == {"processing_mode": {}}
