@@ -17,6 +17,12 @@ import pytest
 from policies.engine import evaluate
 from policies.policy import default_policy
 from policies.resolver import StaticResolver
+from tests.webhook.serverkit import (
+    metric_value,
+    pki_fixture,  # noqa: F401  (a shared fixture)
+    session_fixture,  # noqa: F401  (a shared fixture)
+    static_server,
+)
 from tests.webhook.webhookrig import (
     STATIC_SERVICES,
     Pki,
@@ -25,7 +31,6 @@ from tests.webhook.webhookrig import (
     decode_patch,
     load_document,
     review_of,
-    running_server,
 )
 from webhook.settings import ServeSettings
 
@@ -33,25 +38,10 @@ BODY_TIMEOUT_SECONDS = 0.5
 
 
 @pytest.fixture(scope="module")
-def pki() -> Pki:
-    return Pki()
-
-
-@pytest.fixture(scope="module")
 def server(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
     tls = pki.write_serving(tmp_path_factory.mktemp("tls"))
-    settings = ServeSettings(
-        tls=tls, host="127.0.0.1", port=0, services=STATIC_SERVICES, body_timeout_seconds=BODY_TIMEOUT_SECONDS
-    )
-    with running_server(settings) as running:
+    with static_server(tls, body_timeout_seconds=BODY_TIMEOUT_SECONDS) as running:
         yield running
-
-
-@pytest.fixture
-async def session(pki: Pki) -> AsyncIterator[aiohttp.ClientSession]:
-    connector = aiohttp.TCPConnector(ssl=client_context(pki))
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=20)) as client:
-        yield client
 
 
 def engine_result(document: dict[str, Any]) -> Any:
@@ -69,13 +59,6 @@ async def post_review(
     assert body["kind"] == "AdmissionReview"
     assert body["response"]["uid"] == review["request"]["uid"]
     return dict(body["response"])
-
-
-async def metric_value(session: aiohttp.ClientSession, server: ServerThread, name: str) -> float:
-    async with session.get(server.url + "/metrics") as response:
-        text = await response.text()
-    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
 
 
 async def test_the_seed_filter_is_mutated_to_the_corrected_form(

@@ -7,7 +7,6 @@ CLI (`extproc-guard check -o json`, `fix`) and the real server over HTTPS must b
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +19,19 @@ from policies.engine import Evaluation, evaluate
 from policies.findings import Level
 from policies.policy import default_policy
 from policies.resolver import StaticResolver
+from tests.webhook.serverkit import (
+    pki_fixture,  # noqa: F401  (a shared fixture)
+    session_fixture,  # noqa: F401  (a shared fixture)
+    static_server_fixture,  # noqa: F401  (a shared fixture)
+)
 from tests.webhook.webhookrig import (
     DATA,
     STATIC_SERVICES,
-    Pki,
     ServerThread,
-    client_context,
     decode_patch,
     review_of,
-    running_server,
 )
 from webhook.cli import main
-from webhook.settings import ServeSettings
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "examples"
 SERVICE_FLAG = "--service=llm-d-inference-scheduler/gaie-inference-scheduling-epp=10.96.45.12:9002"
@@ -47,27 +47,6 @@ CASES = [
     for path in FILES
     for index in range(len(documents_of(path)))
 ]
-
-
-@pytest.fixture(scope="module")
-def pki() -> Pki:
-    return Pki()
-
-
-@pytest.fixture(scope="module")
-def server(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
-    tls = pki.write_serving(tmp_path_factory.mktemp("tls"))
-    with running_server(
-        ServeSettings(tls=tls, host="127.0.0.1", port=0, services=STATIC_SERVICES)
-    ) as running:
-        yield running
-
-
-@pytest.fixture
-async def session(pki: Pki) -> AsyncIterator[aiohttp.ClientSession]:
-    connector = aiohttp.TCPConnector(ssl=client_context(pki))
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=20)) as client:
-        yield client
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:

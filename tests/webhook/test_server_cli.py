@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.webhook.serverkit import pki_fixture  # noqa: F401  (a shared fixture)
 from tests.webhook.webhookrig import Pki, client_context, load_document, review_of
 
 START_SECONDS = 30.0
@@ -42,11 +43,6 @@ def request(url: str, context: ssl.SSLContext, body: bytes | None = None) -> tup
             return response.status, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()
-
-
-@pytest.fixture(scope="module")
-def pki() -> Pki:
-    return Pki()
 
 
 @dataclass(frozen=True)

@@ -18,16 +18,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.webhook.serverkit import pki_fixture, static_server_fixture  # noqa: F401  (shared fixtures)
 from tests.webhook.webhookrig import (
-    STATIC_SERVICES,
     Pki,
     ServerThread,
     client_context,
     load_document,
     review_of,
-    running_server,
 )
-from webhook.settings import ServeSettings
 
 FUZZ = settings(
     max_examples=120,
@@ -43,20 +41,6 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
     max_leaves=20,
 )
-
-
-@pytest.fixture(scope="module")
-def pki() -> Pki:
-    return Pki()
-
-
-@pytest.fixture(scope="module")
-def server(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
-    tls = pki.write_serving(tmp_path_factory.mktemp("tls"))
-    with running_server(
-        ServeSettings(tls=tls, host="127.0.0.1", port=0, services=STATIC_SERVICES)
-    ) as running:
-        yield running
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ test); the server reaches it through a kubeconfig file, as it would a real clust
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +17,20 @@ import jsonpatch
 import pytest
 
 from tests.webhook.kubefake import FakeServiceAPI
+from tests.webhook.serverkit import (
+    pki_fixture,  # noqa: F401  (a shared fixture)
+    session_fixture,  # noqa: F401  (a shared fixture)
+    until,
+)
 from tests.webhook.webhookrig import (
     EPP,
     Pki,
     ServerThread,
-    client_context,
     decode_patch,
     load_document,
     review_of,
 )
 from webhook.settings import KubeSettings, ServeSettings
-
-WAIT_SECONDS = 10.0
 
 
 @pytest.fixture
@@ -41,11 +43,6 @@ async def api() -> AsyncIterator[FakeServiceAPI]:
         yield fake
     finally:
         await fake.stop()
-
-
-@pytest.fixture(scope="module")
-def pki() -> Pki:
-    return Pki()
 
 
 @pytest.fixture
@@ -65,25 +62,9 @@ async def server(api: FakeServiceAPI, pki: Pki, tmp_path: Path) -> AsyncIterator
         await asyncio.to_thread(running.stop)
 
 
-@pytest.fixture
-async def session(pki: Pki) -> AsyncIterator[aiohttp.ClientSession]:
-    connector = aiohttp.TCPConnector(ssl=client_context(pki))
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=20)) as client:
-        yield client
-
-
 async def readiness(session: aiohttp.ClientSession, server: ServerThread) -> tuple[int, dict[str, Any]]:
     async with session.get(server.url + "/readyz") as response:
         return response.status, dict(await response.json())
-
-
-async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    try:
-        async with asyncio.timeout(WAIT_SECONDS):
-            while not await check():  # noqa: ASYNC110 - the state changes in the cache's thread
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        pytest.fail(f"not within {WAIT_SECONDS}s: {what}")
 
 
 async def mutate(

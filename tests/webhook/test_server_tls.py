@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import re
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from tests.webhook.serverkit import (
+    metric_value,
+    pki_fixture,  # noqa: F401  (a shared fixture)
+    static_server,
+    until,
+)
 from tests.webhook.webhookrig import (
-    STATIC_SERVICES,
     Pki,
     ServerThread,
     client_context,
@@ -20,37 +24,17 @@ from tests.webhook.webhookrig import (
     load_document,
     replace_file,
     review_of,
-    running_server,
     served_fingerprint,
 )
-from webhook.settings import ServeSettings
 
 POLL_SECONDS = 0.1
-ROTATION_BOUND_SECONDS = 10.0
-
-
-@pytest.fixture(scope="module")
-def pki() -> Pki:
-    return Pki()
 
 
 @pytest.fixture
 def server(pki: Pki, tmp_path: Path) -> Iterator[ServerThread]:
     tls = dataclasses.replace(pki.write_serving(tmp_path / "tls"), poll_seconds=POLL_SECONDS)
-    with running_server(
-        ServeSettings(tls=tls, host="127.0.0.1", port=0, services=STATIC_SERVICES)
-    ) as running:
+    with static_server(tls) as running:
         yield running
-
-
-async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Wait, bounded, for something another thread (the server's poller) makes true."""
-    try:
-        async with asyncio.timeout(ROTATION_BOUND_SECONDS):
-            while not await check():  # noqa: ASYNC110 - the state changes in the server's thread
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        pytest.fail(f"not within {ROTATION_BOUND_SECONDS}s: {what}")
 
 
 async def wait_for_fingerprint(server: ServerThread, pki: Pki, expected: str) -> None:
@@ -67,10 +51,7 @@ async def _true(value: bool) -> bool:
 
 
 async def reload_count(session: aiohttp.ClientSession, server: ServerThread, result: str) -> float:
-    async with session.get(server.url + "/metrics") as response:
-        text = await response.text()
-    match = re.search(rf'^extproc_guard_tls_reloads_total\{{result="{result}"\}} (\S+)$', text, re.M)
-    return float(match.group(1)) if match else 0.0
+    return await metric_value(session, server, f'extproc_guard_tls_reloads_total{{result="{result}"}}')
 
 
 async def test_a_rotated_certificate_is_served_without_failing_a_request(
@@ -156,9 +137,7 @@ async def test_a_broken_pair_is_not_served_and_the_last_good_one_stays(
 def mtls_server(pki: Pki, tmp_path: Path) -> Iterator[ServerThread]:
     (tmp_path / "client-ca.crt").write_bytes(pki.ca.cert_pem)
     tls = dataclasses.replace(pki.write_serving(tmp_path / "tls"), client_ca_file=tmp_path / "client-ca.crt")
-    with running_server(
-        ServeSettings(tls=tls, host="127.0.0.1", port=0, services=STATIC_SERVICES)
-    ) as running:
+    with static_server(tls) as running:
         yield running
 
 
