@@ -12,10 +12,10 @@ import yaml
 from policies.engine import evaluate
 from policies.patch import apply_patch
 from policies.policy import default_policy, load_policy
-from policies.resolver import ServiceAddress, ServiceRef, StaticResolver
+from policies.resolver import StaticResolver
+from tests.policies import filters
 
 DATA = Path(__file__).parent / "data"
-EPP = ServiceRef("llm-d-inference-scheduler", "gaie-inference-scheduling-epp")
 
 
 def load(name: str) -> dict[str, Any]:
@@ -26,7 +26,7 @@ def load(name: str) -> dict[str, Any]:
 
 @pytest.fixture
 def resolver() -> StaticResolver:
-    return StaticResolver({EPP: ServiceAddress("10.96.45.12", (9002,))})
+    return filters.resolver()
 
 
 def test_seed_bad_is_fixed_into_exactly_the_corrected_form(resolver: StaticResolver) -> None:
