@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from policies.pieces import PER_ROUTE_TYPE
 from policies.render_merge import find_key, get_field
 from policies.render_options import (
     DESTINATION_HEADER,
@@ -32,7 +33,7 @@ from policies.render_options import (
     SocketAddress,
 )
 from policies.render_patches import SkippedPatch, apply_config_patch, read_config_patch
-from policies.render_reference import EXT_PROC_PER_ROUTE_TYPE, build_reference
+from policies.render_reference import build_reference
 
 __all__ = [
     "DESTINATION_HEADER",
@@ -122,7 +123,7 @@ def _disable_ext_proc_on_baseline_routes(bootstrap: Mapping[str, Any], options: 
         for route in routes.get(spec.name, []):
             key = find_key(route, "typed_per_filter_config") or "typed_per_filter_config"
             per_filter = route.setdefault(key, {})
-            per_filter[EXT_PROC_FILTER] = {"@type": EXT_PROC_PER_ROUTE_TYPE, "disabled": True}
+            per_filter[EXT_PROC_FILTER] = {"@type": PER_ROUTE_TYPE, "disabled": True}
 
 
 def _override_endpoints(bootstrap: Mapping[str, Any], options: RenderOptions) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from policies.pieces import EXT_PROC_TYPE
 from policies.render_options import (
     EXT_PROC_FILTER,
     HCM_FILTER,
@@ -24,8 +25,6 @@ from policies.render_options import (
 HCM_TYPE = (
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 )
-EXT_PROC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
-EXT_PROC_PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
 ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 
 
