@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from policies.findings import Finding
 from policies.patch import PatchOp, apply_op
-from webhook.report import DocumentResult, LocatedFinding
-from webhook.scan import CheckedDocument, ScanSettings, compute_fix, iter_checked, metadata_of
+from webhook.report import DocumentResult
+from webhook.scan import CheckedDocument, ScanSettings, compute_fix, iter_checked, locate_findings
 from webhook.sources import InputError, Source
 from webhook.yamledit import EditError, dump_plain_yaml, edit_stream, plain_edit_stream
 
@@ -74,9 +73,9 @@ def fix_source(source: Source, text: str, settings: ScanSettings) -> SourceFix:
         if item.evaluation is None:
             continue
         if item.evaluation.patch:
-            fixed.append(_located(item, item.evaluation.findings))
+            fixed.append(locate_findings(item.document, item.evaluation.findings))
         if item.evaluation.remaining:
-            remaining.append(_located(item, item.evaluation.remaining))
+            remaining.append(locate_findings(item.document, item.evaluation.remaining))
     if _is_json(source, text):
         new_text, yaml_text = _fix_json(text, edits)
         return SourceFix(
@@ -94,13 +93,6 @@ def fix_source(source: Source, text: str, settings: ScanSettings) -> SourceFix:
     return SourceFix(
         source, new_text, new_text, True, tuple(fixed), tuple(remaining), tuple(errors), kept_comments
     )
-
-
-def _located(item: CheckedDocument, findings: tuple[Finding, ...]) -> DocumentResult:
-    document = item.document
-    namespace, name = metadata_of(document.data)
-    located = tuple(LocatedFinding(finding, document.line_of(finding.path)) for finding in findings)
-    return DocumentResult(document.file, document.start_line, namespace, name, located)
 
 
 def _is_json(source: Source, text: str) -> bool:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from policies.engine import DocumentError, Evaluation, evaluate
+from policies.findings import Finding
 from policies.patch import PatchError
 from policies.policy import Policy
 from policies.resolver import ServiceResolver
@@ -156,11 +157,9 @@ def metadata_of(document: Mapping[str, Any]) -> tuple[str | None, str | None]:
     )
 
 
-def locate_findings(checked: CheckedDocument) -> DocumentResult:
-    """The evaluation's findings, each placed on the line of the node its pointer names."""
-    document = checked.document
+def locate_findings(document: SourceDocument, findings: Iterable[Finding]) -> DocumentResult:
+    """`findings` of one document, each placed on the line of the node its pointer names."""
     namespace, name = metadata_of(document.data)
-    findings = checked.evaluation.findings if checked.evaluation is not None else ()
     located = tuple(LocatedFinding(finding, document.line_of(finding.path)) for finding in findings)
     return DocumentResult(document.file, document.start_line, namespace, name, located)
 
@@ -185,7 +184,7 @@ def check_sources(
                     continue
                 documents += 1
                 if item.evaluation is not None:
-                    results.append(locate_findings(item))
+                    results.append(locate_findings(item.document, item.evaluation.findings))
         except InputError as exc:
             problems.append(exc)
     return Report(tuple(results), tuple(problems), documents)
