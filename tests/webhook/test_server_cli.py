@@ -19,6 +19,7 @@ import pytest
 
 from tests.webhook.serverkit import pki_fixture  # noqa: F401  (a shared fixture)
 from tests.webhook.webhookrig import Pki, client_context, load_document, review_of
+from webhook.settings import TLSSettings
 
 START_SECONDS = 30.0
 SERVICE = "llm-d-inference-scheduler/gaie-inference-scheduling-epp=10.96.45.12:9002"
@@ -32,6 +33,22 @@ def free_port() -> int:
 
 def serve_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "webhook.cli", "serve", *args]
+
+
+def serve_static_command(tls: TLSSettings, port: int) -> list[str]:
+    """`serve` on loopback `port` with the pair in `tls` and the seed's EPP from `--service`."""
+    return serve_command(
+        "--tls-cert",
+        str(tls.cert_file),
+        "--tls-key",
+        str(tls.key_file),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--service",
+        SERVICE,
+    )
 
 
 def request(url: str, context: ssl.SSLContext, body: bytes | None = None) -> tuple[int, bytes]:
@@ -59,18 +76,7 @@ def serving(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serv
     log = tmp_path_factory.mktemp("log") / "serve.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            serve_command(
-                "--tls-cert",
-                str(tls.cert_file),
-                "--tls-key",
-                str(tls.key_file),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--service",
-                SERVICE,
-            ),
+            serve_static_command(tls, port),
             stdout=sink,
             stderr=subprocess.STDOUT,
         )
@@ -130,18 +136,7 @@ def test_serve_stops_cleanly_on_sigterm(pki: Pki, tmp_path: Path) -> None:
     tls = pki.write_serving(tmp_path)
     port = free_port()
     process = subprocess.Popen(
-        serve_command(
-            "--tls-cert",
-            str(tls.cert_file),
-            "--tls-key",
-            str(tls.key_file),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--service",
-            SERVICE,
-        ),
+        serve_static_command(tls, port),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
