@@ -6,7 +6,7 @@ import json
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from policies.engine import Evaluation, evaluate
@@ -107,42 +107,37 @@ class Reviewer:
         if match is None:
             return None
         at, end = match.span()
-        key = (webhook, self._generation(), at, body[:at] + body[end:])
-        memo = self._memo.get(key)
+        memo = self._remembered((webhook, self._generation(), at, body[:at] + body[end:]))
         if memo is None:
             return None
-        self._memo.move_to_end(key)
-        self.hits += 1
         literal = match.group(1)
-        return Answer(
-            verdict=memo.verdict,
-            payload=RESPONSE_PREFIX + literal + memo.tail,
-            uid=literal[1:-1].decode("ascii"),
-            operation=memo.operation,
-            dry_run=memo.dry_run,
-            summary=memo.summary,
-        )
+        return self._answer_from(memo, literal[1:-1].decode("ascii"), RESPONSE_PREFIX + literal + memo.tail)
 
     def answer(self, request: AdmissionRequest, *, webhook: Webhook, body: bytes) -> Answer:
         """The verdict and the response body; raises `MalformedReviewError` for a patch JSON cannot carry."""
         uid = json.dumps(request.uid).encode()
         key = self._key(uid, webhook, body)
-        if key is not None:
-            cached = self._memo.get(key)
-            if cached is not None:
-                self._memo.move_to_end(key)
-                self.hits += 1
-                return self._answer_from(cached, request.uid, RESPONSE_PREFIX + uid + cached.tail)
+        cached = self._remembered(key) if key is not None else None
+        if cached is not None:
+            return self._answer_from(cached, request.uid, RESPONSE_PREFIX + uid + cached.tail)
         self.misses += 1
         verdict = review_request(request, webhook=webhook, evaluate=self.evaluate, policy=self.policy)
         payload = encode_review(request, verdict)
         memo = _Memo(verdict, b"", request.operation, request.dry_run, summarize(request, verdict))
         head = RESPONSE_PREFIX + uid
         if key is not None and payload.startswith(head):
-            self._memo[key] = _Memo(verdict, payload[len(head) :], memo.operation, memo.dry_run, memo.summary)
+            self._memo[key] = replace(memo, tail=payload[len(head) :])
             if len(self._memo) > self._memo_size:
                 self._memo.popitem(last=False)
         return self._answer_from(memo, request.uid, payload)
+
+    def _remembered(self, key: MemoKey) -> _Memo | None:
+        """The memo under `key`, counted as a hit and kept as the most recently used."""
+        memo = self._memo.get(key)
+        if memo is not None:
+            self._memo.move_to_end(key)
+            self.hits += 1
+        return memo
 
     @staticmethod
     def _answer_from(memo: _Memo, uid: str, payload: bytes) -> Answer:
