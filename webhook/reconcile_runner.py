@@ -52,6 +52,8 @@ class Parts:
     elector: LeaseElector | None
     metrics: ReconcileMetrics
     api_client: Any
+    may_write: Callable[[], bool]
+    """True while this process may write: it holds the Lease, or runs without one."""
 
 
 def build_parts(
@@ -79,7 +81,7 @@ def build_parts(
     reconciler = Reconciler(
         kube, policy=policy, resolver=resolver, settings=settings, metrics=metrics, may_write=may_write
     )
-    return Parts(kube, cache, reconciler, elector, metrics, api_client)
+    return Parts(kube, cache, reconciler, elector, metrics, api_client, may_write)
 
 
 def _always() -> bool:
@@ -91,8 +93,9 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), timeout=seconds)
 
 
-async def _wait_any(*events: asyncio.Event, seconds: float | None) -> None:
-    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+async def _wait_any(*waits: Awaitable[object], seconds: float | None) -> None:
+    """Until the first of `waits` finishes (or `seconds` pass); the others are cancelled and awaited."""
+    waiters = [asyncio.ensure_future(w) for w in waits]
     try:
         await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -126,7 +129,7 @@ async def audit_periodically(
         if may_write():
             wake.clear()
             await reconciler.audit()
-        await _wait_any(wake, stop, seconds=interval)
+        await _wait_any(wake.wait(), stop.wait(), seconds=interval)
 
 
 async def repair_on_drift(
@@ -143,7 +146,7 @@ async def repair_on_drift(
         wake.clear()
         if may_write() and reconciler.drifted():
             await reconciler.repair_drift()
-        await _wait_any(wake, stop, seconds=poll)
+        await _wait_any(wake.wait(), stop.wait(), seconds=poll)
 
 
 def wake_on_service_changes(
@@ -187,14 +190,7 @@ async def _reconcile_changes(
     timers: dict[tuple[str, str], asyncio.TimerHandle],
 ) -> None:
     while not stop.is_set():
-        waiter = asyncio.ensure_future(changes.wait())
-        stopper = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait((waiter, stopper), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (waiter, stopper):
-                task.cancel()
-            await asyncio.gather(waiter, stopper, return_exceptions=True)
+        await _wait_any(changes.wait(), stop.wait(), seconds=None)
         if stop.is_set():
             return
         batch = changes.take()
@@ -209,6 +205,12 @@ async def _reconcile_changes(
                     previous.cancel()
                 again = FilterChange(change.namespace, change.name, "")
                 timers[change.key] = loop.call_later(outcome.retry_in, changes.offer, again)
+
+
+async def _wait_for_services(cache: ServiceCache, seconds: float) -> None:
+    """Give the Service cache its first list before auditing; an audit without it still runs."""
+    if not await asyncio.to_thread(cache.wait_synced, seconds):
+        logger.warning("service cache not synced after %.0fs; auditing anyway", seconds)
 
 
 async def _start_metrics(settings: ReconcileSettings, metrics: ReconcileMetrics) -> web.AppRunner | None:
@@ -244,13 +246,9 @@ async def run_reconciler(parts: Parts, settings: ReconcileSettings, *, stop: asy
         )
     try:
         metrics_runner = await _start_metrics(settings, parts.metrics)
-        synced = await asyncio.to_thread(parts.cache.wait_synced, settings.cache_sync_timeout_seconds)
-        if not synced:
-            logger.warning(
-                "service cache not synced after %.0fs; auditing anyway", settings.cache_sync_timeout_seconds
-            )
+        await _wait_for_services(parts.cache, settings.cache_sync_timeout_seconds)
         wake = asyncio.Event()
-        may_write = parts.elector.holds if parts.elector is not None else _always
+        may_write = parts.may_write
         loops: list[Awaitable[None]] = [
             audit_periodically(
                 parts.reconciler,
@@ -319,11 +317,7 @@ async def audit_once(parts: Parts, settings: ReconcileSettings) -> AuditResult |
     """One audit (for `--once`): None when another replica holds the Lease (nothing was written)."""
     parts.cache.start()
     try:
-        synced = await asyncio.to_thread(parts.cache.wait_synced, settings.cache_sync_timeout_seconds)
-        if not synced:
-            logger.warning(
-                "service cache not synced after %.0fs; auditing anyway", settings.cache_sync_timeout_seconds
-            )
+        await _wait_for_services(parts.cache, settings.cache_sync_timeout_seconds)
         if parts.elector is not None and not await asyncio.to_thread(parts.elector.step):
             return None
         return await parts.reconciler.audit()
