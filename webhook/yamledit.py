@@ -7,7 +7,6 @@ scalar that is replaced stays quoted the same way. `edit_stream` is the whole jo
 
 from __future__ import annotations
 
-import copy
 import io
 import logging
 from collections.abc import Mapping, Sequence
@@ -171,12 +170,11 @@ def plain_edit_stream(text: str, edits: Mapping[int, Sequence[PatchOp]]) -> str:
     """The fallback: the same edits on plain data, dumped without comments (key order kept)."""
     documents = list(yaml.load_all(text, Loader=yaml.CSafeLoader))
     for index, ops in edits.items():
-        document: Any = copy.deepcopy(documents[index])
+        document: Any = documents[index]
         for op in ops:
             document = apply_op(document, op)
         documents[index] = document
-    kept = [document for document in documents if document is not None]
-    return yaml.safe_dump_all(kept, sort_keys=False, allow_unicode=True, width=_WIDTH)
+    return dump_plain_yaml([document for document in documents if document is not None])
 
 
 def dump_plain_yaml(documents: Sequence[Any]) -> str:
