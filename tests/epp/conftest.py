@@ -83,6 +83,7 @@ def make_settings(
 
 
 STATIC = (Endpoint("10.0.0.1", 8000), Endpoint("10.0.0.2", 8000), Endpoint("10.0.0.3", 8000))
+STATIC_NAMES = {str(e) for e in STATIC}  # as `destination` reports them
 
 
 @pytest.fixture(params=TRANSPORTS)

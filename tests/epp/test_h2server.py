@@ -12,12 +12,7 @@ import pytest
 from epp.h2server import PREFACE
 from epp.server import EppServer, running_epp
 from tests.epp.conftest import STATIC, make_settings
-
-SETTINGS, PING, GOAWAY, WINDOW_UPDATE = 0x4, 0x6, 0x7, 0x8
-
-
-def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream_id) + payload
+from tests.epp.test_h2server_protocol import GOAWAY, PING, SETTINGS, WINDOW_UPDATE, frame
 
 
 async def read_frames(reader: asyncio.StreamReader, count: int) -> list[tuple[int, int, int, bytes]]:

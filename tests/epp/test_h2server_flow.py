@@ -14,7 +14,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_gr
 
 from epp.h2server import FLOW_CONTROL_ERROR, GRPC_RESOURCE_EXHAUSTED, H2Settings
 from epp.server import EppServer
-from tests.epp.conftest import STATIC, Mode, destination, request_headers
+from tests.epp.conftest import STATIC_NAMES, Mode, destination, request_headers
 from tests.epp.test_h2server_protocol import (
     DATA,
     END_STREAM,
@@ -31,7 +31,6 @@ from tests.epp.test_h2server_protocol import (
 )
 
 __all__ = ["epp_state"]  # the fixture, shared with the protocol tests
-STATIC_NAMES = {str(e) for e in STATIC}
 
 
 def body_messages(payload: bytes, chunk: int) -> list[ext_proc.ProcessingRequest]:

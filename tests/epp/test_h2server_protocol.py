@@ -35,12 +35,19 @@ from epp.h2server import (
     H2Settings,
 )
 from epp.server import EppServer
-from tests.epp.conftest import STATIC, Mode, destination, exchange, make_settings, request_headers
+from tests.epp.conftest import (
+    STATIC,
+    STATIC_NAMES,
+    Mode,
+    destination,
+    exchange,
+    make_settings,
+    request_headers,
+)
 
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE = 0x0, 0x1, 0x2, 0x3, 0x4, 0x5
 PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = 0x6, 0x7, 0x8, 0x9
 END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
-STATIC_NAMES = {str(e) for e in STATIC}
 WAIT = 10.0  # seconds: the bound on every read
 
 Frame = tuple[int, int, int, bytes]  # type, flags, stream id, payload

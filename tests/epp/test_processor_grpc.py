@@ -14,9 +14,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_gr
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from epp.server import EppServer, running_epp
-from tests.epp.conftest import STATIC, Mode, destination, exchange, make_settings, request_headers
-
-STATIC_NAMES = {str(e) for e in STATIC}
+from tests.epp.conftest import STATIC_NAMES, Mode, destination, exchange, make_settings, request_headers
 
 
 def body(data: bytes, *, end: bool, response: bool = False) -> ext_proc.ProcessingRequest:

@@ -18,9 +18,16 @@ from certs.pki import generate_ca, issue_serving_cert
 from epp.children import free_port, start_child, stop_child, wait_for_port
 from epp.server import EppServer, running_epp
 from epp.settings import TlsFiles
-from tests.epp.conftest import STATIC, Mode, destination, exchange, make_settings, request_headers
+from tests.epp.conftest import (
+    STATIC,
+    STATIC_NAMES,
+    Mode,
+    destination,
+    exchange,
+    make_settings,
+    request_headers,
+)
 
-STATIC_NAMES = {str(e) for e in STATIC}
 CLI = (sys.executable, "-m", "webhook.cli")
 
 
