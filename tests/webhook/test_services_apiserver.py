@@ -22,6 +22,7 @@ from tests.e2e.cluster import (
     find_bin_dir,
     missing_binaries,
 )
+from tests.webhook.test_services import answers
 from webhook.services import ServiceCache, build_core_api
 from webhook.settings import KubeSettings
 
@@ -83,16 +84,6 @@ def eventually(condition: Callable[[], bool], what: str) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"not within {WAIT_SECONDS}s: {what}")
         time.sleep(0.05)
-
-
-def answers(cache: ServiceCache, ref: ServiceRef, address: ServiceAddress) -> Callable[[], bool]:
-    def check() -> bool:
-        try:
-            return cache.lookup(ref) == address
-        except (ServiceNotFound, ServiceUnknown):
-            return False
-
-    return check
 
 
 def not_found(cache: ServiceCache, ref: ServiceRef, reason: str) -> Callable[[], bool]:
