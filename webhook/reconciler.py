@@ -330,13 +330,14 @@ class Reconciler:
                     writer=writer,
                     retry_in=retry_in,
                 )
+            rules = sorted({f.rule for f in plan.findings if f.fixable})
             if self._settings.dry_run:
                 self._metrics.would_fix.inc()
                 logger.info(
                     "dry-run: would patch envoyfilter %s/%s rules=%s patch=%s",
                     namespace,
                     name,
-                    ",".join(sorted({f.rule for f in plan.findings if f.fixable})),
+                    ",".join(rules),
                     json.dumps([op.to_json() for op in plan.patch], sort_keys=True),
                 )
                 return Outcome(namespace, name, Action.WOULD_FIX, plan.patch, plan.remaining, uid)
@@ -369,10 +370,10 @@ class Reconciler:
                 self._metrics.errors.labels("patch").inc()
                 logger.warning("%s", error)
                 return Outcome(namespace, name, Action.ERROR, attempts=attempts)
-            self._fights.record_fix(key, resource_version(written))
-            self._versions[(namespace, name)] = resource_version(written)
+            written_version = resource_version(written)
+            self._fights.record_fix(key, written_version)
+            self._versions[(namespace, name)] = written_version
             self._metrics.fixed.labels(cause).inc()
-            rules = sorted({f.rule for f in plan.findings if f.fixable})
             logger.info(
                 "fixed envoyfilter %s/%s cause=%s rules=%s ops=%d resource_version=%s",
                 namespace,
@@ -380,7 +381,7 @@ class Reconciler:
                 cause,
                 ",".join(rules),
                 len(plan.patch),
-                resource_version(written),
+                written_version,
             )
             note = f"extproc-guard patched {len(plan.patch)} field(s) to the corrected form ({cause}): "
             await self._reporter.record_event(
