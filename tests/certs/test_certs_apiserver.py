@@ -10,17 +10,17 @@ EXTPROC_GUARD_REQUIRE_E2E=1, like the rest of the end-to-end suite.
 from __future__ import annotations
 
 import base64
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 from kubernetes import client
 
 from certs.pki import covers_names, is_issued_by, service_dns_names
+from tests.e2e.cluster import Kubectl
+from tests.e2e.harness import running_control_plane
 from webhook.cabundle import build_api_client
 from webhook.cli import _Parser
 from webhook.commands import certs as certs_command
@@ -29,7 +29,6 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMESPACE = "extproc-guard-system"
-REQUIRE_ENV = "EXTPROC_GUARD_REQUIRE_E2E"
 VALIDATING = "admissionregistration.k8s.io/validatingwebhookconfigurations"
 LEASES = "coordination.k8s.io/leases"
 CERTS_ARGS = [
@@ -45,29 +44,11 @@ CERTS_ARGS = [
 ]
 
 
-def _skip_or_fail(reason: str) -> None:
-    if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"{reason} ({REQUIRE_ENV}=1 requires the e2e tests to run)", pytrace=False)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A control plane with the dev overlay applied."""
-    try:
-        from tests.e2e.cluster import ControlPlane, find_bin_dir, install_envoyfilter_crd, missing_binaries
-    except ImportError as exc:
-        _skip_or_fail(f"the end-to-end harness is not available: {exc}")
-        raise
-    bin_dir = find_bin_dir()
-    missing = missing_binaries(bin_dir)
-    if missing:
-        _skip_or_fail(f"control plane binaries missing ({', '.join(missing)})")
-    plane = ControlPlane(bin_dir)
-    try:
-        info = plane.start()
+    with running_control_plane() as info:
         kubectl = info.kubectl
-        install_envoyfilter_crd(kubectl)
         kubectl.run("apply", "-k", str(ROOT / "manifests" / "overlays" / "dev"))
         token = kubectl.run("create", "token", "extproc-guard-certs", "-n", NAMESPACE).stdout.strip()
         config = yaml.safe_load(info.kubeconfig.read_text())
@@ -77,13 +58,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         as_certs.write_text(yaml.safe_dump(config))
         as_certs.chmod(0o600)
         yield Cluster(kubectl=kubectl, admin=info.kubeconfig, as_certs=as_certs)
-    finally:
-        plane.stop()
 
 
 @dataclass(frozen=True)
 class Cluster:
-    kubectl: Any
+    kubectl: Kubectl
     admin: Path
     as_certs: Path
 
@@ -97,7 +76,7 @@ def run_certs(capsys: pytest.CaptureFixture[str], kubeconfig: Path, *extra: str)
     return code, capsys.readouterr().err
 
 
-def resource_versions(kubectl: Any) -> dict[str, str]:
+def resource_versions(kubectl: Kubectl) -> dict[str, str]:
     names = [
         ("secret", "extproc-guard-tls", "-n", NAMESPACE),
         ("secret", "extproc-guard-tls-ca", "-n", NAMESPACE),

@@ -7,7 +7,6 @@ with one line; with EXTPROC_GUARD_REQUIRE_E2E=1 (as CI sets it) they fail instea
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,17 +14,8 @@ from dataclasses import dataclass
 import pytest
 import yaml
 
-from tests.e2e.cluster import (
-    BUILD_SCRIPT,
-    REQUIRE_ENV,
-    ControlPlane,
-    ControlPlaneError,
-    ControlPlaneInfo,
-    Kubectl,
-    find_bin_dir,
-    install_envoyfilter_crd,
-    missing_binaries,
-)
+from tests.e2e.cluster import ControlPlaneInfo, Kubectl
+from tests.e2e.harness import running_control_plane
 
 EPP_NAMESPACE = "llm-d-inference-scheduler"
 EPP_SERVICE = "gaie-inference-scheduling-epp"
@@ -46,30 +36,11 @@ class EppService:
         return f"{self.namespace}/{self.name}"
 
 
-def skip_or_fail(reason: str) -> None:
-    """Skip the e2e tests, or fail them when the environment requires them to run."""
-    if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"{reason} ({REQUIRE_ENV}=1 requires the e2e tests to run)", pytrace=False)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="session")
 def control_plane() -> Iterator[ControlPlaneInfo]:
     """etcd + kube-apiserver on loopback with the EnvoyFilter CRD Established; torn down at session end."""
-    bin_dir = find_bin_dir()
-    missing = missing_binaries(bin_dir)
-    if missing:
-        skip_or_fail(f"control plane binaries missing ({', '.join(missing)}): run {BUILD_SCRIPT.name}")
-    plane = ControlPlane(bin_dir)
-    try:
-        info = plane.start()
-        try:
-            install_envoyfilter_crd(info.kubectl)
-        except ControlPlaneError as error:
-            raise ControlPlaneError(f"{error}\n{plane.log_tails()}") from error
+    with running_control_plane() as info:
         yield info
-    finally:
-        plane.stop()
 
 
 @pytest.fixture(scope="session")
