@@ -62,9 +62,9 @@ def build_event(
         "namespace": namespace,
         "name": name,
     }
-    for source, target in (("uid", "uid"), ("resourceVersion", "resourceVersion")):
-        if metadata.get(source):
-            regarding[target] = str(metadata[source])
+    for key in ("uid", "resourceVersion"):
+        if metadata.get(key):
+            regarding[key] = str(metadata[key])
     return {
         "apiVersion": "events.k8s.io/v1",
         "kind": "Event",
