@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from importlib import metadata
@@ -116,14 +116,17 @@ def describe_finding(result: DocumentResult, located: LocatedFinding) -> str:
     )
 
 
+def finding_lines(results: Iterable[DocumentResult]) -> Iterator[str]:
+    """Each finding as `describe_finding` says it, with its fix on an indented line when it has one."""
+    for result in results:
+        for located in result.findings:
+            yield describe_finding(result, located)
+            if located.finding.fix:
+                yield f"    fix: {located.finding.fix}"
+
+
 def render_text(report: Report) -> str:
-    lines: list[str] = []
-    for result, located in report.findings():
-        lines.append(describe_finding(result, located))
-        if located.finding.fix:
-            lines.append(f"    fix: {located.finding.fix}")
-    lines.append(summary_line(report))
-    return "\n".join(lines) + "\n"
+    return "\n".join([*finding_lines(report.results), summary_line(report)]) + "\n"
 
 
 def render_json(report: Report) -> str:
@@ -245,7 +248,7 @@ def _xml_text(text: str) -> str:
 
 def render_junit(report: Report) -> str:
     """One testcase per EnvoyFilter, one `<failure>` per enforce finding; unreadable inputs are `<error>`s."""
-    failures = sum(1 for result in report.results if _enforced(result))
+    failures = sum(1 for result in report.results if enforced(result))
     suites = ET.Element("testsuites", name=TOOL_NAME)
     suite = ET.SubElement(suites, "testsuite", name=f"{TOOL_NAME} check")
     for result in report.results:
@@ -292,7 +295,8 @@ def render_junit(report: Report) -> str:
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
 
 
-def _enforced(result: DocumentResult) -> bool:
+def enforced(result: DocumentResult) -> bool:
+    """Whether the EnvoyFilter has a finding at `enforce` level (a JUnit failure, exit 1 for `fix`)."""
     return any(located.finding.level is Level.ENFORCE for located in result.findings)
 
 

@@ -12,11 +12,10 @@ import argparse
 import logging
 import sys
 
-from policies.findings import Level
 from webhook.clisettings import SettingsError, print_error
 from webhook.commands.check import EXIT_USAGE, add_input_arguments, build_scan_settings
 from webhook.repair import SourceFix, fix_source, write_in_place
-from webhook.report import DocumentResult, describe_finding
+from webhook.report import DocumentResult, enforced, finding_lines
 from webhook.sources import InputError, expand_paths, read_source
 
 logger = logging.getLogger(__name__)
@@ -68,10 +67,7 @@ def run_fix(args: argparse.Namespace) -> int:
     report_remaining(remaining)
     if errors:
         return EXIT_USAGE
-    enforced = any(
-        located.finding.level is Level.ENFORCE for result in remaining for located in result.findings
-    )
-    return 1 if enforced else 0
+    return 1 if any(enforced(result) for result in remaining) else 0
 
 
 def write_outcome(outcome: SourceFix) -> None:
@@ -104,8 +100,5 @@ def print_documents(outcomes: list[SourceFix]) -> None:
 
 
 def report_remaining(results: list[DocumentResult]) -> None:
-    for result in results:
-        for located in result.findings:
-            sys.stderr.write(f"{describe_finding(result, located)}\n")
-            if located.finding.fix:
-                sys.stderr.write(f"    fix: {located.finding.fix}\n")
+    for line in finding_lines(results):
+        sys.stderr.write(f"{line}\n")
