@@ -197,18 +197,16 @@ class ServiceCache:
         self._notify([moved for change in changes if (moved := _address_change(change)) is not None])
 
     def _apply(self, change: Change[ServiceRef, Entry], version: str) -> None:
-        ref = change.key
         with self._lock:
-            old = _usable(self._services.get(ref))
             if change.kind == "DELETED":
-                self._services.pop(ref, None)
+                self._services.pop(change.key, None)
             else:
-                self._services[ref] = change.value
-            new = _usable(self._services.get(ref))
+                self._services[change.key] = change.value
             self._generation += 1
-        logger.debug("service %s %s resource_version=%s", change.kind, ref, version)
-        if old != new:
-            self._notify([(ref, old, new)])
+        logger.debug("service %s %s resource_version=%s", change.kind, change.key, version)
+        moved = _address_change(change)
+        if moved is not None:
+            self._notify([moved])
 
 
 def _decode_service(service: Mapping[str, Any]) -> tuple[ServiceRef, Entry] | None:
@@ -219,7 +217,8 @@ def _decode_service(service: Mapping[str, Any]) -> tuple[ServiceRef, Entry] | No
 def _address_change(
     change: Change[ServiceRef, Entry],
 ) -> tuple[ServiceRef, ServiceAddress | None, ServiceAddress | None] | None:
-    """A relist's change as `(ref, old, new)` usable addresses, or None when the answer stays the same."""
+    """A relist's or a watch event's change as `(ref, old, new)` usable addresses, or None when the answer
+    stays the same. `change.old` is what the cache held: the informer's map and the cache's move together."""
     before = _usable(change.old)
     after = None if change.kind == "DELETED" else _usable(change.value)
     return None if before == after else (change.key, before, after)
