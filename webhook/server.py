@@ -13,7 +13,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import hdrs, web
@@ -230,18 +230,18 @@ def describe_readiness(app: web.Application) -> tuple[bool, dict[str, Any]]:
     if cache is None:
         state["services"] = {"source": STATIC_SOURCE, "count": len(settings.services)}
         return True, {"ready": True, **state}
+    ready = cache.synced
     age = cache.age()
     stale_after = settings.kube.stale_after_seconds if settings.kube is not None else 0.0
-    cache_state: Mapping[str, Any] = {
+    state["services"] = {
         "source": "kubernetes",
-        "synced": cache.synced,
+        "synced": ready,
         "count": cache.size(),
         "age_seconds": None if age is None else round(age, 3),
         "stale": age is not None and age > stale_after,
         "last_error": cache.last_error or None,
     }
-    ready = cache.synced
-    return ready, {"ready": ready, **state, "services": dict(cache_state)}
+    return ready, {"ready": ready, **state}
 
 
 async def handle_readyz(request: web.Request) -> web.Response:
