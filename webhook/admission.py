@@ -191,15 +191,15 @@ def _annotations(document: Mapping[str, Any]) -> Mapping[str, Any]:
     return annotations if isinstance(annotations, Mapping) else {}
 
 
-def skip_reason(request: AdmissionRequest, *, policy: Policy) -> str | None:
-    """Why a review is allowed untouched without running the engine, or None to evaluate it."""
-    if request.operation not in ("CREATE", "UPDATE") or request.object is None:
-        return f"operation {request.operation}"
-    if not request.is_envoyfilter:
-        return f"kind {request.kind.group or 'core'}/{request.kind.kind}"
-    if policy.excludes(request.namespace, _annotations(request.object)):
-        return "excluded by the policy (namespace or opt-out annotation)"
-    return None
+def skips_evaluation(request: AdmissionRequest, *, policy: Policy) -> bool:
+    """True when a review is allowed untouched without running the engine: not a CREATE or UPDATE of an
+    EnvoyFilter, or excluded by the policy (namespace or opt-out annotation)."""
+    return (
+        request.operation not in ("CREATE", "UPDATE")
+        or request.object is None
+        or not request.is_envoyfilter
+        or policy.excludes(request.namespace, _annotations(request.object))
+    )
 
 
 def document_of(request: AdmissionRequest) -> dict[str, Any]:
@@ -254,7 +254,7 @@ def review_request(
     policy: Policy,
 ) -> Verdict:
     """Decide one review. Never raises: an engine failure denies at validate and is a no-op at mutate."""
-    if skip_reason(request, policy=policy) is not None:
+    if skips_evaluation(request, policy=policy):
         return Verdict(outcome=Outcome.SKIPPED)
     try:
         evaluation = evaluate(document_of(request))
