@@ -6,8 +6,7 @@ serves, on loopback over plain HTTP:
   Leases, events.k8s.io Events, PolicyReports) and cluster-wide lists at `/apis/GROUP/VERSION/PLURAL`;
   GET, POST (with `generateName`, 409 AlreadyExists), PUT (409 Conflict on a stale resourceVersion), PATCH
   as `application/json-patch+json` (RFC 6902 through the `jsonpatch` library; a failed `test` op is a 422
-  with the apiserver's generic message) and `application/merge-patch+json` (a resourceVersion in the
-  patch is a precondition: 409);
+  with the apiserver's generic message), the only patch the reconciler sends;
 - `metadata.managedFields` per field manager (`fieldManager` query parameter), lists atomic as the
   apiserver's deduced schema for preserved unknown fields keeps them, so the writer of a field can be named;
 - `?watch=true` on a collection (namespaced or cluster-wide): ADDED / MODIFIED events of the objects
@@ -330,14 +329,6 @@ class FakeKubeAPI:
             except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as error:
                 self._record(request, key, 422)
                 return _status(422, "Invalid", f"the server rejected our request: {error}")
-        elif kind == "application/merge-patch+json":
-            wanted = str((patch.get("metadata") or {}).get("resourceVersion") or "")
-            if wanted and wanted != current["metadata"]["resourceVersion"]:
-                self._record(request, key, 409)
-                return _status(409, "Conflict", f'Operation cannot be fulfilled on {key[1]} "{key[3]}"')
-            patched = jsonpatch.JsonPatch.from_diff(current, _merge(copy.deepcopy(current), patch)).apply(
-                current
-            )
         else:
             self._record(request, key, 415)
             return _status(
@@ -384,17 +375,3 @@ class FakeKubeAPI:
             with contextlib.suppress(Exception):
                 await self._runner.cleanup()
             self._runner = None
-
-
-def _merge(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON Merge Patch."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    if not isinstance(target, dict):
-        target = {}
-    for key, value in patch.items():
-        if value is None:
-            target.pop(key, None)
-        else:
-            target[key] = _merge(target.get(key), value)
-    return target
