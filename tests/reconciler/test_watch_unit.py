@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 
-from tests.reconciler.conftest import NAMESPACE, OPERATOR, ReconcilerFactory, load
+from tests.reconciler.conftest import NAMESPACE, OPERATOR, ReconcilerFactory, load, poll_until
 from tests.reconciler.fakeapi import POLICY_REPORTS, FakeKubeAPI
 from tests.webhook.kubefake import FakeServiceAPI
 from webhook.reconcile_kube import build_api_client
@@ -31,13 +32,7 @@ FAST = WatchSettings(timeout_seconds=60, backoff_initial_seconds=0.05, backoff_m
 NS = "team-a"
 
 
-async def eventually(condition: Callable[[], bool], what: str) -> None:
-    try:
-        async with asyncio.timeout(WAIT_SECONDS):
-            while not condition():  # noqa: ASYNC110 - the condition is set by the watch thread
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        pytest.fail(f"timed out after {WAIT_SECONDS}s waiting for: {what}")
+eventually = partial(poll_until, seconds=WAIT_SECONDS, every=0.02)  # the watch thread sets the conditions
 
 
 class Changes:
