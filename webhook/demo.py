@@ -37,13 +37,14 @@ from epp.children import (
 )
 from policies.engine import evaluate
 from policies.policy import default_policy
-from policies.resolver import ServiceAddress, StaticResolver
 from webhook.gateway import (
     EPP_CLUSTER,
     EPP_SERVICE,
     EXT_PROC_STATS,
     INFERENCE_PATH,
     build_local_gateway,
+    local_epp_resolver,
+    render_local,
     strip_http2,
 )
 
@@ -157,8 +158,7 @@ def _demo(run: _Run, settings: DemoSettings) -> int:
     stop_child(envoy.child)
 
     broken_filter = strip_http2(gateway.envoy_filter)
-    broken = _start_envoy(run, "envoy-no-http2", envoy_binary, build_local_gateway(
-        epp_port=epp_port, http2=False).bootstrap)  # fmt: skip
+    broken = _start_envoy(run, "envoy-no-http2", envoy_binary, render_local(broken_filter))
     run.say("\n3. The seed's failure: the same config without HTTP/2 on the epp-cluster.")
     epp_lines_before = len(epp.log_text().splitlines())
     statuses = Counter(
@@ -255,8 +255,7 @@ def _ready(admin_url: str, child: Child) -> bool:
 
 
 def _show_check(run: _Run, envoy_filter: dict[str, Any], epp_port: int) -> None:
-    resolver = StaticResolver({EPP_SERVICE: ServiceAddress("127.0.0.1", (epp_port,))})
-    evaluation = evaluate(envoy_filter, policy=default_policy(), resolver=resolver)
+    evaluation = evaluate(envoy_filter, policy=default_policy(), resolver=local_epp_resolver(epp_port))
     enforced = [f for f in evaluation.findings if f.enforced]
     run.say(f"   check: {len(enforced)} enforce finding(s)")
     for finding in enforced:

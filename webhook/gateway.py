@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import importlib.resources
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,28 +52,36 @@ def fix_for_local_epp(document: Mapping[str, Any], *, epp_port: int) -> Evaluati
     generating the filter for this Service would have written).
     """
     working = copy.deepcopy(dict(document))
-    for entry in working["spec"]["configPatches"]:
+    for value in _epp_clusters(working):
+        for group in value["load_assignment"]["endpoints"]:
+            for item in group["lb_endpoints"]:
+                item["endpoint"]["address"]["socket_address"]["port_value"] = epp_port
+    return evaluate(working, policy=default_policy(), resolver=local_epp_resolver(epp_port))
+
+
+def local_epp_resolver(epp_port: int) -> StaticResolver:
+    """The EPP Service answering at 127.0.0.1:`epp_port`."""
+    return StaticResolver({EPP_SERVICE: ServiceAddress("127.0.0.1", (epp_port,))})
+
+
+def _epp_clusters(envoy_filter: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """The cluster values the filter's patches add under the EPP cluster's name."""
+    for entry in envoy_filter["spec"]["configPatches"]:
         value = entry.get("patch", {}).get("value", {})
         if value.get("name") == EPP_CLUSTER:
-            for group in value["load_assignment"]["endpoints"]:
-                for item in group["lb_endpoints"]:
-                    item["endpoint"]["address"]["socket_address"]["port_value"] = epp_port
-    resolver = StaticResolver({EPP_SERVICE: ServiceAddress("127.0.0.1", (epp_port,))})
-    return evaluate(working, policy=default_policy(), resolver=resolver)
+            yield value
 
 
 def strip_http2(envoy_filter: Mapping[str, Any]) -> dict[str, Any]:
     """The same filter without HTTP/2 on the EPP cluster: the seed's silent failure."""
     broken = copy.deepcopy(dict(envoy_filter))
-    for entry in broken["spec"]["configPatches"]:
-        value = entry.get("patch", {}).get("value", {})
-        if value.get("name") == EPP_CLUSTER:
-            for key in (
-                "typed_extension_protocol_options",
-                "typedExtensionProtocolOptions",
-                "http2_protocol_options",
-            ):
-                value.pop(key, None)
+    for value in _epp_clusters(broken):
+        for key in (
+            "typed_extension_protocol_options",
+            "typedExtensionProtocolOptions",
+            "http2_protocol_options",
+        ):
+            value.pop(key, None)
     return broken
 
 
