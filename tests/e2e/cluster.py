@@ -69,6 +69,17 @@ def find_cli() -> Path | None:
     return Path(found) if found else None
 
 
+def cli_help(command: str) -> str | None:
+    """`extproc-guard COMMAND --help`, or None when the CLI is not installed or lacks the command."""
+    cli = find_cli()
+    if cli is None:
+        return None
+    result = subprocess.run(
+        [str(cli), command, "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
+    return result.stdout if result.returncode == 0 else None
+
+
 def pick_free_port() -> int:
     """A TCP port on loopback that was free a moment ago (bound to port 0, then released)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

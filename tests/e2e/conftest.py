@@ -54,24 +54,33 @@ def create_namespace(kubectl: Kubectl, name: str) -> str:
     return name
 
 
-@pytest.fixture(scope="session")
-def epp_service(kubectl: Kubectl) -> EppService:
-    """The seed's EPP Service (gRPC port 9002) in its namespace, and the ClusterIP the apiserver gave it."""
-    create_namespace(kubectl, EPP_NAMESPACE)
+def epp_service_manifest(namespace: str) -> str:
+    """The seed's EPP Service (gRPC port 9002) in `namespace`, as YAML for `kubectl apply`."""
     service = {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": EPP_SERVICE, "namespace": EPP_NAMESPACE},
+        "metadata": {"name": EPP_SERVICE, "namespace": namespace},
         "spec": {
             "selector": {"app": EPP_SERVICE},
             "ports": [{"name": "grpc-ext-proc", "port": EPP_PORT, "targetPort": EPP_PORT, "protocol": "TCP"}],
         },
     }
-    kubectl.apply(yaml.safe_dump(service))
-    cluster_ip = kubectl.run(
-        "get", "service", EPP_SERVICE, "-n", EPP_NAMESPACE, "-o", "jsonpath={.spec.clusterIP}"
+    return yaml.safe_dump(service)
+
+
+def cluster_ip_of(kubectl: Kubectl, namespace: str) -> str:
+    """The ClusterIP the apiserver allocated to the EPP Service in `namespace`."""
+    return kubectl.run(
+        "get", "service", EPP_SERVICE, "-n", namespace, "-o", "jsonpath={.spec.clusterIP}"
     ).stdout.strip()
-    return EppService(EPP_NAMESPACE, EPP_SERVICE, cluster_ip, EPP_PORT)
+
+
+@pytest.fixture(scope="session")
+def epp_service(kubectl: Kubectl) -> EppService:
+    """The seed's EPP Service (gRPC port 9002) in its namespace, and the ClusterIP the apiserver gave it."""
+    create_namespace(kubectl, EPP_NAMESPACE)
+    kubectl.apply(epp_service_manifest(EPP_NAMESPACE))
+    return EppService(EPP_NAMESPACE, EPP_SERVICE, cluster_ip_of(kubectl, EPP_NAMESPACE), EPP_PORT)
 
 
 @pytest.fixture

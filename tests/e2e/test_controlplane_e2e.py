@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.cluster import E2E_DIR, SERVICE_CIDR, ControlPlaneInfo, Kubectl, find_cli
+from tests.e2e.cluster import E2E_DIR, SERVICE_CIDR, ControlPlaneInfo, Kubectl, cli_help, find_cli
 from tests.e2e.conftest import EppService
 from tests.e2e.seeds import dump, load_document, pinned_to, renamed
 
@@ -41,13 +41,8 @@ def kustomization_dirs() -> list[Path]:
 
 def check_supports_kubeconfig() -> bool:
     """Whether `extproc-guard check` exists and takes --kubeconfig (decided once, at collection)."""
-    cli = find_cli()
-    if cli is None:
-        return False
-    result = subprocess.run(
-        [str(cli), "check", "--help"], capture_output=True, text=True, timeout=60, check=False
-    )
-    return result.returncode == 0 and "--kubeconfig" in result.stdout
+    help_text = cli_help("check")
+    return help_text is not None and "--kubeconfig" in help_text
 
 
 def test_kubectl_and_apiserver_report_the_pinned_kubernetes_version(kubectl: Kubectl) -> None:

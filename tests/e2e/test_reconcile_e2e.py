@@ -10,57 +10,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.e2e.cluster import ControlPlaneInfo, Kubectl, ManagedProcess, find_cli, wait_until
+from tests.e2e.cluster import ControlPlaneInfo, Kubectl, ManagedProcess, cli_help, find_cli, wait_until
+from tests.e2e.conftest import EPP_SERVICE, cluster_ip_of, epp_service_manifest
 from tests.e2e.seeds import dump, load_document, pinned_to, renamed
 
-
-def reconcile_help() -> str | None:
-    cli = find_cli()
-    if cli is None:
-        return None
-    result = subprocess.run(
-        [str(cli), "reconcile", "--help"], capture_output=True, text=True, timeout=60, check=False
-    )
-    return result.stdout if result.returncode == 0 else None
-
-
-RECONCILE_HELP = reconcile_help()
+RECONCILE_HELP = cli_help("reconcile")
 if RECONCILE_HELP is None or "--once" not in RECONCILE_HELP:
     pytest.skip("`extproc-guard reconcile --once` is not available yet", allow_module_level=True)
 
 pytestmark = pytest.mark.e2e
 
-EPP_NAME = "gaie-inference-scheduling-epp"
 PROVENANCE_ANNOTATION = "extproc-guard.io/epp-service"
 FILTER_NAME = "epp-ext-proc"
-
-
-def epp_service_manifest(namespace: str) -> str:
-    return yaml.safe_dump(
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": EPP_NAME, "namespace": namespace},
-            "spec": {
-                "selector": {"app": EPP_NAME},
-                "ports": [{"name": "grpc-ext-proc", "port": 9002, "targetPort": 9002}],
-            },
-        }
-    )
-
-
-def cluster_ip_of(kubectl: Kubectl, namespace: str) -> str:
-    return kubectl.run(
-        "get", "service", EPP_NAME, "-n", namespace, "-o", "jsonpath={.spec.clusterIP}"
-    ).stdout.strip()
 
 
 def recreate_with_new_cluster_ip(kubectl: Kubectl, namespace: str, old_ip: str) -> str:
     """Delete and recreate the Service until the apiserver allocates an address other than `old_ip`."""
     for _ in range(5):
-        kubectl.run("delete", "service", EPP_NAME, "-n", namespace, "--wait=true", "--timeout=30s")
+        kubectl.run("delete", "service", EPP_SERVICE, "-n", namespace, "--wait=true", "--timeout=30s")
         kubectl.apply(epp_service_manifest(namespace))
         new_ip = cluster_ip_of(kubectl, namespace)
         if new_ip != old_ip:
@@ -91,7 +59,7 @@ def pinned_filter(kubectl: Kubectl, namespace: str) -> str:
         FILTER_NAME,
         namespace,
     )
-    document["metadata"]["annotations"][PROVENANCE_ANNOTATION] = f"{namespace}/{EPP_NAME}"
+    document["metadata"]["annotations"][PROVENANCE_ANNOTATION] = f"{namespace}/{EPP_SERVICE}"
     kubectl.apply(dump(document))
     return namespace
 

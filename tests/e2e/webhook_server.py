@@ -25,7 +25,7 @@ from tests.e2e.cluster import (
     ControlPlaneError,
     Kubectl,
     ManagedProcess,
-    find_cli,
+    cli_help,
     pick_free_port,
     wait_until,
 )
@@ -39,16 +39,10 @@ VALIDATING_WEBHOOK = "envoyfilters.validate.extproc-guard.io"
 
 def serve_help() -> str | None:
     """`extproc-guard serve --help`, or None when the command (or its serve sub-command) is missing."""
-    cli = find_cli()
-    if cli is None:
-        return None
     try:
-        result = subprocess.run(
-            [str(cli), "serve", "--help"], capture_output=True, text=True, timeout=60, check=False
-        )
+        return cli_help("serve")
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return result.stdout if result.returncode == 0 else None
 
 
 def webhook_configurations(
