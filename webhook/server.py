@@ -80,6 +80,7 @@ def make_app(settings: ServeSettings, *, kube_api: Any = None) -> web.Applicatio
         )
         cache = ServiceCache(api, settings.kube)
         app[CACHE_KEY] = cache
+        app.cleanup_ctx.append(_run_service_cache)
         metrics.bind_cache(age=cache.age, synced=lambda: cache.synced, size=cache.size)
     policy = settings.policy if settings.policy is not None else default_policy()
     resolver = build_resolver(settings, cache)
@@ -90,7 +91,6 @@ def make_app(settings: ServeSettings, *, kube_api: Any = None) -> web.Applicatio
     app[TLS_KEY] = CertReloader(
         settings.tls, on_reload=lambda ok: metrics.cert_reloads.labels("ok" if ok else "failed").inc()
     )
-    app.cleanup_ctx.append(_run_service_cache)
     app.cleanup_ctx.append(_run_cert_reloader)
     app.router.add_post("/mutate", functools.partial(handle_review, webhook=Webhook.MUTATE))
     app.router.add_post("/validate", functools.partial(handle_review, webhook=Webhook.VALIDATE))
@@ -101,14 +101,12 @@ def make_app(settings: ServeSettings, *, kube_api: Any = None) -> web.Applicatio
 
 
 async def _run_service_cache(app: web.Application) -> AsyncIterator[None]:
-    cache = app.get(CACHE_KEY)
-    if cache is not None:
-        cache.start()
+    cache = app[CACHE_KEY]
+    cache.start()
     try:
         yield
     finally:
-        if cache is not None:
-            await asyncio.to_thread(cache.stop, CACHE_STOP_SECONDS)
+        await asyncio.to_thread(cache.stop, CACHE_STOP_SECONDS)
 
 
 async def _run_cert_reloader(app: web.Application) -> AsyncIterator[None]:
