@@ -30,6 +30,7 @@ from envoy.type.v3 import http_status_pb2
 
 from certs.pki import generate_ca, issue_serving_cert
 from policies.render import RenderOptions, SocketAddress, render_gateway
+from tests.doctor.loopback import serving
 from tests.envoy_rig import EnvoyRig, run_envoy
 
 DATA = Path(__file__).parent / "data"
@@ -172,16 +173,9 @@ async def running_model_server() -> AsyncIterator[ModelServer]:
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", answer)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        port = runner.addresses[0][1]
+    async with serving(app) as port:
         model = ModelServer(port=port)
         yield model
-    finally:
-        await runner.cleanup()
 
 
 def _http_get(url: str, timeout: float = 10.0) -> str:

@@ -7,6 +7,7 @@ from a real aiohttp server on loopback, so the HTTP reading and `--watch` deltas
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from tests.doctor.loopback import serving
 from tests.doctor.runner import DoctorRun, run_doctor
 
 DATA = Path(__file__).parent / "data"
@@ -183,18 +185,13 @@ class _Admin:
         return web.Response(text=self.clusters_text)
 
 
+@contextlib.asynccontextmanager
 async def _serve(admin: _Admin) -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_get("/stats", admin.stats)
     app.router.add_get("/clusters", admin.clusters)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with serving(app) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def _bumped(text: str, increments: dict[str, int]) -> str:
@@ -218,7 +215,7 @@ async def test_admin_watch_diagnoses_the_delta_not_the_old_failures() -> None:
         },
     )
     admin = _Admin([before, before, after], (DATA / "no-http2.clusters.txt").read_text())
-    async for url in _serve(admin):
+    async with _serve(admin) as url:
         single = await asyncio.to_thread(run_doctor, ["--admin", url, "-o", "json"])
         watched = await asyncio.to_thread(run_doctor, ["--admin", url, "--watch", "0.1", "-o", "json"])
     assert (single.code, json.loads(single.stdout)["causes"][0]["rule"]) == (1, "EPX005")
@@ -228,7 +225,7 @@ async def test_admin_watch_diagnoses_the_delta_not_the_old_failures() -> None:
 
 async def test_admin_serving_garbage_exits_2() -> None:
     admin = _Admin(["<html>not envoy</html>"], "")
-    async for url in _serve(admin):
+    async with _serve(admin) as url:
         run = await asyncio.to_thread(run_doctor, ["--admin", url])
     assert_one_line_error(run)
 

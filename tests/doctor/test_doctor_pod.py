@@ -10,6 +10,7 @@ Envoy. Everything else (kubeconfig loading, the client's websocket exec, the CLI
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 from aiohttp import WSMsgType, web
 
+from tests.doctor.loopback import serving
 from tests.doctor.runner import run_doctor
 
 DATA = Path(__file__).parent / "data"
@@ -62,32 +64,25 @@ class FakeExec:
         return ws
 
 
+@contextlib.asynccontextmanager
 async def serve(fake: FakeExec, tmp_path: Path) -> AsyncIterator[Path]:
     app = web.Application()
     app.router.add_route("*", "/api/v1/namespaces/{namespace}/pods/{pod}/exec", fake.exec)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [
-                    {"name": "c", "cluster": {"server": f"http://127.0.0.1:{runner.addresses[0][1]}"}}
-                ],
-                "users": [{"name": "u", "user": {"token": "t"}}],
-                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
-                "current-context": "x",
-            }
+    async with serving(app) as port:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+                    "users": [{"name": "u", "user": {"token": "t"}}],
+                    "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                    "current-context": "x",
+                }
+            )
         )
-    )
-    try:
         yield kubeconfig
-    finally:
-        await runner.cleanup()
 
 
 POD = "llm-d-inference-scheduler/infra-inference-scheduling-inference-gateway-7d9c"
@@ -95,7 +90,7 @@ POD = "llm-d-inference-scheduler/infra-inference-scheduling-inference-gateway-7d
 
 async def test_pod_reads_stats_and_clusters_with_pilot_agent_in_the_proxy_container(tmp_path: Path) -> None:
     fake = FakeExec("no-http2")
-    async for kubeconfig in serve(fake, tmp_path):
+    async with serve(fake, tmp_path) as kubeconfig:
         argv = ["--pod", POD, "--kubeconfig", str(kubeconfig), "--timeout", "20", "-o", "json"]
         run = await asyncio.to_thread(run_doctor, argv)
     assert run.code == 1, run.stderr
@@ -114,7 +109,7 @@ async def test_pod_reads_stats_and_clusters_with_pilot_agent_in_the_proxy_contai
 
 async def test_pod_exec_failure_is_one_line_with_the_reason(tmp_path: Path) -> None:
     fake = FakeExec("healthy", fail_with="command terminated with exit code 1")
-    async for kubeconfig in serve(fake, tmp_path):
+    async with serve(fake, tmp_path) as kubeconfig:
         argv = ["--pod", POD, "--kubeconfig", str(kubeconfig), "--timeout", "20"]
         run = await asyncio.to_thread(run_doctor, argv)
     assert run.code == 2
