@@ -12,20 +12,14 @@ import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from certs.files import read_cert_dir, write_cert_dir
 from certs.pki import PkiError, service_dns_names
 from certs.rotation import CertRequest, Rotation, StoredCerts, rotate_certs
-from webhook.cabundle import (
-    CaBundleError,
-    SecretNames,
-    build_api_client,
-    encode_ca_bundle,
-    patch_webhook_ca_bundles,
-    read_secrets,
-    write_ca_secret,
-    write_serving_secret,
-)
+
+if TYPE_CHECKING:
+    from webhook.cabundle import SecretNames
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +83,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run_certs(args: argparse.Namespace) -> int:
+    # The Kubernetes client loads here, not when the CLI lists its commands.
+    from webhook.cabundle import CaBundleError
+
     try:
         options = build_options(args)
         message = apply_certs(options, now=datetime.now(UTC))
@@ -122,6 +119,8 @@ def build_options(args: argparse.Namespace) -> CertsOptions:
     )
     secrets = None
     if args.secret is not None:
+        from webhook.cabundle import SecretNames
+
         secrets = SecretNames(
             namespace=args.namespace, serving=args.secret, ca=args.ca_secret or f"{args.secret}-ca"
         )
@@ -137,6 +136,15 @@ def build_options(args: argparse.Namespace) -> CertsOptions:
 
 def apply_certs(options: CertsOptions, *, now: datetime) -> str:
     """Rotate what needs it, store the result, publish the bundle; return a one-line summary."""
+    from webhook.cabundle import (
+        build_api_client,
+        encode_ca_bundle,
+        patch_webhook_ca_bundles,
+        read_secrets,
+        write_ca_secret,
+        write_serving_secret,
+    )
+
     api = build_api_client(options.kubeconfig) if options.secrets or options.patch_webhooks else None
     found = read_secrets(api, options.secrets) if api is not None and options.secrets is not None else None
     if found is not None:

@@ -22,7 +22,6 @@ from webhook.clisettings import (
     port_arg_type,
     resolver_settings_from_args,
 )
-from webhook.services import KubeConfigError
 from webhook.settings import KubeSettings, ServeSettings, TLSSettings
 from webhook.tlsreload import TLSFilesError
 
@@ -128,6 +127,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def serve_until_stopped(args: argparse.Namespace, output: logging.Handler) -> int:
     from webhook.server import TLS_KEY, make_app
+    from webhook.services import KubeConfigError
 
     try:
         settings = settings_from_args(args)
