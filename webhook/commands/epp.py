@@ -6,13 +6,12 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from epp.discovery import KubeDiscoverySettings
 from epp.endpoints import EndpointSyntaxError, parse_endpoints
-from epp.picker import PickerSettings
-from epp.processor import ProcessorSettings
-from epp.scraper import ScrapeSettings
-from epp.settings import EppSettings, TlsFiles
+
+if TYPE_CHECKING:
+    from epp.settings import EppSettings
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -63,6 +62,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def build_settings(args: argparse.Namespace) -> EppSettings:
     """Turn the flags into settings; raises ValueError with a one-line reason."""
+    # The EPP's server modules (gRPC, aiohttp) load here, not when the CLI lists its commands.
+    from epp.discovery import KubeDiscoverySettings
+    from epp.picker import PickerSettings
+    from epp.processor import ProcessorSettings
+    from epp.scraper import ScrapeSettings
+    from epp.settings import EppSettings, TlsFiles
+
     endpoints = parse_endpoints(args.endpoints)
     discovery = None
     if args.service or args.selector:

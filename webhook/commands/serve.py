@@ -10,8 +10,7 @@ import os
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-
-from aiohttp import web
+from typing import TYPE_CHECKING
 
 from epp.logoutput import flush_periodically, install_log_output
 from webhook.clisettings import (
@@ -24,6 +23,9 @@ from webhook.clisettings import (
 )
 from webhook.settings import KubeSettings, ServeSettings, TLSSettings
 from webhook.tlsreload import TLSFilesError
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +128,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def serve_until_stopped(args: argparse.Namespace, output: logging.Handler) -> int:
+    # aiohttp, the server and the Kubernetes client load here, not when the CLI lists its commands.
+    from aiohttp import web
+
     from webhook.server import TLS_KEY, make_app
     from webhook.services import KubeConfigError
 

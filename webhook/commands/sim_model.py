@@ -8,8 +8,10 @@ import contextlib
 import logging
 import signal
 import sys
+from typing import TYPE_CHECKING
 
-from epp.simulator import SimulatorSettings, serve_simulator
+if TYPE_CHECKING:
+    from epp.simulator import SimulatorSettings
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -28,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run_sim_model(args: argparse.Namespace) -> int:
+    # aiohttp loads here, not when the CLI lists its commands.
+    from epp.simulator import SimulatorSettings
+
     if args.concurrency < 1 or args.latency_ms < 0 or not 0 <= args.port < 65536:
         print(
             "extproc-guard sim-model: error: need --concurrency >= 1, --latency-ms >= 0, a valid --port",
@@ -52,6 +57,8 @@ def run_sim_model(args: argparse.Namespace) -> int:
 
 
 async def _serve_until_signal(settings: SimulatorSettings) -> None:
+    from epp.simulator import serve_simulator
+
     task = asyncio.create_task(serve_simulator(settings))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
