@@ -20,10 +20,10 @@ from policies.findings import Finding
 from policies.patch import PatchOp, apply_patch, split_pointer
 from policies.policy import Policy
 from policies.resolver import ServiceAddress, ServiceLookupError, ServiceRef, ServiceResolver
-from policies.subject import EPP_SERVICE_ANNOTATION, parse_service_annotation
 
 logger = logging.getLogger(__name__)
 
+PROVENANCE_ANNOTATION = "extproc-guard.io/epp-service"
 PORT_RULE = "EPX007"
 
 
@@ -80,10 +80,13 @@ def answer_of(resolver: ServiceResolver, ref: ServiceRef) -> ServiceAddress | No
 
 
 def provenance_of(document: Mapping[str, Any]) -> ServiceRef | None:
-    """The Service named by the provenance annotation (`NAMESPACE/NAME`), read as the engine reads it."""
+    """The Service named by the provenance annotation (`NAMESPACE/NAME`), if any."""
     annotations = (document.get("metadata") or {}).get("annotations") or {}
-    value = annotations.get(EPP_SERVICE_ANNOTATION) if isinstance(annotations, Mapping) else None
-    return parse_service_annotation(value)
+    value = annotations.get(PROVENANCE_ANNOTATION) if isinstance(annotations, Mapping) else None
+    if not isinstance(value, str):
+        return None
+    namespace, slash, name = value.strip().partition("/")
+    return ServiceRef(namespace, name) if slash and namespace and name else None
 
 
 @dataclass(frozen=True, slots=True)
