@@ -15,6 +15,10 @@ COPY policies ./policies
 COPY webhook ./webhook
 COPY certs ./certs
 COPY epp ./epp
+COPY kube ./kube
+COPY reconciler ./reconciler
+COPY cli ./cli
+COPY telemetry ./telemetry
 RUN pip wheel --wheel-dir /wheels .
 
 # ---- runtime ----

@@ -32,13 +32,17 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from policies.engine import evaluate  # noqa: E402
-from policies.findings import Level  # noqa: E402
-from policies.policy import default_policy  # noqa: E402
-from policies.resolver import ServiceAddress, ServiceRef, StaticResolver  # noqa: E402
-from webhook.report import OutputFormat, render_report  # noqa: E402
-from webhook.scan import ScanSettings, check_sources  # noqa: E402
-from webhook.sources import Source, SourceDocument, expand_paths, iter_documents  # noqa: E402
+from cli.report import OutputFormat, render_report  # noqa: E402
+from cli.scan import ScanSettings, check_sources  # noqa: E402
+from cli.sources import Source, SourceDocument, expand_paths, iter_documents  # noqa: E402
+from policies import (  # noqa: E402
+    Level,
+    ServiceAddress,
+    ServiceRef,
+    StaticResolver,
+    default_policy,
+    evaluate,
+)
 
 EXAMPLES = ROOT / "manifests" / "examples"
 SHAPES = ("seed-bad.yaml", "seed-corrected.yaml", "camelcase-no-http2.yaml", "failure-mode-allow.yaml")

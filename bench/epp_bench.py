@@ -39,10 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.procstat import cpu_seconds
 from bench.sampling import Sampler, summarize
+from cli.demo.gateway import INFERENCE_PATH, build_local_gateway
 from epp.children import Child, find_envoy_binary, free_port, start_child, stop_child, wait_for_port
-from webhook.gateway import INFERENCE_PATH, build_local_gateway
 
-CLI = (sys.executable, "-m", "webhook.cli")
+CLI = (sys.executable, "-m", "cli.main")
 WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.body = '{"model": "sim-model", "prompt": "hello", "max_tokens": 4}'

@@ -288,7 +288,7 @@ def main() -> int:
         serve = [
             sys.executable,
             "-m",
-            "webhook.cli",
+            "cli.main",
             "serve",
             *tls,
             "--host",

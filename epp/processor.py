@@ -25,9 +25,9 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 
 from epp import responses
 from epp.endpoints import Endpoint
-from epp.logoutput import log_info
 from epp.picker import Picker
 from epp.telemetry import MESSAGE_KINDS, EppMetrics
+from telemetry.logoutput import log_info
 
 logger = logging.getLogger(__name__)
 

@@ -16,12 +16,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from epp.discovery import KubeDiscovery
-from epp.logoutput import flush_periodically
 from epp.picker import Picker
 from epp.processor import SERVICE_NAME, Processor
 from epp.scraper import Scraper
 from epp.settings import EppSettings
 from epp.telemetry import EppMetrics
+from telemetry.logoutput import flush_periodically
 
 if TYPE_CHECKING:
     from epp.h2server import H2GrpcServer as H2GrpcServerType

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from bisect import bisect_left
 from collections import Counter as Counter_
 from collections.abc import Iterable, Iterator
 
@@ -18,6 +17,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
+from telemetry.tally import LatencyTally
+
 DECISION_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
 
 DECISION_OUTCOMES = ("picked", "no_endpoint")
@@ -29,30 +30,6 @@ MESSAGE_KINDS = (
     "request_trailers",
     "response_trailers",
 )
-
-
-class LatencyTally:
-    """One histogram's bucket counts and sum as plain numbers (buckets are upper bounds, `le`)."""
-
-    __slots__ = ("bounds", "counts", "labels", "sum")
-
-    def __init__(self, buckets: tuple[float, ...]) -> None:
-        self.bounds = buckets
-        self.labels = [*(repr(float(bound)) for bound in buckets), "+Inf"]
-        self.counts = [0] * (len(buckets) + 1)  # the last one is +Inf
-        self.sum = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect_left(self.bounds, seconds)] += 1
-        self.sum += seconds
-
-    def cumulative(self) -> list[tuple[str, float]]:
-        buckets: list[tuple[str, float]] = []
-        total = 0
-        for label, count in zip(self.labels, self.counts, strict=True):
-            total += count
-            buckets.append((label, float(total)))
-        return buckets
 
 
 class StreamTally(Collector):

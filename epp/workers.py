@@ -13,9 +13,9 @@ import logging
 import multiprocessing
 import signal
 
-from epp.logoutput import install_epp_log_output
 from epp.server import serve_epp
 from epp.settings import EppSettings
+from telemetry.logoutput import install_epp_log_output
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -60,3 +60,25 @@ class StaticResolver:
             raise ServiceUnknown(
                 ref, "no address given for it (pass --service NAMESPACE/NAME=CLUSTER_IP[:PORT])"
             ) from None
+
+
+class ChainResolver:
+    """Asks each resolver in turn; the next one is asked only when one says it cannot answer.
+
+    A `ServiceNotFound` from an authoritative source ends the search: a Service that does not exist is
+    not looked for elsewhere.
+    """
+
+    def __init__(self, resolvers: Iterable[ServiceResolver]) -> None:
+        self._resolvers = tuple(resolvers)
+
+    def lookup(self, ref: ServiceRef) -> ServiceAddress:
+        last: ServiceUnknown | None = None
+        for resolver in self._resolvers:
+            try:
+                return resolver.lookup(ref)
+            except ServiceUnknown as exc:
+                last = exc
+        if last is None:
+            raise ServiceUnknown(ref, "no Service source is configured")
+        raise last

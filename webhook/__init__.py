@@ -1,1 +1,1 @@
-"""Adapters: the admission server, Kubernetes lookups, the reconciler and the CLI."""
+"""The admission server: AdmissionReview in and out, the aiohttp app, TLS reload and its metrics."""

@@ -17,10 +17,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from policies.findings import Finding, Level
-from policies.patch import PatchOp
-from policies.policy import Policy
-from policies.resolver import ServiceLookupError
+from policies import Finding, Level, PatchOp, Policy, ServiceLookupError
 
 logger = logging.getLogger(__name__)
 

@@ -9,9 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from policies.engine import Evaluation, evaluate
-from policies.policy import Policy
-from policies.resolver import ServiceResolver
+from policies import Evaluation, Policy, ServiceResolver, evaluate
 from webhook.admission import AdmissionRequest, Verdict, Webhook, encode_review, review_request
 
 MEMO_SIZE = 256

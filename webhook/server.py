@@ -19,18 +19,16 @@ from typing import Any
 from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from epp.logoutput import log_info
-from policies.policy import default_policy
-from policies.resolver import ServiceResolver, StaticResolver
+from kube.services import ServiceCache, build_core_api
+from policies import ChainResolver, ServiceResolver, StaticResolver, default_policy
+from telemetry.logoutput import log_info
 from webhook.admission import (
     AdmissionError,
     Webhook,
     parse_review,
 )
-from webhook.clisettings import ChainResolver
 from webhook.metrics import Metrics
 from webhook.reviewer import Reviewer, log_value
-from webhook.services import ServiceCache, build_core_api
 from webhook.settings import ServeSettings
 from webhook.tlsreload import CertReloader
 

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from policies.policy import Policy
-from policies.resolver import ServiceAddress, ServiceRef
+from kube.settings import KubeSettings
+from policies import Policy, ServiceAddress, ServiceRef
 
 MAX_REVIEW_BYTES = 3 * 1024 * 1024
 """The apiserver never sends more; anything larger is refused before it is read."""
@@ -21,19 +21,6 @@ class TLSSettings:
     key_file: Path
     client_ca_file: Path | None = None
     poll_seconds: float = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class KubeSettings:
-    """How the Service cache reaches the Kubernetes API (`kubeconfig` None = in-cluster config)."""
-
-    kubeconfig: Path | None = None
-    context: str | None = None
-    resync_seconds: float = 300.0
-    watch_timeout_seconds: int = 240
-    backoff_initial_seconds: float = 0.5
-    backoff_max_seconds: float = 30.0
-    stale_after_seconds: float = 120.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,11 +19,11 @@ import yaml
 from kubernetes import client
 
 from certs.pki import covers_names, is_issued_by, service_dns_names
+from cli.cabundle import build_api_client
+from cli.commands import certs as certs_command
+from cli.main import _Parser
 from tests.e2e.cluster import Kubectl
 from tests.e2e.harness import running_control_plane
-from webhook.cabundle import build_api_client
-from webhook.cli import _Parser
-from webhook.commands import certs as certs_command
 
 pytestmark = pytest.mark.e2e
 

@@ -26,8 +26,7 @@ from certs.pki import (
     service_dns_names,
 )
 from certs.rotation import StoredCerts
-from tests.certs.fake_apiserver import FakeApiState, run_fake_apiserver
-from webhook.cabundle import (
+from cli.cabundle import (
     CaBundleError,
     SecretNames,
     build_api_client,
@@ -35,8 +34,9 @@ from webhook.cabundle import (
     read_secrets,
     write_serving_secret,
 )
-from webhook.cli import _Parser
-from webhook.commands import certs as certs_command
+from cli.commands import certs as certs_command
+from cli.main import _Parser
+from tests.certs.fake_apiserver import FakeApiState, run_fake_apiserver
 
 BASE = ["certs", "--service", "guard", "--namespace", "ops"]
 NAMES = service_dns_names("guard", "ops")

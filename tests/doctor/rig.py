@@ -29,7 +29,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, 
 from envoy.type.v3 import http_status_pb2
 
 from certs.pki import generate_ca, issue_serving_cert
-from policies.render import RenderOptions, SocketAddress, render_gateway
+from policies.render.gateway import RenderOptions, SocketAddress, render_gateway
 from tests.doctor.loopback import serving
 from tests.envoy_rig import EnvoyRig, run_envoy
 

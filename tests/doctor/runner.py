@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
-from webhook.cli import _Parser
-from webhook.commands import doctor
+from cli.commands import doctor
+from cli.main import _Parser
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cli.demo.gateway import EXT_PROC_STATS, INFERENCE_PATH, build_local_gateway
 from epp.children import Child, free_port, start_child, stop_child, wait_for_port
 from tests.envoy_rig import EnvoyRig, run_envoy
-from webhook.gateway import EXT_PROC_STATS, INFERENCE_PATH, build_local_gateway
 
-CLI = (sys.executable, "-m", "webhook.cli")
+CLI = (sys.executable, "-m", "cli.main")
 HTTP_TIMEOUT = 20.0
 
 

@@ -13,7 +13,7 @@ import pytest
 
 pytestmark = pytest.mark.envoy
 
-CLI = (sys.executable, "-m", "webhook.cli")
+CLI = (sys.executable, "-m", "cli.main")
 
 
 def test_the_demo_routes_every_request_then_shows_the_no_http2_failure_and_its_findings(

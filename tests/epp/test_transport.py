@@ -28,7 +28,7 @@ from tests.epp.conftest import (
     request_headers,
 )
 
-CLI = (sys.executable, "-m", "webhook.cli")
+CLI = (sys.executable, "-m", "cli.main")
 
 
 async def test_a_large_full_duplex_body_comes_back_whole_across_many_frames(epp: EppServer) -> None:

@@ -21,6 +21,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from cli.main import _Parser
 from policies.policy import load_policy
 from tests.manifests.kustomize import (
     KustomizeError,
@@ -30,7 +31,6 @@ from tests.manifests.kustomize import (
     load_documents,
     pod_spec,
 )
-from webhook.cli import _Parser
 
 ROOT = Path(__file__).resolve().parents[2] / "manifests"
 NAMESPACE = "extproc-guard-system"
@@ -484,9 +484,9 @@ def parse_command_args(argv: list[str]) -> argparse.Namespace:
     """Parse container args with the real sub-command parser (only that command registered)."""
     name = argv[0].replace("-", "_")
     try:
-        module = importlib.import_module(f"webhook.commands.{name}")
+        module = importlib.import_module(f"cli.commands.{name}")
     except ModuleNotFoundError as exc:
-        if exc.name != f"webhook.commands.{name}":
+        if exc.name != f"cli.commands.{name}":
             raise
         pytest.skip(f"the `{argv[0]}` command does not exist yet")
     parser = _Parser(prog="extproc-guard")

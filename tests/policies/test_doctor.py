@@ -16,9 +16,9 @@ from types import MappingProxyType
 import pytest
 
 from policies.catalog import RULE_IDS
-from policies.doctor import DoctorSettings, Verdict, diagnose
-from policies.doctor_filter import read_filter_facts
-from policies.doctor_stats import (
+from policies.doctor.diagnosis import DoctorSettings, Verdict, diagnose
+from policies.doctor.filter import read_filter_facts
+from policies.doctor.stats import (
     EnvoyStats,
     StatsFormatError,
     parse_clusters,

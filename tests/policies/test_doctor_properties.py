@@ -7,8 +7,8 @@ from types import MappingProxyType
 from hypothesis import given
 from hypothesis import strategies as st
 
-from policies.doctor import DoctorSettings, Verdict, diagnose
-from policies.doctor_stats import EnvoyStats, parse_stats, subtract_stats
+from policies.doctor.diagnosis import DoctorSettings, Verdict, diagnose
+from policies.doctor.stats import EnvoyStats, parse_stats, subtract_stats
 from policies.profile import ProfileName
 
 EXT_PROC = (

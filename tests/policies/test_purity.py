@@ -26,7 +26,7 @@ PROGRAM = textwrap.dedent(
     import policies
     names = [m.name for m in pkgutil.walk_packages(policies.__path__, "policies.")]
     for name in names:
-        if name.startswith(("policies.render", "policies.doctor")):
+        if name.startswith(("policies.render.gateway", "policies.doctor.diagnosis")):
             continue
         importlib.import_module(name)
     from policies.engine import evaluate

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cli.commands import render
 from tests.policies.bootstraps import manager_of
-from webhook.commands import render
 
 SINGLE_COMMAND_CLI = (
     "import argparse, sys\n"
-    "from webhook.commands import render\n"
+    "from cli.commands import render\n"
     "parser = argparse.ArgumentParser(prog='extproc-guard')\n"
     "render.register(parser.add_subparsers())\n"
     "args = parser.parse_args(sys.argv[1:])\n"

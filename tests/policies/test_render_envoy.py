@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from policies.render import EXT_PROC_FILTER, RenderOptions, RouteSpec, SocketAddress, render_gateway
+from policies.render.gateway import EXT_PROC_FILTER, RenderOptions, RouteSpec, SocketAddress, render_gateway
 from tests.envoy_rig import EnvoyRig, EnvoyStartError, find_envoy, run_envoy
 from tests.policies.bootstraps import http_filters
 

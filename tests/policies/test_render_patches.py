@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from policies.render import (
+from policies.render.gateway import (
     EXT_PROC_FILTER,
     RenderError,
     RenderOptions,

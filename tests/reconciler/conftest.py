@@ -15,12 +15,12 @@ import yaml
 
 from policies.policy import default_policy
 from policies.resolver import ServiceAddress, ServiceRef, ServiceResolver, StaticResolver
+from reconciler.api import KubeObjects, build_api_client
+from reconciler.core import Reconciler
+from reconciler.metrics import ReconcileMetrics
+from reconciler.settings import ReconcileSettings
 from tests.e2e.conftest import control_plane, kubectl, namespace  # noqa: F401  (the real apiserver's fixtures)
 from tests.reconciler.fakeapi import FakeKubeAPI
-from webhook.reconcile_kube import KubeObjects, build_api_client
-from webhook.reconcile_metrics import ReconcileMetrics
-from webhook.reconcile_settings import ReconcileSettings
-from webhook.reconciler import Reconciler
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 NAMESPACE = "llm-d-inference-scheduler"

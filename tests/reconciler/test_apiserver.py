@@ -17,14 +17,14 @@ import yaml
 
 from policies.patch import PatchOp
 from policies.policy import default_policy
+from reconciler.api import KubeObjects, Resource, build_api_client
+from reconciler.core import Action, Reconciler
+from reconciler.leader import LeaseElector
+from reconciler.metrics import ReconcileMetrics
+from reconciler.settings import FIELD_MANAGER, LeaseSettings, ReconcileSettings
 from tests.e2e.cluster import ControlPlaneInfo, Kubectl
 from tests.reconciler.conftest import OPERATOR, FakeClock, fixed_wall, load, static_epp, without_server_fields
 from tests.reconciler.test_audit import with_unrelated_content
-from webhook.leader import LeaseElector
-from webhook.reconcile_kube import KubeObjects, Resource, build_api_client
-from webhook.reconcile_metrics import ReconcileMetrics
-from webhook.reconcile_settings import FIELD_MANAGER, LeaseSettings, ReconcileSettings
-from webhook.reconciler import Action, Reconciler
 
 pytestmark = pytest.mark.e2e
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 
+from reconciler.core import Action
+from reconciler.settings import ReconcileSettings
 from tests.reconciler.conftest import (
     EPP,
     NAMESPACE,
@@ -15,8 +17,6 @@ from tests.reconciler.conftest import (
     without_server_fields,
 )
 from tests.reconciler.fakeapi import EVENTS, POLICY_REPORTS, FakeKubeAPI
-from webhook.reconcile_settings import ReconcileSettings
-from webhook.reconciler import Action
 
 LUA_PATCH = {
     "applyTo": "HTTP_FILTER",

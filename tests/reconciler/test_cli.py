@@ -38,7 +38,7 @@ async def run_cli(*args: str) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "webhook.cli",
+        "cli.main",
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -111,7 +111,7 @@ async def test_sigterm_releases_the_lease_after_fixing_and_serving_metrics(
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "webhook.cli",
+        "cli.main",
         "reconcile",
         "--kubeconfig",
         str(kubeconfig),

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from reconciler.core import Action
+from reconciler.settings import ReconcileSettings
 from tests.reconciler.conftest import NAMESPACE, OPERATOR, ReconcilerFactory, load, without_server_fields
 from tests.reconciler.fakeapi import FakeKubeAPI
-from webhook.reconcile_settings import ReconcileSettings
-from webhook.reconciler import Action
 
 OTHER_WRITER = "kubectl-edit"
 

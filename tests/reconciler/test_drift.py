@@ -1,7 +1,7 @@
 """Drift repair when the EPP Service is deleted and recreated with a new ClusterIP, against a fake Kubernetes
 API that speaks the real REST protocol (Service list + watch stream, EnvoyFilter get/patch; no
 kube-apiserver runs in these tests). The reconciler reads Services through the webhook's real informer
-cache (`webhook.services.ServiceCache`) on its own thread."""
+cache (`kube.services.ServiceCache`) on its own thread."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
+from kube.services import ServiceCache
+from kube.settings import KubeSettings
+from reconciler.api import build_api_client
+from reconciler.core import Action, Reconciler
+from reconciler.runner import repair_on_drift
 from tests.reconciler.conftest import EPP, EPP_IP, NAMESPACE, OPERATOR, ReconcilerFactory, load, poll_until
 from tests.reconciler.fakeapi import EVENTS, FakeKubeAPI
-from webhook.reconcile_kube import build_api_client
-from webhook.reconcile_runner import repair_on_drift
-from webhook.reconciler import Action, Reconciler
-from webhook.services import ServiceCache
-from webhook.settings import KubeSettings
 
 NEW_IP = "10.96.200.7"
 WAIT_SECONDS = 20.0

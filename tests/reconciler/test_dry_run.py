@@ -7,10 +7,10 @@ import logging
 
 import pytest
 
+from reconciler.core import Action
+from reconciler.settings import ReconcileSettings
 from tests.reconciler.conftest import NAMESPACE, OPERATOR, ReconcilerFactory, load, static_epp
 from tests.reconciler.fakeapi import FakeKubeAPI
-from webhook.reconcile_settings import ReconcileSettings
-from webhook.reconciler import Action
 
 
 async def test_dry_run_reports_what_would_change_and_writes_nothing(
@@ -21,7 +21,7 @@ async def test_dry_run_reports_what_would_change_and_writes_nothing(
     before = fake_api.envoy_filter(NAMESPACE, "epp-ext-proc")
     reconciler = make_reconciler(settings=ReconcileSettings(dry_run=True))
 
-    with caplog.at_level(logging.INFO, logger="webhook.reconciler"):
+    with caplog.at_level(logging.INFO, logger="reconciler.core"):
         result = await reconciler.audit()
 
     actions = {o.name: o.action for o in result.outcomes}

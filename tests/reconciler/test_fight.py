@@ -8,11 +8,11 @@ import logging
 
 import pytest
 
+from reconciler.core import Action, Reconciler
+from reconciler.metrics import ReconcileMetrics
+from reconciler.settings import ReconcileSettings
 from tests.reconciler.conftest import NAMESPACE, OPERATOR, FakeClock, ReconcilerFactory, load
 from tests.reconciler.fakeapi import EVENTS, FakeKubeAPI
-from webhook.reconcile_metrics import ReconcileMetrics
-from webhook.reconcile_settings import ReconcileSettings
-from webhook.reconciler import Action, Reconciler
 
 
 def operator_reverts(fake_api: FakeKubeAPI) -> None:
@@ -69,7 +69,7 @@ async def test_a_fighting_writer_is_named_in_an_event_and_a_metric_and_backed_of
     assert await audit_action(reconciler) is Action.FIXED
     operator_reverts(fake_api)
 
-    with caplog.at_level(logging.WARNING, logger="webhook.reconciler"):
+    with caplog.at_level(logging.WARNING, logger="reconciler.core"):
         assert await audit_action(reconciler) is Action.BACKING_OFF
 
     (event,) = fight_events(fake_api)

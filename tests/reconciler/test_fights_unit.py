@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from webhook.reconcile_fights import FightTracker, Verdict, find_writer
+from reconciler.fights import FightTracker, Verdict, find_writer
 
 OWN = "extproc-guard-reconciler"
 PATHS = ["/spec/configPatches/0/patch/operation", "/spec/configPatches/1/patch/value/type"]

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.api import KubeObjects, build_api_client
+from reconciler.core import Action
+from reconciler.leader import LeaseElector
+from reconciler.settings import FIELD_MANAGER, LeaseSettings
 from tests.reconciler.conftest import OPERATOR, FakeClock, ReconcilerFactory, fixed_wall, load
 from tests.reconciler.fakeapi import LEASES, FakeKubeAPI
-from webhook.leader import LeaseElector
-from webhook.reconcile_kube import KubeObjects, build_api_client
-from webhook.reconcile_settings import FIELD_MANAGER, LeaseSettings
-from webhook.reconciler import Action
 
 LEASE = "extproc-guard-reconciler"
 LEASE_NS = "extproc-guard-system"

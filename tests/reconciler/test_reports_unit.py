@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 import pytest
 
 from policies.findings import Finding, Level
-from webhook.policyreport import FilterResult, build_policy_report, report_content
-from webhook.reconcile_events import NOTE_LIMIT, Reason, build_event, micro_time
+from reconciler.events import NOTE_LIMIT, Reason, build_event, micro_time
+from reconciler.policyreport import FilterResult, build_policy_report, report_content
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, 123456, tzinfo=UTC)
 

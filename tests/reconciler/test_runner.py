@@ -9,10 +9,10 @@ from functools import partial
 from pathlib import Path
 
 from policies.policy import default_policy
+from reconciler.runner import Parts, build_parts, run_reconciler
+from reconciler.settings import LeaseSettings, ReconcileSettings
 from tests.reconciler.conftest import EPP, EPP_IP, NAMESPACE, OPERATOR, load, poll_until
 from tests.reconciler.fakeapi import LEASES, FakeKubeAPI
-from webhook.reconcile_runner import Parts, build_parts, run_reconciler
-from webhook.reconcile_settings import LeaseSettings, ReconcileSettings
 
 WAIT_SECONDS = 30.0
 

@@ -15,13 +15,13 @@ import pytest
 import yaml
 
 from policies.policy import default_policy
+from reconciler.runner import Parts, build_parts, run_reconciler
+from reconciler.settings import ReconcileSettings
 from tests.e2e.cluster import ControlPlaneInfo, Kubectl
 from tests.e2e.conftest import EppService, epp_service  # noqa: F401  (the seed's EPP Service fixture)
 from tests.reconciler.conftest import OPERATOR, load, without_server_fields
 from tests.reconciler.test_apiserver import FILTER, events, in_namespace, stored
 from tests.reconciler.test_apiserver import operator_applies as apply_as_operator
-from webhook.reconcile_runner import Parts, build_parts, run_reconciler
-from webhook.reconcile_settings import ReconcileSettings
 
 pytestmark = pytest.mark.e2e
 

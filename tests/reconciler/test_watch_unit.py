@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from reconciler.api import build_api_client
+from reconciler.core import Action
+from reconciler.watch import ChangeQueue, FilterChange, FilterWatch, WatchSettings
 from tests.reconciler.conftest import NAMESPACE, OPERATOR, ReconcilerFactory, load, poll_until
 from tests.reconciler.fakeapi import POLICY_REPORTS, FakeKubeAPI
 from tests.webhook.kubefake import FakeServiceAPI
-from webhook.reconcile_kube import build_api_client
-from webhook.reconcile_watch import ChangeQueue, FilterChange, FilterWatch, WatchSettings
-from webhook.reconciler import Action
 
 WAIT_SECONDS = 10.0
 FAST = WatchSettings(timeout_seconds=60, backoff_initial_seconds=0.05, backoff_max_seconds=0.2)

@@ -1,6 +1,6 @@
 """`extproc-guard check` end to end: the real engine on the shipped examples, every output format, bad input.
 
-In-process runs go through `webhook.cli.main`; exit codes and stderr are also checked through the
+In-process runs go through `cli.main.main`; exit codes and stderr are also checked through the
 installed console script in a subprocess, as CI and pre-commit run it.
 """
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cli.main import main
 from tests.webhook.clirun import EXAMPLES, SCRIPT, SEED_BAD, SEED_CORRECTED, SERVICE, run
-from webhook.cli import main
 
 BROKEN = ("seed-bad.yaml", "camelcase-no-http2.yaml", "failure-mode-allow.yaml")
 

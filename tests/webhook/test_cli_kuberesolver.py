@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
+from cli.settings import ResolverSettings, build_resolver, parse_service_arg
+from kube.resolver import build_kube_resolver
 from policies.resolver import ServiceAddress, ServiceNotFound, ServiceRef, ServiceUnknown
-from webhook.clisettings import ResolverSettings, build_resolver, parse_service_arg
-from webhook.kuberesolver import build_kube_resolver
 
 SERVICES: dict[tuple[str, str], dict[str, Any]] = {
     ("llm-d", "epp"): {"clusterIP": "10.96.45.12", "ports": [{"port": 9002}, {"port": 9090}]},

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from policies.resolver import ServiceAddress, ServiceNotFound, ServiceRef, ServiceUnknown, StaticResolver
-from webhook.clisettings import (
+from cli.settings import (
     ChainResolver,
     ResolverSettings,
     ServiceArgError,
@@ -20,6 +19,7 @@ from webhook.clisettings import (
     parse_service_arg,
     resolver_settings_from_args,
 )
+from policies.resolver import ServiceAddress, ServiceNotFound, ServiceRef, ServiceUnknown, StaticResolver
 
 REF = ServiceRef("llm-d", "epp")
 

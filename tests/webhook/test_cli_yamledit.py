@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
+from cli.yamledit import EditError, Indentation, edit_stream, guess_indentation
 from policies.patch import PatchOp, apply_patch
-from webhook.yamledit import EditError, Indentation, edit_stream, guess_indentation
 
 SOURCE = """\
 # top comment

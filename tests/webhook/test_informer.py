@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
+from kube.informer import Change, Informer, InformerLog, InformerSettings, diff_items
+from kube.services import build_core_api
 from tests.webhook.kubefake import FakeServiceAPI
 from tests.webhook.test_services import eventually
-from webhook.informer import Change, Informer, InformerLog, InformerSettings, diff_items
-from webhook.services import build_core_api
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from epp.logoutput import BatchedLineHandler, log_info, sole_line_handler
+from telemetry.logoutput import BatchedLineHandler, log_info, sole_line_handler
 
 
 class CountingStream(io.StringIO):

@@ -9,9 +9,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from policies.catalog import CATALOG
-from policies.findings import Finding, Level
-from webhook.report import (
+from cli.report import (
     DocumentResult,
     LocatedFinding,
     OutputFormat,
@@ -20,7 +18,9 @@ from webhook.report import (
     escape_github_property,
     render_report,
 )
-from webhook.sources import InputError
+from cli.sources import InputError
+from policies.catalog import CATALOG
+from policies.findings import Finding, Level
 
 DNS = Finding(
     rule="EPX003",

@@ -15,6 +15,7 @@ import jsonpatch
 import pytest
 import yaml
 
+from cli.main import main
 from policies.engine import Evaluation, evaluate
 from policies.findings import Level
 from policies.policy import default_policy
@@ -31,7 +32,6 @@ from tests.webhook.webhookrig import (
     decode_patch,
     review_of,
 )
-from webhook.cli import main
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "examples"
 SERVICE_FLAG = "--service=llm-d-inference-scheduler/gaie-inference-scheduling-epp=10.96.45.12:9002"

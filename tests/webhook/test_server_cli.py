@@ -32,7 +32,7 @@ def free_port() -> int:
 
 
 def serve_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "webhook.cli", "serve", *args]
+    return [sys.executable, "-m", "cli.main", "serve", *args]
 
 
 def serve_static_command(tls: TLSSettings, port: int) -> list[str]:

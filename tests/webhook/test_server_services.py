@@ -16,6 +16,7 @@ import aiohttp
 import jsonpatch
 import pytest
 
+from kube.settings import KubeSettings
 from tests.webhook.kubefake import FakeServiceAPI
 from tests.webhook.serverkit import (
     pki_fixture,  # noqa: F401  (a shared fixture)
@@ -30,7 +31,7 @@ from tests.webhook.webhookrig import (
     load_document,
     review_of,
 )
-from webhook.settings import KubeSettings, ServeSettings
+from webhook.settings import ServeSettings
 
 
 @pytest.fixture

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from kube.services import KubeConfigError, ServiceCache, build_core_api
+from kube.settings import KubeSettings
 from policies.resolver import ServiceAddress, ServiceNotFound, ServiceRef, ServiceUnknown
 from tests.webhook.kubefake import FakeServiceAPI
-from webhook.services import KubeConfigError, ServiceCache, build_core_api
-from webhook.settings import KubeSettings
 
 EPP = ServiceRef("llm-d-inference-scheduler", "gaie-inference-scheduling-epp")
 WAIT_SECONDS = 10.0

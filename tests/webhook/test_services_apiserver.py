@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 import pytest
 import yaml
 
+from kube.services import ServiceCache, build_core_api
+from kube.settings import KubeSettings
 from policies.resolver import ServiceAddress, ServiceNotFound, ServiceRef, ServiceUnknown
 from tests.e2e.cluster import (
     BUILD_SCRIPT,
@@ -23,8 +25,6 @@ from tests.e2e.cluster import (
     missing_binaries,
 )
 from tests.webhook.test_services import answers
-from webhook.services import ServiceCache, build_core_api
-from webhook.settings import KubeSettings
 
 pytestmark = pytest.mark.e2e
 

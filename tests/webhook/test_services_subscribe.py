@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from kube.services import ServiceCache, build_core_api
 from policies.resolver import ServiceAddress, ServiceRef
 from tests.webhook.kubefake import FakeServiceAPI
 from tests.webhook.test_services import FAST, eventually
-from webhook.services import ServiceCache, build_core_api
 
 EPP = ServiceRef("llm-d-inference-scheduler", "gaie-inference-scheduling-epp")
 HEADLESS = ServiceRef("llm-d-inference-scheduler", "epp-headless")
@@ -142,7 +142,7 @@ async def test_a_failing_subscriber_is_logged_and_neither_the_watch_nor_the_othe
 
     seen = Recorder()
     cache.subscribe(broken)
-    caplog.set_level(logging.ERROR, logger="webhook.services")
+    caplog.set_level(logging.ERROR, logger="kube.services")
     await started(cache, api, seen)
     new = ServiceAddress("10.96.200.8", (9002,))
 

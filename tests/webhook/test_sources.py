@@ -11,7 +11,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from webhook.sources import (
+from cli.sources import (
     InputError,
     Source,
     SourceDocument,

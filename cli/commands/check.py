@@ -1,0 +1,74 @@
+"""`extproc-guard check PATH... | -`: run the policy on every EnvoyFilter, print findings with lines.
+
+Exit 0 when clean, 1 when an `enforce` finding exists, 2 for a usage error or an input that could not be
+read (the other inputs are still checked and reported).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from cli.report import OutputFormat, render_report
+from cli.scan import ScanSettings, check_sources
+from cli.settings import (
+    SettingsError,
+    add_policy_argument,
+    add_resolver_arguments,
+    build_resolver,
+    load_policy_file,
+    print_error,
+    resolver_settings_from_args,
+)
+from cli.sources import expand_paths
+
+logger = logging.getLogger(__name__)
+
+EXIT_USAGE = 2
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "check",
+        help="check EnvoyFilters in files, folders or stdin",
+        description="Run the policy on every EnvoyFilter in YAML/JSON files or folders (or '-' for stdin).",
+    )
+    add_input_arguments(parser)
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=[output.value for output in OutputFormat],
+        default=OutputFormat.TEXT.value,
+        help="output format (default: text)",
+    )
+    parser.set_defaults(handler=run_check)
+
+
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments `check` and `fix` share: paths, policy, Service sources."""
+    parser.add_argument("paths", metavar="PATH", nargs="+", help="file or folder to read; '-' for stdin")
+    add_policy_argument(parser)
+    add_resolver_arguments(parser)
+
+
+def build_scan_settings(args: argparse.Namespace) -> ScanSettings:
+    """Raises `SettingsError` (printed as one line, exit 2) for a bad policy file or kubeconfig."""
+    policy = load_policy_file(args.policy)
+    resolver = build_resolver(resolver_settings_from_args(args))
+    return ScanSettings(policy=policy, resolver=resolver)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    try:
+        settings = build_scan_settings(args)
+    except SettingsError as exc:
+        print_error(str(exc))
+        return EXIT_USAGE
+    sources, path_errors = expand_paths(args.paths)
+    report = check_sources(sources, settings, stdin=sys.stdin.buffer, errors=path_errors)
+    for error in report.errors:
+        print_error(str(error))
+    sys.stdout.write(render_report(report, OutputFormat(args.output)))
+    sys.stdout.flush()
+    return report.exit_code

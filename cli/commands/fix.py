@@ -1,0 +1,104 @@
+"""`extproc-guard fix PATH... | -`: print the corrected documents, or rewrite the files with `--in-place`.
+
+Only the paths a rule owns change; comments, key order and every unrelated document stay as they were.
+Findings that a fix cannot settle (a Service nobody said the address of, a cluster nobody defines) are
+printed on stderr. Exit 0 when everything is fixed, 1 when an `enforce` finding remains, 2 for a usage
+error or an unreadable input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from cli.commands.check import EXIT_USAGE, add_input_arguments, build_scan_settings
+from cli.repair import SourceFix, fix_source, write_in_place
+from cli.report import DocumentResult, enforced, finding_lines
+from cli.settings import SettingsError, print_error
+from cli.sources import InputError, expand_paths, read_source
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "fix",
+        help="print (or write back) EnvoyFilters in their corrected form",
+        description="Apply every rule's fix; print all documents as YAML, or rewrite files with --in-place.",
+    )
+    add_input_arguments(parser)
+    parser.add_argument(
+        "-i",
+        "--in-place",
+        action="store_true",
+        help="rewrite the files instead of printing (comments and key order are kept)",
+    )
+    parser.set_defaults(handler=run_fix)
+
+
+def run_fix(args: argparse.Namespace) -> int:
+    if args.in_place and "-" in args.paths:
+        print_error("--in-place cannot rewrite stdin; drop '-' or --in-place")
+        return EXIT_USAGE
+    try:
+        settings = build_scan_settings(args)
+    except SettingsError as exc:
+        print_error(str(exc))
+        return EXIT_USAGE
+    sources, errors = expand_paths(args.paths)
+    outcomes: list[SourceFix] = []
+    for source in sources:
+        try:
+            text = read_source(source, max_bytes=settings.max_bytes, stdin=sys.stdin.buffer)
+        except InputError as exc:
+            errors.append(exc)
+            continue
+        outcome = fix_source(source, text, settings)
+        errors.extend(outcome.errors)
+        outcomes.append(outcome)
+        if args.in_place:
+            write_outcome(outcome)
+    if not args.in_place:
+        print_documents(outcomes)
+    for error in errors:
+        print_error(str(error))
+    remaining = [result for outcome in outcomes for result in outcome.remaining]
+    report_remaining(remaining)
+    if errors:
+        return EXIT_USAGE
+    return 1 if any(enforced(result) for result in remaining) else 0
+
+
+def write_outcome(outcome: SourceFix) -> None:
+    """Rewrite a changed file; a file with an unreadable document is left alone."""
+    path = outcome.source.path
+    if path is None or outcome.text is None or not outcome.changed or outcome.errors:
+        return
+    write_in_place(path, outcome.text)
+    count = sum(len(result.findings) for result in outcome.fixed)
+    note = "" if outcome.kept_comments else " (comments could not be kept)"
+    sys.stderr.write(f"extproc-guard: fixed {outcome.source.name}: {count} finding(s){note}\n")
+
+
+def print_documents(outcomes: list[SourceFix]) -> None:
+    first = True
+    for outcome in outcomes:
+        text = outcome.yaml_text
+        if not text or not text.strip():
+            continue
+        if not first and not text.startswith("---"):
+            sys.stdout.write("---\n")
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        first = False
+        if not outcome.kept_comments:
+            sys.stderr.write(
+                f"extproc-guard: warning: {outcome.source.name}: printed without comments "
+                "(the round-trip edit did not reproduce the fix exactly)\n"
+            )
+    sys.stdout.flush()
+
+
+def report_remaining(results: list[DocumentResult]) -> None:
+    for line in finding_lines(results):
+        sys.stderr.write(f"{line}\n")

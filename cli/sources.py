@@ -1,0 +1,459 @@
+"""Reading `check` / `fix` inputs: paths to files, folders and stdin, then the documents in them.
+
+Everything that can go wrong with an input becomes an `InputError` (file + one plain reason): a missing or
+unreadable path, a folder with nothing to check, a file over the size limit (refused before reading it),
+a binary or non-UTF-8 file, invalid YAML/JSON, a document that is not a mapping.
+
+YAML is parsed with libyaml (`yaml.CSafeLoader`) one document at a time. The composed node tree of the
+current document is kept beside its data, so a finding's JSON Pointer maps to a line without parsing twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+import yaml
+
+from policies import split_pointer
+
+logger = logging.getLogger(__name__)
+
+STDIN_ARG = "-"
+STDIN_NAME = "<stdin>"
+DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+MATCHED_SUFFIXES = (".yaml", ".yml", ".json")
+_BINARY_SNIFF_BYTES = 8192
+_BOMS: tuple[tuple[bytes, str], ...] = (
+    (b"\xef\xbb\xbf", "utf-8"),
+    (b"\xff\xfe\x00\x00", "utf-32-le"),
+    (b"\x00\x00\xfe\xff", "utf-32-be"),
+    (b"\xff\xfe", "utf-16-le"),
+    (b"\xfe\xff", "utf-16-be"),
+)
+
+
+class InputError(Exception):
+    """One input that cannot be (fully) read; `str()` is ``FILE: reason``."""
+
+    def __init__(self, file: str, reason: str) -> None:
+        super().__init__(f"{file}: {reason}")
+        self.file = file
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One input to read: a file (`path`) or stdin (`path is None`). `name` is what messages show."""
+
+    name: str
+    path: Path | None
+
+    @property
+    def is_json(self) -> bool:
+        return self.path is not None and self.path.suffix.lower() == ".json"
+
+
+class LineLocator(Protocol):
+    def line_of(self, pointer: str) -> int:
+        """1-based line of the node at `pointer`, or of its deepest existing ancestor."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class NodeLocator:
+    """Maps JSON Pointers to lines through a composed YAML node tree (its marks)."""
+
+    root: yaml.Node
+
+    def line_of(self, pointer: str) -> int:
+        return locate_line(self.root, split_pointer(pointer))
+
+
+@dataclass(slots=True)
+class JsonLocator:
+    """Line numbers for JSON text: the text is composed as YAML (tabs made spaces) only when asked."""
+
+    text: str
+    _root: yaml.Node | None = field(default=None, init=False)
+    _failed: bool = field(default=False, init=False)
+
+    def line_of(self, pointer: str) -> int:
+        if self._root is None and not self._failed:
+            try:
+                self._root = yaml.compose(self.text.replace("\t", " "), Loader=yaml.CSafeLoader)
+            except (yaml.YAMLError, RecursionError):
+                self._failed = True
+        if self._root is None:
+            return 1
+        return locate_line(self._root, split_pointer(pointer))
+
+
+def locate_line(root: yaml.Node, tokens: Sequence[str]) -> int:
+    """Walk `tokens` down the node tree; a mapping member's line is its key's line."""
+    node = root
+    line = int(node.start_mark.line) + 1
+    for token in tokens:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.value == token:
+                    line = int(key.start_mark.line) + 1
+                    node = value
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode):
+            if not token.isdigit() or int(token) >= len(node.value):
+                return line
+            node = node.value[int(token)]
+            line = int(node.start_mark.line) + 1
+        else:
+            return line
+    return line
+
+
+@dataclass(frozen=True, slots=True)
+class SourceDocument:
+    """One document of a file: its data, its position, and how to find the line of any part of it.
+
+    `index` is the document's position in the file's stream; the items of a `List` share it and carry
+    `prefix` (``/items/3``), the pointer of the item inside the stream document.
+    """
+
+    file: str
+    index: int
+    data: dict[str, Any]
+    locator: LineLocator
+    prefix: str = ""
+
+    def line_of(self, pointer: str) -> int:
+        return self.locator.line_of(self.prefix + pointer)
+
+    @property
+    def start_line(self) -> int:
+        return self.line_of("")
+
+
+def expand_paths(args: Sequence[str]) -> tuple[list[Source], list[InputError]]:
+    """Turn PATH arguments into sources: folders recursively (`*.yaml|*.yml|*.json`), `-` for stdin."""
+    sources: list[Source] = []
+    errors: list[InputError] = []
+    seen: set[str] = set()
+
+    def add(source: Source) -> None:
+        key = STDIN_ARG if source.path is None else os.path.realpath(source.path)
+        if key not in seen:
+            seen.add(key)
+            sources.append(source)
+
+    for arg in args:
+        if arg == STDIN_ARG:
+            add(Source(STDIN_NAME, None))
+            continue
+        path = Path(arg)
+        if path.is_dir():
+            found = list(_walk_folder(path, errors))
+            if not found:
+                errors.append(InputError(arg, "no *.yaml, *.yml or *.json files in this folder"))
+            for file in found:
+                add(Source(str(file), file))
+        elif path.exists() or path.is_symlink():
+            add(Source(arg, path))
+        else:
+            errors.append(InputError(arg, "no such file or folder"))
+    return sources, errors
+
+
+def _walk_folder(folder: Path, errors: list[InputError]) -> Iterator[Path]:
+    def report(exc: OSError) -> None:
+        errors.append(InputError(str(exc.filename or folder), f"cannot list the folder: {_os_reason(exc)}"))
+
+    for root, dirs, files in os.walk(folder, onerror=report):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith(".") and name.lower().endswith(MATCHED_SUFFIXES):
+                yield Path(root) / name
+
+
+def read_source(source: Source, *, max_bytes: int, stdin: BinaryIO) -> str:
+    """Read and decode one source; files over `max_bytes` are refused from their size, unread."""
+    raw = stdin.read(max_bytes + 1) if source.path is None else _read_file(source, max_bytes)
+    if len(raw) > max_bytes:
+        raise InputError(source.name, f"larger than the {_size(max_bytes)} limit; not read")
+    return decode_text(source.name, raw)
+
+
+def _read_file(source: Source, max_bytes: int) -> bytes:
+    assert source.path is not None
+    try:
+        info = source.path.stat()
+        if stat.S_ISDIR(info.st_mode):
+            raise InputError(source.name, "is a folder")
+        if not stat.S_ISREG(info.st_mode):
+            raise InputError(source.name, "not a regular file")
+        if info.st_size > max_bytes:
+            raise InputError(
+                source.name, f"{_size(info.st_size)}, larger than the {_size(max_bytes)} limit; not read"
+            )
+        with source.path.open("rb") as handle:
+            return handle.read(max_bytes + 1)
+    except OSError as exc:
+        raise InputError(source.name, f"cannot read: {_os_reason(exc)}") from None
+
+
+def _os_reason(exc: OSError) -> str:
+    return (exc.strerror or type(exc).__name__).lower()
+
+
+def _size(count: int) -> str:
+    if count >= 1024 * 1024:
+        return f"{count / (1024 * 1024):.1f} MiB".replace(".0 MiB", " MiB")
+    return f"{count} bytes"
+
+
+def decode_text(name: str, raw: bytes) -> str:
+    """Bytes to text: a BOM picks the encoding, otherwise UTF-8; NUL bytes mean a binary file."""
+    for bom, encoding in _BOMS:
+        if raw.startswith(bom):
+            try:
+                return raw[len(bom) :].decode(encoding)
+            except UnicodeDecodeError as exc:
+                raise InputError(
+                    name, f"not valid {encoding} text (at byte {exc.start + len(bom)})"
+                ) from None
+    if b"\x00" in raw[:_BINARY_SNIFF_BYTES]:
+        raise InputError(name, "binary file (contains NUL bytes), not YAML or JSON")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        byte = raw[exc.start]
+        raise InputError(name, f"not UTF-8 text (byte 0x{byte:02x} at offset {exc.start})") from None
+
+
+def iter_documents(source: Source, text: str) -> Iterator[SourceDocument | InputError]:
+    """The mapping documents of one source, in order.
+
+    A document that cannot be used (not a mapping, a bad `List` item) is yielded as an `InputError` and
+    the stream goes on; a syntax error ends the stream by raising `InputError` (nothing after it can be
+    trusted). Empty documents are skipped.
+    """
+    if source.is_json or (source.path is None and text.lstrip()[:1] in ("{", "[")):
+        parsed = _parse_json(source, text)
+        if parsed is not None:
+            yield from _documents_of(source.name, 0, parsed, JsonLocator(text))
+            return
+    yield from _iter_yaml(source, text)
+
+
+def _parse_json(source: Source, text: str) -> object | None:
+    try:
+        return json.loads(text)  # type: ignore[no-any-return]
+    except json.JSONDecodeError as exc:
+        if source.path is None:
+            return None  # stdin that only looked like JSON: let the YAML parser have it
+        raise InputError(
+            source.name, f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        ) from None
+    except RecursionError:
+        raise InputError(source.name, "invalid JSON: nested too deeply") from None
+
+
+def _iter_yaml(source: Source, text: str) -> Iterator[SourceDocument | InputError]:
+    loader = DocumentLoader(text)
+    index = 0
+    try:
+        while True:
+            try:
+                if not loader.check_node():
+                    return
+                node = loader.get_node()
+                if node is None:
+                    return
+                data = construct_document(loader, node)
+            except yaml.MarkedYAMLError as exc:
+                raise InputError(source.name, describe_yaml_error(exc)) from None
+            except yaml.YAMLError as exc:
+                raise InputError(source.name, f"invalid YAML: {' '.join(str(exc).split())}") from None
+            except RecursionError:
+                raise InputError(source.name, f"document {index + 1}: nested too deeply") from None
+            except _RecursiveDocumentError as exc:
+                where = f" (the node at line {exc.line} contains an alias to itself)" if exc.line else ""
+                raise InputError(
+                    source.name,
+                    f"document {index + 1}: a recursive alias{where}; no Kubernetes object can hold that",
+                ) from None
+            yield from _documents_of(source.name, index, data, NodeLocator(node))
+            index += 1
+    finally:
+        loader.dispose()
+
+
+_STR_TAG = "tag:yaml.org,2002:str"
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+
+
+class DocumentLoader(yaml.CSafeLoader):
+    """libyaml's safe loader with the per-node resolver hooks made cheap (the same tags result).
+
+    The safe loader has no path resolvers, so descending and ascending are no-ops; implicit tags are
+    looked up in the safe resolver's own first-character table, exactly as `Resolver.resolve` does.
+    """
+
+    def descend_resolver(self, current_node: Any, current_index: Any) -> None:
+        return None
+
+    def ascend_resolver(self) -> None:
+        return None
+
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> str:
+        if kind is yaml.ScalarNode:
+            if implicit[0]:
+                table = self.yaml_implicit_resolvers
+                for tag, regexp in table.get(value[:1], ()):
+                    if regexp.match(value):
+                        return str(tag)
+                for tag, regexp in table.get(None, ()):
+                    if regexp.match(value):
+                        return str(tag)
+            return _STR_TAG
+        if kind is yaml.SequenceNode:
+            return _SEQ_TAG
+        return _MAP_TAG
+
+
+class _RecursiveDocumentError(Exception):
+    """An alias inside the node it refers to: no JSON (and no Kubernetes object) can hold that."""
+
+    def __init__(self, node: yaml.Node | None) -> None:
+        self.line = int(node.start_mark.line) + 1 if node is not None else None
+        super().__init__(f"line {self.line}")
+
+
+def _is_recursive(data: Any) -> bool:
+    open_ids: set[int] = set()
+
+    def visit(value: Any) -> bool:
+        if not isinstance(value, dict | list):
+            return False
+        if id(value) in open_ids:
+            return True
+        open_ids.add(id(value))
+        children = value.values() if isinstance(value, dict) else value
+        found = any(visit(child) for child in children)
+        open_ids.discard(id(value))
+        return found
+
+    return visit(data)
+
+
+class _DirectBuildError(Exception):
+    """A node the direct path does not build (merge keys, explicit tags, non-string keys)."""
+
+
+def construct_document(loader: DocumentLoader, root: yaml.Node) -> Any:
+    """Build a document's data from its node tree, equal to what `yaml.safe_load` returns.
+
+    Plain maps, sequences and string scalars (nearly all of a Kubernetes manifest) are built directly;
+    every other scalar goes through PyYAML's safe constructor for its tag. A document with merge keys,
+    explicit collection tags or non-string keys is built entirely by PyYAML's constructor. Aliases
+    share one object, as with PyYAML.
+    """
+    built: dict[int, Any] = {}
+    open_nodes: set[int] = set()
+
+    def build(node: yaml.Node) -> Any:
+        done = built.get(id(node))
+        if done is not None:
+            if id(node) in open_nodes:
+                raise _RecursiveDocumentError(node)
+            return done
+        kind = type(node)
+        if kind is yaml.ScalarNode:
+            if node.tag == _STR_TAG:
+                return node.value
+            value = loader.construct_object(node, deep=True)
+        elif kind is yaml.MappingNode:
+            if node.tag != _MAP_TAG:
+                raise _DirectBuildError
+            value = {}
+            built[id(node)] = value
+            open_nodes.add(id(node))
+            for key, item in node.value:
+                if type(key) is not yaml.ScalarNode or key.tag != _STR_TAG:
+                    raise _DirectBuildError
+                value[key.value] = build(item)
+            open_nodes.discard(id(node))
+        else:
+            if node.tag != _SEQ_TAG:
+                raise _DirectBuildError
+            value = []
+            built[id(node)] = value
+            open_nodes.add(id(node))
+            value.extend(build(item) for item in node.value)
+            open_nodes.discard(id(node))
+        built[id(node)] = value
+        return value
+
+    try:
+        data = build(root)
+    except _DirectBuildError:
+        data = loader.construct_document(root)
+        if _is_recursive(data):
+            raise _RecursiveDocumentError(None) from None
+        return data
+    loader.constructed_objects = {}
+    loader.recursive_objects = {}
+    return data
+
+
+def describe_yaml_error(exc: yaml.MarkedYAMLError) -> str:
+    mark = exc.problem_mark or exc.context_mark
+    problem = exc.problem or exc.context or "cannot parse"
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    context = f" ({exc.context})" if exc.context and exc.problem else ""
+    return f"invalid YAML{where}: {problem}{context}"
+
+
+def _documents_of(
+    file: str, index: int, data: object, locator: LineLocator
+) -> Iterator[SourceDocument | InputError]:
+    if data is None:
+        return
+    if not isinstance(data, dict):
+        line = locator.line_of("")
+        yield InputError(
+            file,
+            f"document {index + 1} (line {line}) is a {_kind_of_value(data)}, "
+            "not a mapping with apiVersion and kind",
+        )
+        return
+    items = data.get("items")
+    if str(data.get("kind", "")).endswith("List") and isinstance(items, list):
+        for position, item in enumerate(items):
+            prefix = f"/items/{position}"
+            if isinstance(item, dict):
+                yield SourceDocument(file, index, item, locator, prefix)
+            else:
+                line = locator.line_of(prefix)
+                yield InputError(file, f"document {index + 1} item {position} (line {line}) is not a mapping")
+        return
+    yield SourceDocument(file, index, data, locator)
+
+
+def _kind_of_value(value: object) -> str:
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return type(value).__name__

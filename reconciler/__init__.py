@@ -1,0 +1,1 @@
+"""The reconciler: audit stored EnvoyFilters, repair drift, detect fights, hold a Lease, report."""
