@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from cli.report import DocumentResult
-from cli.scan import CheckedDocument, ScanSettings, compute_fix, iter_checked, locate_findings
+from cli.scan import (
+    CheckedDocument,
+    ParsedSource,
+    ScanSettings,
+    compute_fix,
+    iter_checked,
+    locate_findings,
+    parse_source,
+)
 from cli.sources import InputError, Source
 from cli.yamledit import EditError, dump_plain_yaml, edit_stream, plain_edit_stream
 from policies import PatchOp, apply_op
@@ -43,11 +51,16 @@ class SourceFix:
     kept_comments: bool = True
 
 
-def fix_source(source: Source, text: str, settings: ScanSettings) -> SourceFix:
+def fix_source(
+    source: Source, text: str, settings: ScanSettings, parsed: ParsedSource | None = None
+) -> SourceFix:
+    """Fix one source; `parsed` is its parse when the caller already has it (to build the context)."""
     checked: list[CheckedDocument] = []
     errors: list[InputError] = []
+    if parsed is None:
+        parsed = parse_source(source, text)
     try:
-        for item in iter_checked(source, text, settings):
+        for item in iter_checked(parsed, settings):
             if isinstance(item, InputError):
                 errors.append(item)
                 continue

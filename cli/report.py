@@ -140,6 +140,8 @@ def render_json(report: Report) -> str:
             "name": result.name,
             "path": located.finding.path,
             "message": located.finding.message,
+            "role": located.finding.role or None,
+            "role_why": located.finding.role_why or None,
         }
         for result, located in report.findings()
     ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO
 
 from cli.report import DocumentResult, LocatedFinding, Report
@@ -20,7 +20,20 @@ from cli.sources import (
     iter_documents,
     read_source,
 )
-from policies import DocumentError, Evaluation, Finding, PatchError, Policy, ServiceResolver, evaluate
+from policies import (
+    ChainResolver,
+    DocumentError,
+    Evaluation,
+    Finding,
+    PatchError,
+    Policy,
+    ServiceAddress,
+    ServiceRef,
+    ServiceResolver,
+    StaticResolver,
+    evaluate,
+)
+from policies.context import EMPTY_CONTEXT, Context, collect_context
 
 logger = logging.getLogger(__name__)
 
@@ -31,11 +44,65 @@ ENGINE_ERRORS = (DocumentError, PatchError, ValueError, TypeError, KeyError, Att
 
 @dataclass(frozen=True, slots=True)
 class ScanSettings:
-    """What one `check` / `fix` run needs: the policy, where ClusterIPs come from, the input size limit."""
+    """What one `check` / `fix` run needs: the policy, where ClusterIPs come from, the input size limit.
+
+    `declared` are the Services given with `--service` (a cluster that reaches one is the EPP's);
+    `context` is what the inputs hold besides each judged document (see `with_context`).
+    """
 
     policy: Policy
     resolver: ServiceResolver
     max_bytes: int = DEFAULT_MAX_BYTES
+    declared: Mapping[ServiceRef, ServiceAddress] = field(default_factory=dict)
+    context: Context = EMPTY_CONTEXT
+
+
+@dataclass(slots=True)
+class ParsedSource:
+    """One source read and parsed: its text and documents, or the error that stopped it."""
+
+    source: Source
+    text: str | None
+    items: list[SourceDocument | InputError]
+    error: InputError | None = None
+
+    @property
+    def documents(self) -> Iterator[SourceDocument]:
+        return (item for item in self.items if isinstance(item, SourceDocument))
+
+
+def parse_source(source: Source, text: str) -> ParsedSource:
+    items: list[SourceDocument | InputError] = []
+    try:
+        items.extend(iter_documents(source, text))
+    except InputError as exc:
+        return ParsedSource(source, text, items, exc)
+    return ParsedSource(source, text, items)
+
+
+def with_context(settings: ScanSettings, parsed: Iterable[ParsedSource]) -> ScanSettings:
+    """Settings whose context is every document of the inputs given together: EnvoyFilters (clusters and
+    overrides another one relies on), Services (their ClusterIP and ports answer like `--service`, after
+    it), DestinationRules and InferencePools."""
+    objects = collect_context(
+        document.data for source in parsed if source.error is None for document in source.documents
+    )
+    resolver = settings.resolver
+    if objects.services:
+        resolver = ChainResolver(
+            (StaticResolver(settings.declared), StaticResolver(objects.services), settings.resolver)
+        )
+    policy = settings.policy
+    context = Context(
+        envoy_filters=objects.envoy_filters,
+        inference_pools=objects.inference_pools,
+        destination_rules=objects.destination_rules,
+        declared=settings.declared,
+        root_namespace=policy.root_namespace,
+        cluster_domain=policy.cluster_domain,
+        settled=True,
+    )
+    return replace(settings, resolver=resolver, context=context)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +174,9 @@ def check_document(document: SourceDocument, settings: ScanSettings) -> CheckedD
         where = f"document {document.index + 1} (line {document.line_of(pointer)})"
         raise InputError(document.file, f"{where}: not a usable EnvoyFilter: {reason}")
     try:
-        evaluation = evaluate(document.data, policy=settings.policy, resolver=settings.resolver)
+        evaluation = evaluate(
+            document.data, policy=settings.policy, resolver=settings.resolver, context=settings.context
+        )
     except ENGINE_ERRORS as exc:
         raise _engine_failure(document, "evaluate", exc) from None
     return CheckedDocument(document, evaluation)
@@ -130,9 +199,10 @@ def compute_fix(checked: CheckedDocument) -> CheckedDocument:
     return checked
 
 
-def iter_checked(source: Source, text: str, settings: ScanSettings) -> Iterator[CheckedDocument | InputError]:
-    """Every document of one source, evaluated; per-document problems are yielded, a syntax error raised."""
-    for item in iter_documents(source, text):
+def iter_checked(parsed: ParsedSource, settings: ScanSettings) -> Iterator[CheckedDocument | InputError]:
+    """Every document of one parsed source, evaluated; per-document problems are yielded, and the error
+    that stopped the parse (a syntax error) is raised after the documents before it."""
+    for item in parsed.items:
         if isinstance(item, InputError):
             yield item
             continue
@@ -140,6 +210,28 @@ def iter_checked(source: Source, text: str, settings: ScanSettings) -> Iterator[
             yield check_document(item, settings)
         except InputError as exc:
             yield exc
+    if parsed.error is not None:
+        raise parsed.error
+
+
+def read_and_parse(
+    sources: Iterable[Source], settings: ScanSettings, *, stdin: BinaryIO
+) -> list[ParsedSource | InputError]:
+    """Read and parse every source first (in order; an unreadable one is its `InputError`), so each
+    document is judged with all of them as its context."""
+    parsed: list[ParsedSource | InputError] = []
+    for source in sources:
+        try:
+            text = read_source(source, max_bytes=settings.max_bytes, stdin=stdin)
+        except InputError as exc:
+            parsed.append(exc)
+            continue
+        parsed.append(parse_source(source, text))
+    return parsed
+
+
+def parsed_only(parsed: Iterable[ParsedSource | InputError]) -> list[ParsedSource]:
+    return [item for item in parsed if isinstance(item, ParsedSource)]
 
 
 def metadata_of(document: Mapping[str, Any]) -> tuple[str | None, str | None]:
@@ -171,10 +263,14 @@ def check_sources(
     results: list[DocumentResult] = []
     problems = list(errors)
     documents = 0
-    for source in sources:
+    parsed = read_and_parse(sources, settings, stdin=stdin)
+    settings = with_context(settings, parsed_only(parsed))
+    for source in parsed:
+        if isinstance(source, InputError):
+            problems.append(source)
+            continue
         try:
-            text = read_source(source, max_bytes=settings.max_bytes, stdin=stdin)
-            for item in iter_checked(source, text, settings):
+            for item in iter_checked(source, settings):
                 if isinstance(item, InputError):
                     problems.append(item)
                     continue

@@ -31,6 +31,9 @@ CATALOG: Final = (
     RuleInfo("EPX011", "processing-mode-partial", Level.ENFORCE, "a processing_mode leaves fields unset"),
     RuleInfo("EPX012", "replace-target-missing", Level.WARN, "REPLACE with no sign the filter exists"),
     RuleInfo("EPX013", "body-mode-profile", Level.ENFORCE, "the body mode does not suit the profile's EPP"),
+    RuleInfo("EPX014", "full-duplex-trailers", Level.ENFORCE, "FULL_DUPLEX without trailer mode SEND"),
+    RuleInfo("EPX015", "mode-override-ignored", Level.WARN, "allow_mode_override ignored in FULL_DUPLEX"),
+    RuleInfo("EPX016", "ext-proc-role-undecided", Level.WARN, "nothing says whether a filter is the EPP's"),
 )
 
 RULE_IDS: Final = tuple(info.id for info in CATALOG)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from policies.context import EMPTY_CONTEXT, Context
 from policies.diff import copy_tree, diff_documents
 from policies.findings import Finding, Level
 from policies.model import DocumentError, EnvoyFilter, read_envoy_filter
@@ -30,6 +31,7 @@ from policies.resolver import ServiceResolver
 from policies.rules import RULES, Rule, Violation
 from policies.rules.base import fix_nothing
 from policies.subject import Subject
+from policies.workload import Workload, workload_of
 
 __all__ = ["DocumentError", "Evaluation", "evaluate"]
 
@@ -106,12 +108,20 @@ class Evaluation:
     __hash__ = None  # type: ignore[assignment]
 
 
-def _subject(document: Mapping[str, Any], policy: Policy, resolver: ServiceResolver) -> Subject | None:
+def _subject(
+    document: Mapping[str, Any],
+    policy: Policy,
+    resolver: ServiceResolver,
+    context: Context,
+    workload: Workload,
+) -> Subject | None:
     envoy_filter = read_envoy_filter(document)
     if envoy_filter is None:
         return None
-    pieces = locate_ext_proc(envoy_filter, policy.filter_name)
-    return None if pieces is None else Subject(pieces, policy, resolver)
+    pieces = locate_ext_proc(envoy_filter, policy.filter_name, used_clusters=workload.used_cluster_names())
+    if pieces is None:
+        return None
+    return Subject(pieces, policy, resolver, context, _workload=workload)
 
 
 def existing_path(document: Mapping[str, Any], path: str) -> str:
@@ -131,6 +141,9 @@ def existing_path(document: Mapping[str, Any], path: str) -> str:
 
 
 def _to_finding(rule: Rule, level: Level, violation: Violation, document: Mapping[str, Any]) -> Finding:
+    if violation.cap is Level.WARN and level is Level.ENFORCE:
+        level = Level.WARN
+    role = violation.role
     return Finding(
         rule=rule.id,
         slug=rule.slug,
@@ -139,7 +152,29 @@ def _to_finding(rule: Rule, level: Level, violation: Violation, document: Mappin
         message=violation.message,
         fix=violation.fix,
         fixable=violation.fixable,
+        role=role.role.value if role is not None else "",
+        role_why=role.why if role is not None else "",
     )
+
+
+def _owned_prefixes(subject: Subject) -> tuple[str, ...]:
+    """The paths a fix may touch: the EPP's own patches, route entries and clusters, and the metadata."""
+    epp = subject.epp
+    owned = [piece.patch.path for piece in epp.filters]
+    owned += [route.path for route in epp.routes]
+    owned += [cluster.path for cluster in epp.epp_clusters]
+    owned.append("/metadata/annotations")
+    return tuple(owned)
+
+
+def _owned(op: PatchOp, prefixes: tuple[str, ...], patch_count: int) -> bool:
+    path = op.path
+    if any(path == prefix or path.startswith(prefix + "/") for prefix in prefixes):
+        return True
+    tokens = split_pointer(path)
+    if tokens[:2] == ["spec", "configPatches"] and len(tokens) == 3:
+        return tokens[2] == "-" or (tokens[2].isdigit() and int(tokens[2]) >= patch_count)
+    return path in ("/metadata", "/metadata/annotations")
 
 
 def _active_rules(policy: Policy) -> list[tuple[Rule, Level]]:
@@ -186,7 +221,7 @@ def _repair(
             working = copy_tree(document)
         for op in ops:
             apply_op(working, op)
-        rebuilt = _subject(working, current.policy, current.resolver)
+        rebuilt = _subject(working, current.policy, current.resolver, current.context, current.workload)
         if rebuilt is None:
             logger.warning("rule %s removed the ext_proc content it fixed; fix dropped", rule.id)
             return None
@@ -218,22 +253,36 @@ def _repaired(
     if repaired is None:
         return _Repair(patch=(), fixed=document, remaining=findings)
     working, final = repaired
+    patch = tuple(diff_documents(document, working))
+    prefixes = _owned_prefixes(subject)
+    count = subject.envoy_filter.patch_count
+    foreign = [op.path for op in patch if not _owned(op, prefixes, count)]
+    if foreign:
+        logger.error("a fix would change %s, which no EPP piece owns; fix dropped", foreign[0])
+        return _Repair(patch=(), fixed=document, remaining=findings)
     remaining = _findings(_check(final, active), working)
-    return _Repair(patch=tuple(diff_documents(document, working)), fixed=working, remaining=remaining)
+    return _Repair(patch=patch, fixed=working, remaining=remaining)
 
 
-def evaluate(document: Mapping[str, Any], *, policy: Policy, resolver: ServiceResolver) -> Evaluation:
-    """Check one document; its fix is computed when first asked for. Raises `DocumentError` only for a
-    document that is not a mapping."""
+def evaluate(
+    document: Mapping[str, Any],
+    *,
+    policy: Policy,
+    resolver: ServiceResolver,
+    context: Context = EMPTY_CONTEXT,
+) -> Evaluation:
+    """Check one document in its context; its fix is computed when first asked for. Raises
+    `DocumentError` only for a document that is not a mapping."""
     envoy_filter = read_envoy_filter(document)
     plain = document if isinstance(document, dict) else copy_tree(document)
     if envoy_filter is None or policy.excludes(envoy_filter.namespace, envoy_filter.annotations):
         return _not_applicable(envoy_filter, plain)
     envoy_filter = EnvoyFilter.of(plain)
-    pieces = locate_ext_proc(envoy_filter, policy.filter_name)
+    workload = workload_of(context, envoy_filter, policy.filter_name)
+    pieces = locate_ext_proc(envoy_filter, policy.filter_name, used_clusters=workload.used_cluster_names())
     if pieces is None:
         return _not_applicable(envoy_filter, plain)
-    subject = Subject(pieces, policy, resolver)
+    subject = Subject(pieces, policy, resolver, context, _workload=workload)
     active = _active_rules(policy)
     results = _check(subject, active)
     findings = _findings(results, plain)

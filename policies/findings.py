@@ -29,6 +29,9 @@ class Finding:
     message: str
     fix: str
     fixable: bool
+    role: str = ""
+    """The role of the ext_proc filter the finding is about (`epp`, `other`, `undecided`), when it is one."""
+    role_why: str = ""
 
     @property
     def enforced(self) -> bool:

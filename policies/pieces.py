@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -18,6 +18,7 @@ from policies.spelling import Spelling, detect_spelling, find_key
 EXT_PROC_TYPE: Final = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
 PER_ROUTE_TYPE: Final = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
 ROUTE_TARGETS: Final = frozenset({"HTTP_ROUTE", "VIRTUAL_HOST"})
+BODY_FULL_DUPLEX: Final = "FULL_DUPLEX_STREAMED"
 
 
 def type_name(value: Mapping[str, Any]) -> str:
@@ -88,28 +89,60 @@ class FilterPiece:
     cluster_name_path: str
     mode_site: ModeSite | None
     uses_google_grpc: bool
+    name: str | None = None
+    """The patch value's own filter name (`envoy.filters.http.ext_proc`, `...ext_proc.bbr`), if set."""
+    google_target: str | None = None
+    """`grpc_service.google_grpc.target_uri`, when the filter reaches its server that way."""
+
+    @property
+    def role_key(self) -> str:
+        return self.patch.path
+
+
+@dataclass(frozen=True, slots=True)
+class GrpcTarget:
+    """Where a `grpc_service` points: an Envoy cluster name, or a google_grpc target URI."""
+
+    cluster_name: str | None
+    cluster_name_path: str
+    uses_google_grpc: bool
+    google_target: str | None
+
+
+def read_grpc_target(config: dict[str, Any], config_path: str) -> GrpcTarget:
+    grpc_key, grpc = _child(config, "grpc_service")
+    envoy_key, envoy_grpc = _child(grpc, "envoy_grpc")
+    name_key, name = _child(envoy_grpc, "cluster_name")
+    google_key, google = _child(grpc, "google_grpc")
+    _, target = _child(google, "target_uri")
+    name_path = (
+        f"{config_path}/{grpc_key or 'grpc_service'}/{envoy_key or 'envoy_grpc'}/{name_key or 'cluster_name'}"
+    )
+    return GrpcTarget(
+        cluster_name=name if isinstance(name, str) else None,
+        cluster_name_path=name_path,
+        uses_google_grpc=google_key is not None,
+        google_target=target if isinstance(target, str) else None,
+    )
 
 
 def _filter_piece(patch: ConfigPatch, value: dict[str, Any]) -> FilterPiece:
     key, config = _child(value, "typed_config")
     config_path = f"{patch.value_path}/{key or 'typed_config'}"
+    own_name = value.get("name") if isinstance(value.get("name"), str) else None
     if not isinstance(config, dict):
-        return FilterPiece(patch, None, config_path, None, config_path, None, False)
-    grpc_key, grpc = _child(config, "grpc_service")
-    envoy_key, envoy_grpc = _child(grpc, "envoy_grpc")
-    name_key, name = _child(envoy_grpc, "cluster_name")
-    google_key, _ = _child(grpc, "google_grpc")
-    name_path = (
-        f"{config_path}/{grpc_key or 'grpc_service'}/{envoy_key or 'envoy_grpc'}/{name_key or 'cluster_name'}"
-    )
+        return FilterPiece(patch, None, config_path, None, config_path, None, False, own_name)
+    target = read_grpc_target(config, config_path)
     return FilterPiece(
         patch=patch,
         config=config,
         config_path=config_path,
-        cluster_name=name if isinstance(name, str) else None,
-        cluster_name_path=name_path,
+        cluster_name=target.cluster_name,
+        cluster_name_path=target.cluster_name_path,
         mode_site=_mode_site(config, config_path, is_global=True),
-        uses_google_grpc=google_key is not None,
+        uses_google_grpc=target.uses_google_grpc,
+        name=own_name,
+        google_target=target.google_target,
     )
 
 
@@ -179,14 +212,30 @@ class RoutePiece:
     overrides_path: str
     mode_site: ModeSite | None
     """The override's processing_mode, when the override sets one."""
+    filter_name: str = ""
+    """The HTTP filter this entry configures (its key in `typed_per_filter_config`)."""
+    target: GrpcTarget | None = None
+    """The override's own `grpc_service`, when it names one (Istio's InferencePool routes do)."""
+
+    @property
+    def role_key(self) -> str:
+        return self.path
+
+    @property
+    def cluster_name(self) -> str | None:
+        return self.target.cluster_name if self.target is not None else None
 
 
-def _route_piece(patch: ConfigPatch, entry: dict[str, Any], path: str) -> RoutePiece:
+def _route_piece(patch: ConfigPatch, entry: dict[str, Any], path: str, filter_name: str) -> RoutePiece:
     over_key, overrides = _child(entry, "overrides")
     overrides_path = f"{path}/{over_key or 'overrides'}"
     site = None
-    if isinstance(overrides, dict) and find_key(overrides, "processing_mode") is not None:
-        site = _mode_site(overrides, overrides_path, is_global=False)
+    target = None
+    if isinstance(overrides, dict):
+        if find_key(overrides, "processing_mode") is not None:
+            site = _mode_site(overrides, overrides_path, is_global=False)
+        if find_key(overrides, "grpc_service") is not None:
+            target = read_grpc_target(overrides, overrides_path)
     _, disabled = _child(entry, "disabled")
     return RoutePiece(
         patch=patch,
@@ -196,6 +245,8 @@ def _route_piece(patch: ConfigPatch, entry: dict[str, Any], path: str) -> RouteP
         overrides=overrides if isinstance(overrides, dict) else None,
         overrides_path=overrides_path,
         mode_site=site,
+        filter_name=filter_name,
+        target=target,
     )
 
 
@@ -211,7 +262,8 @@ class ExtProcPieces:
     mode_sites: tuple[ModeSite, ...]
     """The global processing_mode of every filter, then every enabled override's."""
     epp_clusters: tuple[ClusterPiece, ...]
-    """The defined clusters some ext_proc filter names, each once."""
+    """The clusters this document defines that some ext_proc filter or route override uses, each once
+    (in a role-restricted view: only those the pieces of that role use)."""
 
 
 def installs_ext_proc(value: dict[str, Any], filter_name: str) -> bool:
@@ -230,15 +282,34 @@ def _route_entries(patch: ConfigPatch, value: dict[str, Any], filter_name: str) 
     for name, entry in per_filter.items():
         if isinstance(entry, dict) and (name == filter_name or entry.get("@type") == PER_ROUTE_TYPE):
             path = f"{patch.value_path}/{key}/{escape_token(str(name))}"
-            pieces.append(_route_piece(patch, entry, path))
+            pieces.append(_route_piece(patch, entry, path, str(name)))
     return pieces
 
 
-def locate_ext_proc(envoy_filter: EnvoyFilter, filter_name: str) -> ExtProcPieces | None:
-    """The ext_proc pieces of a filter, or None when it has no ext_proc content."""
+def read_clusters(envoy_filter: EnvoyFilter) -> dict[str, ClusterPiece]:
+    """The clusters an EnvoyFilter adds (CLUSTER patches with operation ADD), by name, first one wins."""
+    clusters: dict[str, ClusterPiece] = {}
+    for patch in envoy_filter.config_patches:
+        value = patch.value
+        if patch.apply_to != "CLUSTER" or patch.operation != "ADD" or not isinstance(value, dict):
+            continue
+        name = str(value.get("name") or "")
+        if name not in clusters:
+            path = patch.value_path
+            clusters[name] = ClusterPiece(patch, value, name, path, _endpoints(value, path))
+    return clusters
+
+
+def locate_ext_proc(
+    envoy_filter: EnvoyFilter, filter_name: str, *, used_clusters: Collection[str] = ()
+) -> ExtProcPieces | None:
+    """The ext_proc pieces of a filter, or None when it has none.
+
+    `used_clusters` are cluster names that ext_proc filters of *other* EnvoyFilters use: a document that
+    only adds such a cluster is part of an ext_proc path too.
+    """
     filters: list[FilterPiece] = []
     routes: list[RoutePiece] = []
-    cluster_patches: list[tuple[ConfigPatch, dict[str, Any]]] = []
     for patch in envoy_filter.config_patches:
         value = patch.value
         if not isinstance(value, dict):
@@ -249,19 +320,14 @@ def locate_ext_proc(envoy_filter: EnvoyFilter, filter_name: str) -> ExtProcPiece
                 filters.append(_filter_piece(patch, value))
         elif apply_to in ROUTE_TARGETS:
             routes.extend(_route_entries(patch, value, filter_name))
-        elif apply_to == "CLUSTER" and patch.operation == "ADD":
-            cluster_patches.append((patch, value))
-    if not filters and not routes:
+    clusters = read_clusters(envoy_filter)
+    used = [f.cluster_name for f in filters] + [r.cluster_name for r in routes]
+    used += [name for name in used_clusters if name in clusters]
+    if not filters and not routes and not any(name in clusters for name in used_clusters):
         return None
-    clusters: dict[str, ClusterPiece] = {}
-    for patch, value in cluster_patches:
-        name = str(value.get("name") or "")
-        if name not in clusters:
-            path = patch.value_path
-            clusters[name] = ClusterPiece(patch, value, name, path, _endpoints(value, path))
     epp: dict[str, ClusterPiece] = {}
-    for piece in filters:
-        cluster = clusters.get(piece.cluster_name) if piece.cluster_name is not None else None
+    for name in used:
+        cluster = clusters.get(name) if name is not None else None
         if cluster is not None:
             epp.setdefault(cluster.name, cluster)
     sites = [f.mode_site for f in filters] + [r.mode_site for r in routes if not r.disabled]
@@ -276,3 +342,9 @@ def locate_ext_proc(envoy_filter: EnvoyFilter, filter_name: str) -> ExtProcPiece
         mode_sites=tuple(site for site in sites if site is not None),
         epp_clusters=tuple(epp.values()),
     )
+
+
+def used_cluster_names(pieces: ExtProcPieces) -> set[str]:
+    """The cluster names this document's ext_proc filters and route overrides point at."""
+    names = {f.cluster_name for f in pieces.filters} | {r.cluster_name for r in pieces.routes}
+    return {name for name in names if name}

@@ -38,18 +38,45 @@ class Exclusions(BaseModel):
     opt_out_annotation: str = "extproc-guard.io/ignore"
 
 
-class Policy(BaseModel):
-    """One policy: every rule reads its parameters from here."""
+class RolePolicy(BaseModel):
+    """What the policy says about whose ext_proc filter is whose (see `policies.role`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    profile: ProfileName = ProfileName.HEADERS_EPP
+    epp_services: tuple[str, ...] = ()
+    """NAMESPACE/NAME of EPP Services: a filter whose cluster reaches one is the EPP's."""
+    other_services: tuple[str, ...] = ()
+    epp_filter_names: tuple[str, ...] = ()
+    other_filter_names: tuple[str, ...] = ()
+
+    @field_validator("epp_services", "other_services")
+    @classmethod
+    def _check_services(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            namespace, slash, name = entry.partition("/")
+            if not slash or not namespace or not name or "/" in name:
+                raise ValueError(f"{entry!r} is not NAMESPACE/NAME")
+        return value
+
+
+class Policy(BaseModel):
+    """One policy: every rule reads its parameters from here.
+
+    `profile` None (the built-in policy) chooses the profile per EPP filter; see `policies.profile`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    profile: ProfileName | None = None
     filter_name: str = Field(default="envoy.filters.http.ext_proc", min_length=1)
     epp_cluster: str = Field(default="epp-cluster", min_length=1)
     cluster_domain: str = Field(default="cluster.local", min_length=1)
     allowed_body_modes: tuple[str, ...] | None = None
     rules: dict[str, Level] = Field(default_factory=dict)
     exclusions: Exclusions = Exclusions()
+    roles: RolePolicy = RolePolicy()
+    root_namespace: str = Field(default="istio-system", min_length=1)
+    """Istio's root namespace: its EnvoyFilters apply to every workload."""
 
     @field_validator("rules", mode="before")
     @classmethod
@@ -60,7 +87,7 @@ class Policy(BaseModel):
         for key, level in value.items():
             rule_id = SLUG_TO_ID.get(str(key), str(key).upper())
             if rule_id not in RULE_IDS:
-                raise ValueError(f"unknown rule {key!r} (known: EPX001..EPX013 or their slugs)")
+                raise ValueError(f"unknown rule {key!r} (known: EPX001..EPX016 or their slugs)")
             # YAML 1.1 reads a bare `off` as false.
             normalised[rule_id] = "off" if level is False else level
         return normalised
@@ -83,16 +110,17 @@ class Policy(BaseModel):
     @model_validator(mode="after")
     def _profile_body_modes_allowed(self) -> Policy:
         allowed = self.body_modes
-        for field, mode in self.profile_spec.pinned.items():
-            if field.endswith("_body_mode") and mode not in allowed:
-                raise ValueError(
-                    f"allowed_body_modes must include {mode} (the {self.profile} profile's {field})"
-                )
+        pinned = [self.profile] if self.profile is not None else list(PROFILES)
+        for name in pinned:
+            for field, mode in PROFILES[name].pinned.items():
+                if field.endswith("_body_mode") and mode not in allowed:
+                    raise ValueError(f"allowed_body_modes must include {mode} (the {name} profile's {field})")
         return self
 
     @cached_property
-    def profile_spec(self) -> Profile:
-        return PROFILES[self.profile]
+    def profile_spec(self) -> Profile | None:
+        """The pinned profile, or None when the profile is chosen per EPP filter."""
+        return PROFILES[self.profile] if self.profile is not None else None
 
     @cached_property
     def body_modes(self) -> frozenset[str]:

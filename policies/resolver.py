@@ -17,11 +17,57 @@ class ServiceRef:
 
 
 @dataclass(frozen=True, slots=True)
+class ServicePort:
+    """One port of a Service as Istio reads it: the number, its name and its `appProtocol`."""
+
+    port: int
+    name: str = ""
+    app_protocol: str = ""
+
+    @property
+    def speaks_http2(self) -> bool | None:
+        """Whether Istio talks HTTP/2 to this port (True/False), or None when nothing says.
+
+        `appProtocol` `kubernetes.io/h2c`, `grpc`, `http2` (or `h2c`), or a port name `grpc`, `http2`, `h2c`
+        with or without a `-suffix`, select HTTP/2; any other declared protocol does not.
+        """
+        protocol = self.app_protocol.strip().lower()
+        if protocol:
+            return protocol in _HTTP2_PROTOCOLS
+        name = self.name.strip().lower()
+        if name == "grpc-web" or name.startswith("grpc-web-"):
+            return False
+        prefix = name.split("-", 1)[0]
+        if not prefix:
+            return None
+        if prefix in _HTTP2_PROTOCOLS:
+            return True
+        return False if prefix in _OTHER_PROTOCOLS else None
+
+
+_HTTP2_PROTOCOLS = frozenset({"kubernetes.io/h2c", "grpc", "http2", "h2c"})
+_OTHER_PROTOCOLS = frozenset(
+    {"http", "https", "tcp", "tls", "udp", "mongo", "mysql", "redis", "grpc-web", "kubernetes.io/ws"}
+)
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceAddress:
-    """A Service's ClusterIP and its ports (empty when the source does not know them)."""
+    """A Service's ClusterIP and its ports (empty when the source does not know them).
+
+    `port_specs` carries names and `appProtocol`s when the source has them (a Service object does,
+    `--service` does not).
+    """
 
     cluster_ip: str
     ports: tuple[int, ...] = ()
+    port_specs: tuple[ServicePort, ...] = ()
+
+    def port_spec(self, port: int) -> ServicePort | None:
+        for spec in self.port_specs:
+            if spec.port == port:
+                return spec
+        return None
 
 
 class ServiceLookupError(Exception):

@@ -1,19 +1,46 @@
-"""What a rule looks at: one EnvoyFilter's ext_proc pieces, the policy, and where its EPP Service lives."""
+"""What a rule looks at: one EnvoyFilter's ext_proc pieces, the policy, the context, and the roles.
+
+`pieces` are all of the document's ext_proc pieces; `epp` is the view restricted to the pieces whose role
+is `epp` (the only ones a rule may change). Rules that judge the EPP's path read `epp`; rules about what
+Envoy itself rejects read `pieces` and ask `role_of` before they offer a fix.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from policies.context import EMPTY_CONTEXT, Context, DestinationTls, InferencePool
+from policies.hosts import IstioCluster, parse_grpc_target, parse_istio_cluster, parse_service_host
 from policies.model import EnvoyFilter
-from policies.pieces import ClusterPiece, ExtProcPieces, is_ip_address
+from policies.pieces import (
+    BODY_FULL_DUPLEX,
+    ClusterPiece,
+    ExtProcPieces,
+    FilterPiece,
+    RoutePiece,
+    is_ip_address,
+)
 from policies.policy import Policy
-from policies.profile import Profile
+from policies.profile import GIE_EPP, HEADERS_EPP, PROFILES, Profile
 from policies.resolver import ServiceAddress, ServiceLookupError, ServiceRef, ServiceResolver
+from policies.role import Candidate, Reach, Role, RoleDecision, decide_role
 from policies.spelling import Spelling
+from policies.workload import EMPTY_WORKLOAD, Workload, workload_of
+
+__all__ = [
+    "EPP_SERVICE_ANNOTATION",
+    "ServiceTarget",
+    "Subject",
+    "parse_service_annotation",
+    "parse_service_host",
+]
 
 EPP_SERVICE_ANNOTATION: Final = "extproc-guard.io/epp-service"
+
+Piece = FilterPiece | RoutePiece | ClusterPiece
 
 
 @dataclass(slots=True)
@@ -28,20 +55,6 @@ class ServiceTarget:
     problem: str | None
 
 
-def parse_service_host(host: str, *, namespace: str, cluster_domain: str) -> ServiceRef | None:
-    """`NAME.NS.svc.<domain>`, `NAME.NS.svc`, `NAME.NS` or `NAME` (in `namespace`) -> the Service."""
-    labels = host.rstrip(".").lower().split(".")
-    if not all(labels):
-        return None
-    if len(labels) == 1:
-        return ServiceRef(namespace, labels[0]) if namespace else None
-    if len(labels) == 2:
-        return ServiceRef(labels[1], labels[0])
-    if labels[2] == "svc" and (len(labels) == 3 or labels[3:] == cluster_domain.lower().split(".")):
-        return ServiceRef(labels[1], labels[0])
-    return None
-
-
 def parse_service_annotation(value: Any) -> ServiceRef | None:
     if not isinstance(value, str):
         return None
@@ -51,6 +64,12 @@ def parse_service_annotation(value: Any) -> ServiceRef | None:
     return ServiceRef(namespace, name)
 
 
+@dataclass(frozen=True, slots=True)
+class ProfileChoice:
+    profile: Profile
+    why: str
+
+
 @dataclass(slots=True)
 class Subject:
     """One EnvoyFilter with ext_proc content, as the rules see it."""
@@ -58,7 +77,12 @@ class Subject:
     pieces: ExtProcPieces
     policy: Policy
     resolver: ServiceResolver
+    context: Context = EMPTY_CONTEXT
     _targets: dict[str, ServiceTarget] = field(default_factory=dict, compare=False, repr=False)
+    _roles: dict[str, RoleDecision] = field(default_factory=dict, compare=False, repr=False)
+    _workload: Workload | None = field(default=None, compare=False, repr=False)
+    _epp: ExtProcPieces | None = field(default=None, compare=False, repr=False)
+    _profile: ProfileChoice | None = field(default=None, compare=False, repr=False)
 
     @property
     def envoy_filter(self) -> EnvoyFilter:
@@ -73,26 +97,68 @@ class Subject:
         return self.pieces.spelling
 
     @property
-    def profile(self) -> Profile:
-        return self.policy.profile_spec
+    def workload(self) -> Workload:
+        """The other EnvoyFilters of the same workload (namespace and Istio's root namespace)."""
+        if self._workload is None:
+            self._workload = (
+                workload_of(self.context, self.envoy_filter, self.policy.filter_name)
+                if self.context.envoy_filters
+                else EMPTY_WORKLOAD
+            )
+        return self._workload
 
-    def service_ref(self, cluster: ClusterPiece) -> ServiceRef | None:
-        """The Service behind a cluster: from its host name, else from the epp-service annotation."""
-        namespace = self.envoy_filter.namespace
+    # Clusters and Services ----------------------------------------------------------------------------
+
+    def istio_cluster(self, name: str | None) -> IstioCluster | None:
+        """Istio's own `outbound|PORT|SUBSET|FQDN` cluster, when `name` is one."""
+        if not name:
+            return None
+        return parse_istio_cluster(name, cluster_domain=self.policy.cluster_domain)
+
+    def find_cluster(self, name: str | None) -> tuple[ClusterPiece, EnvoyFilter] | None:
+        """The cluster of that name: this document's, else one another EnvoyFilter of the workload adds."""
+        if not name:
+            return None
+        local = self.pieces.clusters.get(name)
+        if local is not None:
+            return local, self.envoy_filter
+        return self.workload.cluster(name)
+
+    def cluster_defined(self, name: str | None) -> bool:
+        return self.istio_cluster(name) is not None or self.find_cluster(name) is not None
+
+    def service_ref(self, cluster: ClusterPiece, owner: EnvoyFilter | None = None) -> ServiceRef | None:
+        """The Service behind a cluster: from its host name, a pinned IP given with `--service`, else the
+        epp-service annotation of the EnvoyFilter that defines it."""
+        owner = owner or self.envoy_filter
         for endpoint in cluster.endpoints:
             host = endpoint.address
             if isinstance(host, str) and host and not is_ip_address(host):
                 return parse_service_host(
-                    host, namespace=namespace, cluster_domain=self.policy.cluster_domain
+                    host, namespace=owner.namespace, cluster_domain=self.policy.cluster_domain
                 )
-        return parse_service_annotation(self.envoy_filter.annotations.get(EPP_SERVICE_ANNOTATION))
+        annotated = parse_service_annotation(owner.annotations.get(EPP_SERVICE_ANNOTATION))
+        if annotated is not None:
+            return annotated
+        for endpoint in cluster.endpoints:
+            if is_ip_address(endpoint.address):
+                declared = self.context.declared_service_at(endpoint.address)
+                if declared is not None:
+                    return declared
+        return None
 
     def service_target(self, cluster: ClusterPiece) -> ServiceTarget:
-        cached = self._targets.get(cluster.name)
+        cached = self._targets.get(cluster.path)
         if cached is None:
             cached = self._resolve(cluster)
-            self._targets[cluster.name] = cached
+            self._targets[cluster.path] = cached
         return cached
+
+    def lookup(self, ref: ServiceRef) -> ServiceAddress | ServiceLookupError:
+        try:
+            return self.resolver.lookup(ref)
+        except ServiceLookupError as exc:
+            return exc
 
     def _resolve(self, cluster: ClusterPiece) -> ServiceTarget:
         ref = self.service_ref(cluster)
@@ -110,8 +176,174 @@ class Subject:
                     f"{EPP_SERVICE_ANNOTATION}: NAMESPACE/NAME"
                 )
             return ServiceTarget(None, None, problem)
-        try:
-            address = self.resolver.lookup(ref)
-        except ServiceLookupError as exc:
-            return ServiceTarget(ref, None, f"the ClusterIP of Service {ref} is not known: {exc.reason}")
-        return ServiceTarget(ref, address, None)
+        answer = self.lookup(ref)
+        if isinstance(answer, ServiceLookupError):
+            return ServiceTarget(ref, None, f"the ClusterIP of Service {ref} is not known: {answer.reason}")
+        return ServiceTarget(ref, answer, None)
+
+    def destination_tls(self, ref: ServiceRef) -> DestinationTls | None:
+        return self.context.tls_for(ref)
+
+    # Roles --------------------------------------------------------------------------------------------
+
+    def _reach(self, owner: EnvoyFilter, cluster_name: str | None, google_target: str | None) -> Reach:
+        istio = self.istio_cluster(cluster_name)
+        if istio is not None:
+            return Reach(istio.service, f"Istio cluster {cluster_name}", cluster_name)
+        found = self.find_cluster(cluster_name)
+        if found is not None:
+            cluster, defined_by = found
+            ref = self.service_ref(cluster, defined_by)
+            return Reach(ref, f"cluster {cluster_name!r}", cluster_name)
+        if google_target:
+            ref, _ = parse_grpc_target(
+                google_target, namespace=owner.namespace, cluster_domain=self.policy.cluster_domain
+            )
+            return Reach(ref, f"google_grpc target {google_target!r}")
+        return Reach(None, f"cluster {cluster_name!r}" if cluster_name else "no cluster", cluster_name)
+
+    def _decide_filter(self, owner: EnvoyFilter, piece: FilterPiece) -> RoleDecision:
+        candidate = Candidate(
+            envoy_filter=owner,
+            filter_name=piece.name,
+            match_context=piece.patch.context,
+            uses_google_grpc=piece.uses_google_grpc,
+            reach=self._reach(owner, piece.cluster_name, piece.google_target),
+        )
+        return decide_role(candidate, policy=self.policy, context=self.context)
+
+    def _decide_route(self, owner: EnvoyFilter, route: RoutePiece) -> RoleDecision:
+        target = route.target
+        if target is None or (target.cluster_name is None and not target.google_target):
+            configured = self._filter_role_by_name(route.filter_name)
+            if configured is not None:
+                return configured
+        candidate = Candidate(
+            envoy_filter=owner,
+            filter_name=route.filter_name,
+            match_context=route.patch.context,
+            uses_google_grpc=target.uses_google_grpc if target is not None else False,
+            reach=self._reach(
+                owner,
+                target.cluster_name if target is not None else None,
+                target.google_target if target is not None else None,
+            ),
+        )
+        return decide_role(candidate, policy=self.policy, context=self.context)
+
+    def _filter_role_by_name(self, filter_name: str) -> RoleDecision | None:
+        """The role of the filter a per-route entry configures, when this document or the workload has it."""
+        for piece in self.pieces.filters:
+            if piece.name == filter_name:
+                return self.role_of(piece)
+        for owner, piece in self.workload.filters():
+            if piece.name == filter_name:
+                decision = self._decide_filter(owner, piece)
+                return RoleDecision(
+                    decision.role, f"{decision.why} (filter {filter_name} of envoyfilter/{owner.name})"
+                )
+        return None
+
+    def role_of(self, piece: Piece) -> RoleDecision:
+        key = piece.path if isinstance(piece, RoutePiece | ClusterPiece) else piece.patch.path
+        cached = self._roles.get(key)
+        if cached is None:
+            if isinstance(piece, FilterPiece):
+                cached = self._decide_filter(self.envoy_filter, piece)
+            elif isinstance(piece, RoutePiece):
+                cached = self._decide_route(self.envoy_filter, piece)
+            else:
+                cached = self._decide_cluster(piece)
+            self._roles[key] = cached
+        return cached
+
+    def _decide_cluster(self, cluster: ClusterPiece) -> RoleDecision:
+        """A cluster's role is its users': `epp` if the EPP's filter or override uses it."""
+        decisions: list[RoleDecision] = []
+        for piece in self.pieces.filters:
+            if piece.cluster_name == cluster.name:
+                decisions.append(self.role_of(piece))
+        for route in self.pieces.routes:
+            if route.cluster_name == cluster.name:
+                decisions.append(self.role_of(route))
+        for owner, piece in self.workload.filters():
+            if piece.cluster_name == cluster.name:
+                decisions.append(self._decide_filter(owner, piece))
+        for owner, route in self.workload.routes():
+            if route.cluster_name == cluster.name:
+                decisions.append(self._decide_route(owner, route))
+        for role in (Role.EPP, Role.OTHER, Role.UNDECIDED):
+            for decision in decisions:
+                if decision.role is role:
+                    return decision
+        return RoleDecision(Role.UNDECIDED, f"no ext_proc filter uses cluster {cluster.name!r}")
+
+    def is_epp(self, piece: Piece) -> bool:
+        return self.role_of(piece).role is Role.EPP
+
+    @property
+    def epp(self) -> ExtProcPieces:
+        """The document's pieces whose role is `epp`: the only ones a fix may change."""
+        if self._epp is None:
+            filters = tuple(f for f in self.pieces.filters if self.is_epp(f))
+            routes = tuple(r for r in self.pieces.routes if self.is_epp(r))
+            clusters = tuple(c for c in self.pieces.epp_clusters if self.is_epp(c))
+            sites = [f.mode_site for f in filters] + [r.mode_site for r in routes if not r.disabled]
+            self._epp = dataclasses.replace(
+                self.pieces,
+                filters=filters,
+                routes=routes,
+                epp_clusters=clusters,
+                mode_sites=tuple(site for site in sites if site is not None),
+            )
+        return self._epp
+
+    # Profile ------------------------------------------------------------------------------------------
+
+    @property
+    def profile(self) -> Profile:
+        return self.profile_choice.profile
+
+    @property
+    def profile_choice(self) -> ProfileChoice:
+        """The profile the EPP's filter is judged by, and why (the policy's pin, else chosen per filter)."""
+        if self._profile is None:
+            self._profile = self._choose_profile()
+        return self._profile
+
+    def picker_pool(self) -> InferencePool | None:
+        """The InferencePool whose endpoint picker one of this document's EPP pieces reaches."""
+        for piece in self.epp.filters:
+            pool = self._pool_of(self._reach(self.envoy_filter, piece.cluster_name, piece.google_target))
+            if pool is not None:
+                return pool
+        for route in self.epp.routes:
+            if route.target is not None:
+                reach = self._reach(self.envoy_filter, route.target.cluster_name, route.target.google_target)
+                pool = self._pool_of(reach)
+                if pool is not None:
+                    return pool
+        for cluster in self.epp.epp_clusters:
+            ref = self.service_ref(cluster)
+            pool = self.context.pool_of(ref) if ref is not None else None
+            if pool is not None:
+                return pool
+        return None
+
+    def _pool_of(self, reach: Reach) -> InferencePool | None:
+        return self.context.pool_of(reach.service) if reach.service is not None else None
+
+    def _choose_profile(self) -> ProfileChoice:
+        pinned = self.policy.profile
+        if pinned is not None:
+            return ProfileChoice(PROFILES[pinned], f"the policy pins profile {pinned}")
+        pool = self.picker_pool()
+        if pool is not None:
+            return ProfileChoice(GIE_EPP, f"its Service is the endpoint picker of InferencePool {pool}")
+        for site in self.epp.mode_sites:
+            if site.mode is not None and any(value == BODY_FULL_DUPLEX for value in site.mode.values()):
+                return ProfileChoice(GIE_EPP, "the filter is already in FULL_DUPLEX_STREAMED form")
+        return ProfileChoice(
+            HEADERS_EPP,
+            "no InferencePool names its Service and the filter is not in FULL_DUPLEX_STREAMED form",
+        )

@@ -55,8 +55,9 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
 def build_scan_settings(args: argparse.Namespace) -> ScanSettings:
     """Raises `SettingsError` (printed as one line, exit 2) for a bad policy file or kubeconfig."""
     policy = load_policy_file(args.policy)
-    resolver = build_resolver(resolver_settings_from_args(args))
-    return ScanSettings(policy=policy, resolver=resolver)
+    resolver_settings = resolver_settings_from_args(args)
+    resolver = build_resolver(resolver_settings)
+    return ScanSettings(policy=policy, resolver=resolver, declared=resolver_settings.services)
 
 
 def run_check(args: argparse.Namespace) -> int:

@@ -138,10 +138,10 @@ def _build_settings(args: argparse.Namespace) -> DoctorSettings:
     cluster = args.epp_cluster or (facts.cluster_name if facts else None) or policy.epp_cluster
     if args.profile:
         profile = ProfileName(args.profile)
-    elif facts is not None and args.policy is None:
+    elif facts is not None and (args.policy is None or policy.profile is None):
         profile = facts.profile
     else:
-        profile = policy.profile
+        profile = policy.profile or ProfileName.HEADERS_EPP
     return DoctorSettings(epp_cluster=cluster, profile=profile, stat_prefix=args.stat_prefix)
 
 

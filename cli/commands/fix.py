@@ -15,8 +15,9 @@ import sys
 from cli.commands.check import EXIT_USAGE, add_input_arguments, build_scan_settings
 from cli.repair import SourceFix, fix_source, write_in_place
 from cli.report import DocumentResult, enforced, finding_lines
+from cli.scan import parsed_only, read_and_parse, with_context
 from cli.settings import SettingsError, print_error
-from cli.sources import InputError, expand_paths, read_source
+from cli.sources import InputError, expand_paths
 
 logger = logging.getLogger(__name__)
 
@@ -48,13 +49,14 @@ def run_fix(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     sources, errors = expand_paths(args.paths)
     outcomes: list[SourceFix] = []
-    for source in sources:
-        try:
-            text = read_source(source, max_bytes=settings.max_bytes, stdin=sys.stdin.buffer)
-        except InputError as exc:
-            errors.append(exc)
+    parsed = read_and_parse(sources, settings, stdin=sys.stdin.buffer)
+    settings = with_context(settings, parsed_only(parsed))
+    for item in parsed:
+        if isinstance(item, InputError):
+            errors.append(item)
             continue
-        outcome = fix_source(source, text, settings)
+        assert item.text is not None
+        outcome = fix_source(item.source, item.text, settings, item)
         errors.extend(outcome.errors)
         outcomes.append(outcome)
         if args.in_place:

@@ -6,19 +6,43 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from policies.findings import Level
 from policies.patch import OpName, PatchOp, escape_token
+from policies.role import Role, RoleDecision
 from policies.spelling import Spelling, choose_key
-from policies.subject import Subject
+from policies.subject import Piece, Subject
 
 
 @dataclass(frozen=True, slots=True)
 class Violation:
-    """A rule's finding before the policy gives it a level."""
+    """A rule's finding before the policy gives it a level.
+
+    `cap` lowers the policy's level (a finding that must not deny, e.g. about another user's filter);
+    `role` is the role of the ext_proc piece it is about.
+    """
 
     path: str
     message: str
     fix: str
     fixable: bool
+    cap: Level | None = None
+    role: RoleDecision | None = None
+
+
+def for_role(subject: Subject, piece: Piece, violation: Violation, *, envoy_rejects: bool) -> Violation:
+    """A violation about `piece`, adjusted to its role: only the EPP's pieces are fixable, and another
+    user's piece is denied only for what Envoy itself rejects or cannot run (`envoy_rejects`)."""
+    decision = subject.role_of(piece)
+    epp = decision.role is Role.EPP
+    cap = violation.cap if epp or envoy_rejects else Level.WARN
+    return Violation(
+        path=violation.path,
+        message=violation.message,
+        fix=violation.fix,
+        fixable=violation.fixable and epp,
+        cap=cap,
+        role=decision,
+    )
 
 
 Check = Callable[[Subject], Iterable[Violation]]

@@ -6,10 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
+from policies.findings import Level
 from policies.patch import PatchOp, escape_token
-from policies.pieces import ClusterPiece, is_ip_address, type_name
-from policies.resolver import ServiceRef
-from policies.rules.base import Rule, Violation, set_field, set_key, spell_tree
+from policies.pieces import ClusterPiece, FilterPiece, RoutePiece, is_ip_address, type_name
+from policies.resolver import ServiceAddress, ServiceNotFound, ServiceRef
+from policies.rules.base import Rule, Violation, for_role, set_field, set_key, spell_tree
+from policies.rules.modes import effective_mode
 from policies.spelling import find_key, get_field, get_mapping
 from policies.subject import EPP_SERVICE_ANNOTATION, Subject
 
@@ -18,6 +20,10 @@ HTTP_OPTIONS: Final = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 HTTP_OPTIONS_TYPE: Final = f"type.googleapis.com/{HTTP_OPTIONS}"
 TLS_SOCKET: Final = "envoy.transport_sockets.tls"
 UPSTREAM_TLS: Final = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+
+
+def _epp(subject: Subject, cluster: ClusterPiece, violation: Violation) -> Violation:
+    return for_role(subject, cluster, violation, envoy_rejects=False)
 
 
 def annotate_service(subject: Subject, ref: ServiceRef) -> Iterator[PatchOp]:
@@ -64,7 +70,7 @@ def _dns_fixable(subject: Subject, cluster: ClusterPiece) -> bool:
 
 
 def check_cluster_dns(subject: Subject) -> Iterator[Violation]:
-    for cluster in subject.pieces.epp_clusters:
+    for cluster in subject.epp.epp_clusters:
         problem = _dns_problem(cluster)
         if problem is None:
             continue
@@ -77,7 +83,7 @@ def check_cluster_dns(subject: Subject) -> Iterator[Violation]:
             remedy = f"cannot pin it: {target.problem}"
         else:
             remedy = f"cannot pin it: Service {target.ref} has no usable ClusterIP or port"
-        yield Violation(
+        violation = Violation(
             path=path,
             message=(
                 f"EPP cluster {cluster.name!r} {what}: the gateway must resolve the EPP's name itself and "
@@ -86,6 +92,7 @@ def check_cluster_dns(subject: Subject) -> Iterator[Violation]:
             fix="type STATIC with the Service's ClusterIP and port",
             fixable=fixable,
         )
+        yield for_role(subject, cluster, violation, envoy_rejects=False)
 
 
 def _pin_ops(subject: Subject, cluster: ClusterPiece, ip: str) -> Iterator[PatchOp]:
@@ -118,7 +125,7 @@ def _pin_ops(subject: Subject, cluster: ClusterPiece, ip: str) -> Iterator[Patch
 
 
 def fix_cluster_dns(subject: Subject) -> Iterator[PatchOp]:
-    for cluster in subject.pieces.epp_clusters:
+    for cluster in subject.epp.epp_clusters:
         if _dns_problem(cluster) is None or not _dns_fixable(subject, cluster):
             continue
         target = subject.service_target(cluster)
@@ -142,39 +149,47 @@ def _static_endpoints(cluster: ClusterPiece) -> bool:
 
 
 def check_cluster_stale(subject: Subject) -> Iterator[Violation]:
-    for cluster in subject.pieces.epp_clusters:
+    for cluster in subject.epp.epp_clusters:
         if not _static_endpoints(cluster):
             continue
         target = subject.service_target(cluster)
         first = cluster.endpoints[0]
         if target.address is None:
-            yield Violation(
-                path=first.address_path,
-                message=(
-                    f"EPP cluster {cluster.name!r} pins {first.address}, which cannot be checked against the "
-                    f"Service's live ClusterIP: {target.problem}"
+            yield _epp(
+                subject,
+                cluster,
+                Violation(
+                    path=first.address_path,
+                    message=(
+                        f"EPP cluster {cluster.name!r} pins {first.address}, which cannot be checked against "
+                        f"the Service's live ClusterIP: {target.problem}"
+                    ),
+                    fix=f"annotate {EPP_SERVICE_ANNOTATION}: NAMESPACE/NAME and make the Service resolvable",
+                    fixable=False,
                 ),
-                fix=f"annotate {EPP_SERVICE_ANNOTATION}: NAMESPACE/NAME and make the Service resolvable",
-                fixable=False,
             )
             continue
         live = target.address.cluster_ip
         for endpoint in cluster.endpoints:
             if endpoint.address != live:
-                yield Violation(
-                    path=endpoint.address_path,
-                    message=(
-                        f"EPP cluster {cluster.name!r} pins {endpoint.address}, but Service {target.ref} now "
-                        f"has ClusterIP {live}: ext_proc connects to an address nobody serves; "
-                        f"rewrite it to {live}"
+                yield _epp(
+                    subject,
+                    cluster,
+                    Violation(
+                        path=endpoint.address_path,
+                        message=(
+                            f"EPP cluster {cluster.name!r} pins {endpoint.address}, but Service {target.ref} "
+                            f"now has ClusterIP {live}: ext_proc connects to an address nobody serves; "
+                            f"rewrite it to {live}"
+                        ),
+                        fix=f"set the address to {live}",
+                        fixable=is_ip_address(live),
                     ),
-                    fix=f"set the address to {live}",
-                    fixable=is_ip_address(live),
                 )
 
 
 def fix_cluster_stale(subject: Subject) -> Iterator[PatchOp]:
-    for cluster in subject.pieces.epp_clusters:
+    for cluster in subject.epp.epp_clusters:
         if not _static_endpoints(cluster):
             continue
         target = subject.service_target(cluster)
@@ -189,37 +204,108 @@ def fix_cluster_stale(subject: Subject) -> Iterator[PatchOp]:
 # EPX007 -----------------------------------------------------------------------------------------------
 
 
+def _calls_out(piece: FilterPiece) -> bool:
+    """Whether the filter's own processing_mode ever opens a stream (a placeholder that sends nothing and
+    is switched on per route never uses its global cluster)."""
+    site = piece.mode_site
+    if site is None:
+        return True
+    sends = [effective_mode(site, field) for field in ("request_header_mode", "response_header_mode")]
+    sends += [effective_mode(site, field) for field in ("request_trailer_mode", "response_trailer_mode")]
+    bodies = [effective_mode(site, field) for field in ("request_body_mode", "response_body_mode")]
+    return "SEND" in sends or any(body != "NONE" for body in bodies)
+
+
+def _cluster_used(subject: Subject, piece: FilterPiece) -> bool:
+    """Whether the filter's own cluster is ever called: its global mode sends something, or an enabled
+    per-route override (here or in the workload) switches it on without naming a cluster of its own."""
+    if _calls_out(piece):
+        return True
+    name = piece.name or subject.policy.filter_name
+    routes = [*subject.pieces.routes, *(route for _, route in subject.workload.routes())]
+    return any(route.filter_name == name and not route.disabled and route.target is None for route in routes)
+
+
+def _fails_open(piece: FilterPiece | RoutePiece) -> bool:
+    if not isinstance(piece, FilterPiece) or piece.config is None:
+        return False
+    key = find_key(piece.config, "failure_mode_allow")
+    return key is not None and piece.config[key] is True
+
+
+def _references(subject: Subject) -> Iterator[tuple[FilterPiece | RoutePiece, str | None, str]]:
+    """(piece, cluster name, path of the name) for every envoy_grpc reference that must resolve."""
+    for piece in subject.pieces.filters:
+        if piece.config is None or piece.uses_google_grpc or not _cluster_used(subject, piece):
+            continue
+        yield piece, piece.cluster_name, piece.cluster_name_path
+    for route in subject.pieces.routes:
+        target = route.target
+        if route.disabled or target is None or target.uses_google_grpc:
+            continue
+        yield route, target.cluster_name, target.cluster_name_path
+
+
+def _istio_port_problem(subject: Subject, name: str) -> str | None:
+    istio = subject.istio_cluster(name)
+    if istio is None or istio.service is None:
+        return None
+    answer = subject.lookup(istio.service)
+    if isinstance(answer, ServiceNotFound):
+        return f"names Istio's cluster {name!r}, but Service {istio.service} {answer.reason}"
+    if isinstance(answer, ServiceAddress) and answer.ports and istio.port not in answer.ports:
+        ports = ", ".join(map(str, answer.ports))
+        return (
+            f"names Istio's cluster {name!r}, but Service {istio.service} has no port {istio.port} ({ports})"
+        )
+    return None
+
+
 def check_cluster_ref(subject: Subject) -> Iterator[Violation]:
-    pieces = subject.pieces
-    for piece in pieces.filters:
-        if piece.config is None:
+    for piece, name, path in _references(subject):
+        if name and subject.istio_cluster(name) is not None:
+            problem = _istio_port_problem(subject, name)
+            if problem is None:
+                continue
+            what, dangling = problem, False
+        elif name and subject.find_cluster(name) is not None:
             continue
-        if piece.uses_google_grpc:
-            continue
-        name = piece.cluster_name
-        if name is not None and name in pieces.clusters:
-            continue
-        if name:
-            what = f"names cluster {name!r}, which no CLUSTER ADD patch defines"
+        elif name:
+            what, dangling = (
+                f"names cluster {name!r}, which no CLUSTER ADD patch of the workload defines",
+                True,
+            )
         else:
             what = f"names no cluster (the policy's EPP cluster is {subject.policy.epp_cluster!r})"
-        yield Violation(
-            path=piece.cluster_name_path,
+            dangling = False
+        if dangling and not subject.context.settled:
+            remedy = (
+                "if another EnvoyFilter of the same apply defines it, this resolves once it is stored "
+                "(the reconciler checks again); otherwise define the cluster or name the one that exists"
+            )
+        else:
+            remedy = "define the cluster (CLUSTER ADD) or name the one that exists"
+        violation = Violation(
+            path=path,
             message=(
                 f"ext_proc's grpc_service.envoy_grpc {what}: every ext_proc call fails with no healthy "
-                f"upstream; define the EPP cluster in this EnvoyFilter or name the one that exists"
+                f"upstream; {remedy}"
             ),
             fix="define the cluster (CLUSTER ADD) or correct cluster_name",
             fixable=False,
+            cap=Level.WARN if dangling and not subject.context.settled else None,
         )
-    for cluster in pieces.epp_clusters:
+        # A fail-open placeholder of another ext_proc user (its routes name their own clusters) still runs.
+        envoy_rejects = not (_fails_open(piece) and not subject.is_epp(piece))
+        yield for_role(subject, piece, violation, envoy_rejects=envoy_rejects)
+    for cluster in subject.pieces.epp_clusters:
         target = subject.service_target(cluster)
-        if target.address is None or not target.address.ports:
+        if target.address is None or not target.address.ports or not subject.is_epp(cluster):
             continue
         ports = target.address.ports
         for endpoint in cluster.endpoints:
             if endpoint.port is not None and endpoint.port not in ports:
-                yield Violation(
+                violation = Violation(
                     path=endpoint.path + "/" + (find_key(endpoint.socket, "port_value") or "port_value"),
                     message=(
                         f"EPP cluster {cluster.name!r} uses port {endpoint.port}, which is not a port of "
@@ -229,6 +315,7 @@ def check_cluster_ref(subject: Subject) -> Iterator[Violation]:
                     fix="set port_value to the Service's gRPC port",
                     fixable=False,
                 )
+                yield for_role(subject, cluster, violation, envoy_rejects=True)
 
 
 # EPX005 -----------------------------------------------------------------------------------------------
@@ -260,24 +347,52 @@ def check_cluster_http2(subject: Subject) -> Iterator[Violation]:
     for cluster in subject.pieces.epp_clusters:
         if speaks_http2(cluster):
             continue
-        yield Violation(
+        violation = Violation(
             path=cluster.path,
             message=(
-                f"EPP cluster {cluster.name!r} does not speak HTTP/2: Envoy's gRPC client then talks "
-                f"HTTP/1.1 to the EPP, every ext_proc call fails with upstream_cx_protocol_error while "
-                f"rq_total still grows and the EPP logs nothing; add HttpProtocolOptions with "
+                f"ext_proc cluster {cluster.name!r} does not speak HTTP/2: Envoy's gRPC client then talks "
+                f"HTTP/1.1 to the ext_proc server, every call fails with upstream_cx_protocol_error while "
+                f"rq_total still grows and the server logs nothing; add HttpProtocolOptions with "
                 f"explicit_http_config.http2_protocol_options"
             ),
             fix="add typed_extension_protocol_options HttpProtocolOptions explicit_http_config "
             "http2_protocol_options {}",
             fixable=True,
         )
+        yield for_role(subject, cluster, violation, envoy_rejects=True)
+    yield from _check_istio_http2(subject)
+
+
+def _check_istio_http2(subject: Subject) -> Iterator[Violation]:
+    """An Istio Service cluster speaks HTTP/2 when the Service port says so (appProtocol or port name)."""
+    seen: set[str] = set()
+    for piece, name, path in _references(subject):
+        istio = subject.istio_cluster(name)
+        if istio is None or istio.service is None or name in seen:
+            continue
+        seen.add(str(name))
+        answer = subject.lookup(istio.service)
+        spec = answer.port_spec(istio.port) if isinstance(answer, ServiceAddress) else None
+        if spec is None or spec.speaks_http2 is not False:
+            continue
+        declared = f"appProtocol {spec.app_protocol!r}" if spec.app_protocol else f"name {spec.name!r}"
+        violation = Violation(
+            path=path,
+            message=(
+                f"Istio's cluster {name!r} speaks what Service {istio.service} port {istio.port} declares "
+                f"({declared}), which is not HTTP/2: every gRPC call to the ext_proc server fails with a "
+                f"protocol error; set the port's appProtocol kubernetes.io/h2c (or grpc), or name it grpc-..."
+            ),
+            fix=f"set appProtocol kubernetes.io/h2c on Service {istio.service} port {istio.port}",
+            fixable=False,
+        )
+        yield for_role(subject, piece, violation, envoy_rejects=True)
 
 
 def fix_cluster_http2(subject: Subject) -> Iterator[PatchOp]:
     spelling = subject.spelling
     explicit = spell_tree({"http2_protocol_options": {}}, spelling)
-    for cluster in subject.pieces.epp_clusters:
+    for cluster in subject.epp.epp_clusters:
         if speaks_http2(cluster):
             continue
         key, options, found = _protocol_options(cluster)
@@ -312,7 +427,7 @@ def uses_tls(cluster: ClusterPiece) -> bool:
 
 def check_cluster_tls(subject: Subject) -> Iterator[Violation]:
     profile = subject.profile
-    for cluster in subject.pieces.epp_clusters:
+    for cluster in subject.epp.epp_clusters:
         tls = uses_tls(cluster)
         if tls == profile.tls:
             continue
@@ -332,12 +447,51 @@ def check_cluster_tls(subject: Subject) -> Iterator[Violation]:
             fix = "remove transport_socket"
         key = find_key(cluster.value, "transport_socket")
         path = f"{cluster.path}/{key}" if key else cluster.path
-        yield Violation(path=path, message=message, fix=fix, fixable=True)
+        message += f" (profile {profile.name}: {subject.profile_choice.why})"
+        yield _epp(subject, cluster, Violation(path=path, message=message, fix=fix, fixable=True))
+    yield from _check_istio_tls(subject)
+
+
+def _check_istio_tls(subject: Subject) -> Iterator[Violation]:
+    """TLS to an Istio Service cluster comes from a DestinationRule for the Service's host."""
+    profile = subject.profile
+    seen: set[str] = set()
+    for piece, name, path in _references(subject):
+        istio = subject.istio_cluster(name)
+        if istio is None or istio.service is None or name in seen or not subject.is_epp(piece):
+            continue
+        seen.add(str(name))
+        rule = subject.destination_tls(istio.service)
+        mode = rule.mode_for(istio.port) if rule is not None else ""
+        tls = mode in ("SIMPLE", "MUTUAL")
+        if rule is not None and tls == profile.tls:
+            continue
+        if rule is None and not profile.tls:
+            continue
+        if rule is None:
+            what = f"no DestinationRule for {istio.host} is in the context"
+            cap: Level | None = Level.WARN
+        else:
+            what = f"DestinationRule {rule.namespace}/{rule.name} sets tls.mode {mode or '(none)'}"
+            cap = None
+        wanted = "SIMPLE (insecureSkipVerify for a self-signed EPP)" if profile.tls else "DISABLE"
+        violation = Violation(
+            path=path,
+            message=(
+                f"the {profile.name} profile's EPP ({profile.summary}) needs tls.mode {wanted} on Istio's "
+                f"cluster {name!r}, but {what}; the handshake fails and every ext_proc call ends in 503 "
+                f"(profile chosen because {subject.profile_choice.why})"
+            ),
+            fix=f"add a DestinationRule for {istio.host} with trafficPolicy.tls.mode {wanted.split()[0]}",
+            fixable=False,
+            cap=cap,
+        )
+        yield for_role(subject, piece, violation, envoy_rejects=False)
 
 
 def fix_cluster_tls(subject: Subject) -> Iterator[PatchOp]:
     spelling = subject.spelling
-    for cluster in subject.pieces.epp_clusters:
+    for cluster in subject.epp.epp_clusters:
         if uses_tls(cluster) == subject.profile.tls:
             continue
         key = find_key(cluster.value, "transport_socket")

@@ -8,11 +8,16 @@ from typing import Any
 
 from policies.findings import Level
 from policies.patch import PatchOp
-from policies.pieces import PER_ROUTE_TYPE, ModeSite, RoutePiece
+from policies.pieces import BODY_FULL_DUPLEX, PER_ROUTE_TYPE, FilterPiece, ModeSite, RoutePiece
 from policies.profile import BODY_FIELDS, BODY_MODES, ENVOY_MODE_DEFAULTS, MODE_FIELDS
-from policies.rules.base import Rule, Violation, set_field, spell_tree
+from policies.rules.base import Rule, Violation, for_role, set_field, spell_tree
 from policies.spelling import find_key, get_field
 from policies.subject import Subject
+
+TRAILER_OF: dict[str, str] = {
+    "request_body_mode": "request_trailer_mode",
+    "response_body_mode": "response_trailer_mode",
+}
 
 KNOWN_MODES = frozenset(BODY_MODES) | {"SEND", "SKIP"}
 """Mode values the rules reason about; anything else is EPX008's."""
@@ -50,6 +55,21 @@ def set_mode_fields(subject: Subject, site: ModeSite, fields: Mapping[str, str])
         yield set_field(site.path, site.mode, field, value, spelling)
 
 
+def sites_with_pieces(subject: Subject) -> Iterator[tuple[ModeSite, FilterPiece | RoutePiece]]:
+    """Every processing_mode of the document (filters' global ones, enabled overrides') and its piece."""
+    for piece in subject.pieces.filters:
+        if piece.mode_site is not None:
+            yield piece.mode_site, piece
+    for route in subject.pieces.routes:
+        if route.mode_site is not None and not route.disabled:
+            yield route.mode_site, route
+
+
+def profile_note(subject: Subject) -> str:
+    choice = subject.profile_choice
+    return f"profile {choice.profile.name}: {choice.why}"
+
+
 def _where(site: ModeSite) -> str:
     return "the filter's processing_mode" if site.is_global else "a per-route override's processing_mode"
 
@@ -73,23 +93,31 @@ def _body_replacement(subject: Subject, site: ModeSite, field: str) -> str:
 
 
 def check_body_streamed(subject: Subject) -> Iterator[Violation]:
-    for site in subject.pieces.mode_sites:
+    for site, piece in sites_with_pieces(subject):
+        epp = subject.is_epp(piece)
         for field, value in _disallowed_bodies(subject, site):
-            replacement = _body_replacement(subject, site, field)
-            yield Violation(
+            if epp:
+                replacement = _body_replacement(subject, site, field)
+                remedy = f"use {replacement} ({profile_note(subject)})"
+                fix = f"set {field} {replacement}"
+            else:
+                remedy = "if this is the EPP's filter, mark it so the fix can choose the EPP's body mode"
+                fix = f"set {field} to a mode its ext_proc server supports"
+            violation = Violation(
                 path=field_path(site, field),
                 message=(
                     f"{_where(site)} sets {field} {value}, which the policy does not allow: the filter holds "
                     f"the request waiting on body chunks the EPP does not answer, so requests stall; "
-                    f"use {replacement}"
+                    f"{remedy}"
                 ),
-                fix=f"set {field} {replacement}",
+                fix=fix,
                 fixable=True,
             )
+            yield for_role(subject, piece, violation, envoy_rejects=False)
 
 
 def fix_body_streamed(subject: Subject) -> Iterator[PatchOp]:
-    for site in subject.pieces.mode_sites:
+    for site in subject.epp.mode_sites:
         fields = {
             field: _body_replacement(subject, site, field) for field, _ in _disallowed_bodies(subject, site)
         }
@@ -104,22 +132,28 @@ def _sends_globally(site: ModeSite) -> bool:
     return bool(effective_mode(site, "request_header_mode") != "SKIP")
 
 
+def _sends_headers(route: RoutePiece) -> bool:
+    site = route.mode_site
+    return not route.disabled and site is not None and mode_value(site, "request_header_mode") == "SEND"
+
+
 def _has_send_override(subject: Subject) -> bool:
-    for route in subject.pieces.routes:
-        site = route.mode_site
-        if not route.disabled and site is not None and mode_value(site, "request_header_mode") == "SEND":
-            return True
-    return False
+    """An enabled override sends request headers to the EPP: in this document or another of the workload."""
+    if any(_sends_headers(route) for route in subject.epp.routes):
+        return True
+    names = {piece.name or subject.policy.filter_name for piece in subject.epp.filters}
+    return any(route.filter_name in names and _sends_headers(route) for _, route in subject.workload.routes())
 
 
 def check_header_mode(subject: Subject) -> Iterator[Violation]:
-    for piece in subject.pieces.filters:
+    epp = subject.epp
+    for piece in epp.filters:
         site = piece.mode_site
         if site is None or not _sends_globally(site):
             continue
         written = mode_value(site, "request_header_mode")
         state = f"is {written}" if written is not None else "is unset (Envoy's default is SEND)"
-        yield Violation(
+        violation = Violation(
             path=field_path(site, "request_header_mode"),
             message=(
                 f"the filter's global request_header_mode {state}: every request on the gateway goes to the "
@@ -129,24 +163,52 @@ def check_header_mode(subject: Subject) -> Iterator[Violation]:
             fix="set the global request_header_mode SKIP",
             fixable=True,
         )
-    if subject.pieces.filters and not _has_send_override(subject):
-        routes = subject.pieces.routes
-        yield Violation(
+        yield for_role(subject, piece, violation, envoy_rejects=False)
+    if epp.filters and not _has_send_override(subject):
+        routes = epp.routes
+        violation = Violation(
             path=routes[0].path if routes else "/spec/configPatches",
             message=(
-                "no per-route ExtProcPerRoute override sets request_header_mode SEND: with the global mode "
-                "SKIP ext_proc never runs and no endpoint is picked; add an HTTP_ROUTE MERGE patch whose "
-                "override sends request headers"
+                "no per-route ExtProcPerRoute override sets request_header_mode SEND: once the global mode "
+                "is SKIP, ext_proc never runs and no endpoint is picked; add an HTTP_ROUTE MERGE patch for "
+                "the gateway's routes whose override sends request headers"
             ),
-            fix="add an HTTP_ROUTE MERGE patch with ExtProcPerRoute overrides.processing_mode "
-            "request_header_mode SEND",
+            fix="add an HTTP_ROUTE MERGE patch (context GATEWAY) with ExtProcPerRoute "
+            "overrides.processing_mode request_header_mode SEND",
             fixable=True,
         )
+        yield for_role(subject, epp.filters[0], violation, envoy_rejects=False)
+
+
+def override_mode(subject: Subject, filter_piece: FilterPiece | None) -> dict[str, str]:
+    """The processing_mode an added override gets: request headers SEND, the profile's request body mode,
+    and the filter's own response and trailer modes (a trailer mode SEND where its body is FULL_DUPLEX)."""
+    profile = subject.profile
+    site = filter_piece.mode_site if filter_piece is not None else None
+    mode: dict[str, str] = {}
+    for field in MODE_FIELDS:
+        if field == "request_header_mode":
+            mode[field] = "SEND"
+        elif field == "request_body_mode":
+            mode[field] = profile.route_mode[field]
+        elif site is not None and mode_value(site, field) is not None:
+            mode[field] = str(effective_mode(site, field))
+        else:
+            mode[field] = profile.route_mode[field]
+    for body, trailer in TRAILER_OF.items():
+        if mode[body] == BODY_FULL_DUPLEX:
+            mode[trailer] = "SEND"
+    if mode["response_body_mode"] not in subject.policy.body_modes:
+        mode["response_body_mode"] = profile.route_mode["response_body_mode"]
+    return mode
 
 
 def _route_override_ops(subject: Subject, route: RoutePiece) -> Iterator[PatchOp]:
     spelling = subject.spelling
-    full_mode = dict(subject.profile.route_mode)
+    filter_piece = next((f for f in subject.epp.filters if f.name == route.filter_name), None)
+    if filter_piece is None and subject.epp.filters:
+        filter_piece = subject.epp.filters[0]
+    full_mode = override_mode(subject, filter_piece)
     if route.overrides is None:
         value = spell_tree({"processing_mode": full_mode}, spelling)
         yield set_field(route.path, route.entry, "overrides", value, spelling)
@@ -160,31 +222,32 @@ def _route_override_ops(subject: Subject, route: RoutePiece) -> Iterator[PatchOp
 
 
 def _new_route_patch(subject: Subject) -> dict[str, Any]:
-    policy = subject.policy
+    filter_piece = subject.epp.filters[0]
+    name = filter_piece.name or subject.policy.filter_name
     value = {
         "typed_per_filter_config": {
-            policy.filter_name: {
+            name: {
                 "@type": PER_ROUTE_TYPE,
-                "overrides": {"processing_mode": dict(subject.profile.route_mode)},
+                "overrides": {"processing_mode": override_mode(subject, filter_piece)},
             }
         }
     }
-    patch: dict[str, Any] = {"applyTo": "HTTP_ROUTE"}
-    context = subject.pieces.filters[0].patch.context
-    if context is not None:
-        patch["match"] = {"context": context}
-    patch["patch"] = {"operation": "MERGE", "value": spell_tree(value, subject.spelling)}
-    return patch
+    return {
+        "applyTo": "HTTP_ROUTE",
+        "match": {"context": "GATEWAY"},
+        "patch": {"operation": "MERGE", "value": spell_tree(value, subject.spelling)},
+    }
 
 
 def fix_header_mode(subject: Subject) -> Iterator[PatchOp]:
-    for piece in subject.pieces.filters:
+    epp = subject.epp
+    for piece in epp.filters:
         site = piece.mode_site
         if site is not None and _sends_globally(site):
             yield from set_mode_fields(subject, site, {"request_header_mode": "SKIP"})
-    if not subject.pieces.filters or _has_send_override(subject):
+    if not epp.filters or _has_send_override(subject):
         return
-    routes = [route for route in subject.pieces.routes if not route.disabled]
+    routes = [route for route in epp.routes if not route.disabled]
     if routes:
         for route in routes:
             yield from _route_override_ops(subject, route)
@@ -201,25 +264,30 @@ def _unset_fields(site: ModeSite) -> list[str]:
 
 
 def check_partial_mode(subject: Subject) -> Iterator[Violation]:
-    for site in subject.pieces.mode_sites:
+    for site, piece in sites_with_pieces(subject):
         unset = _unset_fields(site)
-        if not unset:
+        if not unset or not subject.is_epp(piece):
             continue
-        yield Violation(
-            path=site.path,
-            message=(
-                f"{_where(site)} leaves {', '.join(unset)} unset, so Envoy's defaults apply (headers SEND): "
-                f"a per-route override replaces the whole mode and the EPP gets messages it does not "
-                f"expect; write all six mode fields"
+        yield for_role(
+            subject,
+            piece,
+            Violation(
+                path=site.path,
+                message=(
+                    f"{_where(site)} leaves {', '.join(unset)} unset, so Envoy's defaults apply (headers "
+                    f"SEND): a per-route override replaces the whole mode and the EPP gets messages it does "
+                    f"not expect; write all six mode fields"
+                ),
+                fix="write every processing_mode field explicitly",
+                fixable=True,
             ),
-            fix="write every processing_mode field explicitly",
-            fixable=True,
+            envoy_rejects=False,
         )
 
 
 def fix_partial_mode(subject: Subject) -> Iterator[PatchOp]:
     profile = subject.profile
-    for site in subject.pieces.mode_sites:
+    for site in subject.epp.mode_sites:
         target = profile.global_mode if site.is_global else profile.route_mode
         unset = _unset_fields(site)
         if unset:
@@ -247,30 +315,105 @@ def _profile_mismatches(subject: Subject, site: ModeSite) -> dict[str, Any]:
 
 def check_body_profile(subject: Subject) -> Iterator[Violation]:
     profile = subject.profile
-    for site in subject.pieces.mode_sites:
+    why = subject.profile_choice.why
+    for site, piece in sites_with_pieces(subject):
+        if not subject.is_epp(piece):
+            continue
         for field, value in _profile_mismatches(subject, site).items():
             wanted = profile.pinned[field]
-            yield Violation(
+            violation = Violation(
                 path=field_path(site, field),
                 message=(
-                    f"{_where(site)} has {field} {value}, but the {profile.name} profile ({profile.summary}) "
-                    f"needs {wanted}: otherwise the EPP waits for what never comes and requests time out; "
-                    f"set {field} {wanted}"
+                    f"{_where(site)} has {field} {value}, but the {profile.name} profile ({profile.summary}; "
+                    f"chosen because {why}) needs {wanted}: otherwise the EPP waits for what never comes and "
+                    f"requests time out; set {field} {wanted}"
                 ),
                 fix=f"set {field} {wanted}",
                 fixable=True,
             )
+            yield for_role(subject, piece, violation, envoy_rejects=False)
 
 
 def fix_body_profile(subject: Subject) -> Iterator[PatchOp]:
     profile = subject.profile
-    for site in subject.pieces.mode_sites:
+    for site in subject.epp.mode_sites:
         wrong = _profile_mismatches(subject, site)
         if wrong:
             yield from set_mode_fields(subject, site, {field: profile.pinned[field] for field in wrong})
+
+
+# EPX014 -----------------------------------------------------------------------------------------------
+
+
+def _untrailed(site: ModeSite) -> list[tuple[str, str]]:
+    """(body field, trailer field) pairs where the body is FULL_DUPLEX_STREAMED and the trailer not SEND."""
+    return [
+        (body, trailer)
+        for body, trailer in TRAILER_OF.items()
+        if mode_value(site, body) == BODY_FULL_DUPLEX and effective_mode(site, trailer) != "SEND"
+    ]
+
+
+def check_full_duplex_trailers(subject: Subject) -> Iterator[Violation]:
+    for site, piece in sites_with_pieces(subject):
+        for body, trailer in _untrailed(site):
+            if site.is_global:
+                effect = (
+                    "Envoy rejects the filter and with it the listener (the gateway keeps its old config)"
+                )
+            else:
+                effect = (
+                    "Envoy does not check overrides at load time, and the stream fails when the route runs"
+                )
+            violation = Violation(
+                path=field_path(site, trailer),
+                message=(
+                    f"{_where(site)} sets {body} FULL_DUPLEX_STREAMED without {trailer} SEND: {effect}; "
+                    f"set {trailer} SEND"
+                ),
+                fix=f"set {trailer} SEND",
+                fixable=True,
+            )
+            yield for_role(subject, piece, violation, envoy_rejects=site.is_global)
+
+
+def fix_full_duplex_trailers(subject: Subject) -> Iterator[PatchOp]:
+    for site in subject.epp.mode_sites:
+        fields = {trailer: "SEND" for _, trailer in _untrailed(site)}
+        if fields:
+            yield from set_mode_fields(subject, site, fields)
+
+
+# EPX015 -----------------------------------------------------------------------------------------------
+
+
+def check_mode_override_ignored(subject: Subject) -> Iterator[Violation]:
+    for piece in subject.pieces.filters:
+        config, site = piece.config, piece.mode_site
+        if config is None or site is None:
+            continue
+        key = find_key(config, "allow_mode_override")
+        if key is None or config[key] is not True:
+            continue
+        duplex = [field for field in BODY_FIELDS if mode_value(site, field) == BODY_FULL_DUPLEX]
+        if not duplex:
+            continue
+        violation = Violation(
+            path=f"{piece.config_path}/{key}",
+            message=(
+                f"allow_mode_override is true while {duplex[0]} is FULL_DUPLEX_STREAMED: Envoy ignores mode "
+                f"overrides from the ext_proc server in that mode, so a server that relies on them never "
+                f"changes the mode; drop allow_mode_override or the FULL_DUPLEX_STREAMED body mode"
+            ),
+            fix="remove allow_mode_override (it has no effect with FULL_DUPLEX_STREAMED)",
+            fixable=False,
+        )
+        yield for_role(subject, piece, violation, envoy_rejects=False)
 
 
 EPX002 = Rule("EPX002", "body-mode-streamed", check_body_streamed, fix_body_streamed)
 EPX004 = Rule("EPX004", "header-mode-global", check_header_mode, fix_header_mode)
 EPX011 = Rule("EPX011", "processing-mode-partial", check_partial_mode, fix_partial_mode)
 EPX013 = Rule("EPX013", "body-mode-profile", check_body_profile, fix_body_profile)
+EPX014 = Rule("EPX014", "full-duplex-trailers", check_full_duplex_trailers, fix_full_duplex_trailers)
+EPX015 = Rule("EPX015", "mode-override-ignored", check_mode_override_ignored)

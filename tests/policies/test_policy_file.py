@@ -17,17 +17,18 @@ def test_default_policy_is_the_packaged_file_and_the_model_defaults() -> None:
     policy = default_policy()
     assert policy == load_policy(PACKAGED.read_text())
     assert policy.levels == Policy().levels
-    assert policy.profile is ProfileName.HEADERS_EPP
+    assert policy.profile is None, "the built-in policy pins no profile: it is chosen per EPP filter"
     assert policy.filter_name == "envoy.filters.http.ext_proc"
     assert policy.epp_cluster == "epp-cluster"
     assert policy.cluster_domain == "cluster.local"
     assert policy.exclusions.opt_out_annotation == "extproc-guard.io/ignore"
 
 
-def test_default_levels_enforce_all_but_the_two_warnings() -> None:
+def test_default_levels_enforce_all_but_the_warnings() -> None:
     levels = default_policy().levels
-    assert {rule for rule, level in levels.items() if level is Level.WARN} == {"EPX009", "EPX012"}
-    assert len(levels) == 13
+    warnings = {rule for rule, level in levels.items() if level is Level.WARN}
+    assert warnings == {"EPX009", "EPX012", "EPX015", "EPX016"}
+    assert len(levels) == 16
 
 
 def test_streamed_is_not_allowed_by_default_and_the_gie_profile_allows_full_duplex() -> None:

@@ -91,11 +91,25 @@ def test_json_output_has_the_documented_keys_and_summary(capsys: pytest.CaptureF
         "enforce": sum(1 for f in findings_of(data) if f["level"] == "enforce"),
         "warn": sum(1 for f in findings_of(data) if f["level"] == "warn"),
     }
-    keys = {"rule", "slug", "level", "file", "line", "namespace", "name", "path", "message"}
+    keys = {
+        "rule",
+        "slug",
+        "level",
+        "file",
+        "line",
+        "namespace",
+        "name",
+        "path",
+        "message",
+        "role",
+        "role_why",
+    }
     assert all(set(finding) == keys for finding in findings_of(data))
+    assert all(f["role"] == "epp" and f["role_why"] for f in findings_of(data))
+    # The folder is one context: seed-bad.yaml's per-route override (same namespace, same filter) enables
+    # failure-mode-allow.yaml's filter, so that file keeps only its warning.
     assert {f["file"] for f in findings_of(data) if f["level"] == "enforce"} == {
-        str(EXAMPLES / name)
-        for name in ("camelcase-no-http2.yaml", "failure-mode-allow.yaml", "seed-bad.yaml")
+        str(EXAMPLES / name) for name in ("camelcase-no-http2.yaml", "seed-bad.yaml")
     }
 
 
@@ -158,7 +172,11 @@ def test_junit_output_has_a_testcase_per_envoyfilter_and_failures_per_enforce_fi
     failures = sum(len(case.findall("failure")) for case in cases)
     assert failures == sum(1 for f in findings_of(data) if f["level"] == "enforce")
     clean = [case for case in cases if not case.findall("failure")]
-    assert [case.get("name") for case in clean] == ["envoyfilter/llm-d-inference-scheduler/epp-ext-proc"]
+    # seed-corrected.yaml, and failure-mode-allow.yaml whose filter seed-bad.yaml's override enables.
+    assert sorted(case.get("name") or "" for case in clean) == [
+        "envoyfilter/llm-d-inference-scheduler/epp-ext-proc",
+        "envoyfilter/llm-d-inference-scheduler/epp-ext-proc-open",
+    ]
 
 
 def test_github_output_annotates_file_and_line(capsys: pytest.CaptureFixture[str]) -> None:

@@ -113,7 +113,7 @@ def test_a_kubeconfig_that_is_not_one_is_a_settings_error(tmp_path: Path) -> Non
 
 
 def test_no_policy_flag_means_the_built_in_policy() -> None:
-    assert load_policy_file(None).profile.value == "headers-epp"
+    assert load_policy_file(None).profile is None, "the built-in policy chooses the profile per EPP filter"
 
 
 def test_a_policy_file_selects_the_profile(tmp_path: Path) -> None:

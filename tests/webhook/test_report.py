@@ -182,6 +182,8 @@ def test_json_has_exactly_the_documented_shape() -> None:
                 "name": "epp",
                 "path": "/spec/configPatches/1/patch/value/type",
                 "message": "the EPP cluster is STRICT_DNS, resolved from the gateway pod",
+                "role": None,
+                "role_why": None,
             },
             {
                 "rule": "EPX009",
@@ -193,6 +195,8 @@ def test_json_has_exactly_the_documented_shape() -> None:
                 "name": "epp",
                 "path": "/spec/configPatches/0/patch/value/typed_config/failure_mode_allow",
                 "message": "failure_mode_allow: true hides a broken EPP, with 100% of traffic, and more",
+                "role": None,
+                "role_why": None,
             },
         ],
         "summary": {"documents": 3, "envoyfilters": 2, "enforce": 1, "warn": 1},
