@@ -156,7 +156,8 @@ def envoyfilter_shape_error(document: Mapping[str, Any]) -> tuple[str, str] | No
         if not isinstance(item, Mapping):
             return where, f"spec.configPatches[{position}] is {_shape_name(item)}, not a mapping"
         for key in ("match", "patch"):
-            if key in item and not isinstance(item[key], Mapping):
+            # `match:` left empty (null) is an empty match: the API server accepts it, Istio matches all.
+            if item.get(key) is not None and not isinstance(item[key], Mapping):
                 return (
                     f"{where}/{key}",
                     f"spec.configPatches[{position}].{key} is {_shape_name(item[key])}, not a mapping",

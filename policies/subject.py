@@ -231,13 +231,22 @@ class Subject:
         )
         return decide_role(candidate, policy=self.policy, context=self.context)
 
+    def filter_name_of(self, piece: FilterPiece) -> str:
+        """The HTTP filter a patch installs or changes: its value's `name`, else the sub-filter a MERGE or
+        REPLACE matches, else the policy's filter name."""
+        if piece.name:
+            return piece.name
+        if piece.patch.operation in ("MERGE", "REPLACE") and piece.patch.sub_filter_name:
+            return piece.patch.sub_filter_name
+        return self.policy.filter_name
+
     def _filter_role_by_name(self, filter_name: str) -> RoleDecision | None:
         """The role of the filter a per-route entry configures, when this document or the workload has it."""
         for piece in self.pieces.filters:
-            if piece.name == filter_name:
+            if self.filter_name_of(piece) == filter_name:
                 return self.role_of(piece)
         for owner, piece in self.workload.filters():
-            if piece.name == filter_name:
+            if self.filter_name_of(piece) == filter_name:
                 decision = self._decide_filter(owner, piece)
                 return RoleDecision(
                     decision.role, f"{decision.why} (filter {filter_name} of envoyfilter/{owner.name})"

@@ -141,7 +141,7 @@ def _has_send_override(subject: Subject) -> bool:
     """An enabled override sends request headers to the EPP: in this document or another of the workload."""
     if any(_sends_headers(route) for route in subject.epp.routes):
         return True
-    names = {piece.name or subject.policy.filter_name for piece in subject.epp.filters}
+    names = {subject.filter_name_of(piece) for piece in subject.epp.filters}
     return any(route.filter_name in names and _sends_headers(route) for _, route in subject.workload.routes())
 
 
@@ -205,7 +205,9 @@ def override_mode(subject: Subject, filter_piece: FilterPiece | None) -> dict[st
 
 def _route_override_ops(subject: Subject, route: RoutePiece) -> Iterator[PatchOp]:
     spelling = subject.spelling
-    filter_piece = next((f for f in subject.epp.filters if f.name == route.filter_name), None)
+    filter_piece = next(
+        (f for f in subject.epp.filters if subject.filter_name_of(f) == route.filter_name), None
+    )
     if filter_piece is None and subject.epp.filters:
         filter_piece = subject.epp.filters[0]
     full_mode = override_mode(subject, filter_piece)
@@ -223,7 +225,7 @@ def _route_override_ops(subject: Subject, route: RoutePiece) -> Iterator[PatchOp
 
 def _new_route_patch(subject: Subject) -> dict[str, Any]:
     filter_piece = subject.epp.filters[0]
-    name = filter_piece.name or subject.policy.filter_name
+    name = subject.filter_name_of(filter_piece)
     value = {
         "typed_per_filter_config": {
             name: {
