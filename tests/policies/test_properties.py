@@ -234,3 +234,91 @@ def test_a_filter_without_ext_proc_content_is_unchanged(patches: list[dict[str, 
     assert result.findings == ()
     assert result.patch == ()
     assert result.fixed == before
+
+
+PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
+
+
+@st.composite
+def other_ext_proc_patches(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """Another ext_proc user's HTTP_FILTER patch (body-based routing, an activator), maybe with a route."""
+    name = draw(st.sampled_from(("envoy.filters.http.ext_proc.bbr", "envoy.filters.http.activator.ext_proc")))
+    cluster = draw(st.sampled_from(("outbound|9004||body-based-router.default.svc.cluster.local", "no-op")))
+    config: dict[str, Any] = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+        "grpc_service": {"envoy_grpc": {"cluster_name": cluster}},
+        "failure_mode_allow": draw(st.booleans()),
+        "allow_mode_override": draw(st.booleans()),
+    }
+    mode = draw(modes())
+    if mode is not None:
+        config["processing_mode"] = mode
+    patches: list[dict[str, Any]] = [
+        {
+            "applyTo": "HTTP_FILTER",
+            "match": {
+                "listener": {
+                    "filterChain": {"filter": {"name": "envoy.filters.network.http_connection_manager"}}
+                }
+            },
+            "patch": {
+                "operation": draw(st.sampled_from(("INSERT_FIRST", "INSERT_BEFORE", "ADD", "REPLACE"))),
+                "value": {"name": name, "typed_config": config},
+            },
+        }
+    ]
+    if draw(st.booleans()):
+        override: dict[str, Any] = {"processing_mode": draw(modes()) or {"request_header_mode": "SEND"}}
+        patches.append(
+            {
+                "applyTo": "HTTP_ROUTE",
+                "patch": {
+                    "operation": "MERGE",
+                    "value": {
+                        "typed_per_filter_config": {
+                            name: {
+                                "@type": PER_ROUTE,
+                                "overrides": override,
+                            }
+                        }
+                    },
+                },
+            }
+        )
+    return patches
+
+
+@SETTINGS
+@given(documents(fixable=False), st.lists(other_ext_proc_patches(), min_size=1, max_size=2), st.data())
+def test_another_users_ext_proc_patches_never_change(
+    case: tuple[dict[str, Any], Extras, Policy], others: list[list[dict[str, Any]]], data: st.DataObject
+) -> None:
+    document, _, policy = case
+    patches = document["spec"]["configPatches"]
+    planted: list[dict[str, Any]] = []
+    for group in others:
+        for patch in group:
+            patches.insert(data.draw(st.integers(0, len(patches))), patch)
+            planted.append(copy.deepcopy(patch))
+    result = evaluate(document, policy=policy, resolver=resolver())
+    fixed_patches = result.fixed["spec"]["configPatches"]
+    for patch in planted:
+        assert patch in fixed_patches, "another ext_proc user's patch was changed"
+    for op in result.patch:
+        tokens = split_pointer(op.path)
+        if tokens[:2] == ["spec", "configPatches"] and len(tokens) > 2 and tokens[2].isdigit():
+            index = int(tokens[2])
+            if index < len(patches):
+                assert patches[index] not in planted, f"{op.op} {op.path} touches another user's patch"
+
+
+@SETTINGS
+@given(documents(fixable=False), st.sampled_from(("other", "nonsense")))
+def test_a_filter_marked_other_or_undecided_is_never_changed(
+    case: tuple[dict[str, Any], Extras, Policy], role: str
+) -> None:
+    document, _, policy = case
+    document["metadata"].setdefault("annotations", {})["extproc-guard.io/role"] = role
+    result = evaluate(document, policy=policy, resolver=resolver())
+    assert result.patch == ()
+    assert result.fixed == document
