@@ -1,8 +1,11 @@
 """AdmissionReview (admission.k8s.io/v1) in and out: parse once at the edge, decide, build the response.
 
-Nothing here touches the network: `parse_review` turns bytes into a typed request (or raises
-`MalformedReviewError`), `review_request` runs the engine and returns a `Verdict`, and `build_response`
-turns a verdict into the wire shape the apiserver expects.
+Nothing here touches the network, and every step is a plain function that `Reviewer.review` runs in order:
+`parse_review` turns bytes into a typed request (or raises `MalformedReviewError`, one plain line),
+`review_request` decides a `Verdict` (it never raises: an engine failure is a verdict too), and
+`encode_review` puts the verdict on the wire in the shape the apiserver expects. Which reviews are out of
+scope (other kinds and operations, the policy's namespaces, the opt-out annotation) is decided in one
+place, `skips_evaluation`.
 """
 
 from __future__ import annotations
@@ -189,8 +192,20 @@ def _annotations(document: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def skips_evaluation(request: AdmissionRequest, *, policy: Policy) -> bool:
-    """True when a review is allowed untouched without running the engine: not a CREATE or UPDATE of an
-    EnvoyFilter, or excluded by the policy (namespace or opt-out annotation)."""
+    """True when a review is allowed untouched without running the engine. The one place the webhook
+    decides that a review is out of its scope:
+
+    - not a CREATE or UPDATE (DELETE and CONNECT carry nothing to check), or no object;
+    - not a networking.istio.io EnvoyFilter (by the request's kind);
+    - excluded by the policy (`Policy.excludes`): the request's namespace is one of `exclusions.namespaces`
+      (the shipped policy lists kube-system and the webhook's own namespace, which the webhook
+      configurations' namespaceSelector also keeps the apiserver from sending), or the object carries the
+      opt-out annotation set to "true".
+
+    The engine applies the same policy exclusions to the document it is given; `document_of` gives it the
+    request's namespace and the object's annotations, so it cannot decide otherwise. What only the engine
+    can see (an EnvoyFilter without ext_proc content) comes back as a not-applicable evaluation.
+    """
     return (
         request.operation not in ("CREATE", "UPDATE")
         or request.object is None
@@ -200,22 +215,23 @@ def skips_evaluation(request: AdmissionRequest, *, policy: Policy) -> bool:
 
 
 def document_of(request: AdmissionRequest) -> dict[str, Any]:
-    """The object to evaluate, with the request's namespace filled in when the object leaves it out.
+    """The object to evaluate, in the request's namespace: filled in when the object leaves it out.
 
-    Only `metadata.namespace` may be added (Service names resolve against it); patch paths stay valid for
-    the object the apiserver holds because `metadata` itself already exists there.
+    The request's namespace is where the apiserver stores the object (it refuses an object that names
+    another one before admission), and the one `skips_evaluation` judged; the engine sees the same. Only
+    `metadata.namespace` may be set (Service names resolve against it); patch paths stay valid for the
+    object the apiserver holds because `metadata` itself already exists there.
     """
     document = request.object or {}
     metadata = document.get("metadata")
-    if request.namespace and isinstance(metadata, dict) and not metadata.get("namespace"):
+    if request.namespace and isinstance(metadata, dict) and metadata.get("namespace") != request.namespace:
         return {**document, "metadata": {**metadata, "namespace": request.namespace}}
     return document
 
 
 def decide_mutation(evaluation: EvaluationResult) -> Verdict:
-    """Mutate: the engine's minimal patch (with its provenance annotation), and what it fixed as warnings."""
-    if not evaluation.applicable:
-        return Verdict(outcome=Outcome.SKIPPED)
+    """Mutate (an applicable evaluation): the engine's minimal patch (with its provenance annotation), and
+    what it fixed as warnings."""
     if not evaluation.patch:
         return Verdict(outcome=Outcome.ALLOWED)
     fixed = [f for f in evaluation.findings if f.fixable and f.level is not Level.OFF]
@@ -225,9 +241,8 @@ def decide_mutation(evaluation: EvaluationResult) -> Verdict:
 
 
 def decide_validation(evaluation: EvaluationResult, *, object_name: str) -> Verdict:
-    """Validate: deny enforce findings (the object is already mutated), report warn findings."""
-    if not evaluation.applicable:
-        return Verdict(outcome=Outcome.SKIPPED)
+    """Validate (an applicable evaluation): deny enforce findings (the object is already mutated), report
+    warn findings."""
     enforced = [f for f in evaluation.findings if f.level is Level.ENFORCE]
     warned = [f for f in evaluation.findings if f.level is Level.WARN]
     warnings = tuple(format_warning(f) for f in warned)
@@ -250,7 +265,10 @@ def review_request(
     evaluate: Evaluator,
     policy: Policy,
 ) -> Verdict:
-    """Decide one review. Never raises: an engine failure denies at validate and is a no-op at mutate."""
+    """Decide one review. Never raises: an engine failure denies at validate and is a no-op at mutate.
+
+    Skipped (allowed untouched) when `skips_evaluation` says so, or when the engine finds nothing it judges.
+    """
     if skips_evaluation(request, policy=policy):
         return Verdict(outcome=Outcome.SKIPPED)
     try:
@@ -261,6 +279,8 @@ def review_request(
         logger.exception("engine failed uid=%s object=%s", request.uid, request.object_name)
         reason = f"extproc-guard could not evaluate {request.object_name}: {type(error).__name__}: {error}"
         return _failed(webhook, reason, code=500)
+    if not evaluation.applicable:
+        return Verdict(outcome=Outcome.SKIPPED)
     if webhook is Webhook.MUTATE:
         return decide_mutation(evaluation)
     return decide_validation(evaluation, object_name=request.object_name)

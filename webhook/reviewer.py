@@ -1,4 +1,10 @@
-"""Reviews: the engine bound to the server's policy and resolver, and a memo of recent answers."""
+"""Reviews in one call: `Reviewer.review(body, webhook=...)` parses, decides and encodes an AdmissionReview.
+
+The reviewer binds the engine to the server's policy and resolver and keeps a memo of recent answers. Its
+result is either an `Answer` (the response body, plus what the metrics and the audit line need) or a
+`Refusal` (a body that is not a review: one plain line for an HTTP 4xx). It never raises for a bad body or
+a failing engine; `admission.py` holds the pure steps it runs.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,16 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from policies import Evaluation, Policy, ServiceResolver, evaluate
-from webhook.admission import AdmissionRequest, Verdict, Webhook, encode_review, review_request
+from webhook.admission import (
+    AdmissionRequest,
+    MalformedReviewError,
+    Outcome,
+    Verdict,
+    Webhook,
+    encode_review,
+    parse_review,
+    review_request,
+)
 
 MEMO_SIZE = 256
 MEMO_MAX_BODY = 64 * 1024
@@ -27,6 +42,7 @@ MemoKey = tuple[Webhook, int, int, bytes]
 class Answer:
     """A review's verdict and response body, with what the log line and metrics need of the request."""
 
+    webhook: Webhook
     verdict: Verdict
     payload: bytes
     uid: str
@@ -34,6 +50,37 @@ class Answer:
     dry_run: bool
     summary: str
     """The log line's fields after the uid (they follow from the body without its uid)."""
+
+    @property
+    def outcome(self) -> Outcome:
+        return self.verdict.outcome
+
+    @property
+    def rules(self) -> tuple[str, ...]:
+        return self.verdict.rules
+
+    @property
+    def patch_applied(self) -> bool:
+        """A patch the apiserver will apply: a dry run gets the same answer but changes nothing."""
+        return bool(self.verdict.patch) and not self.dry_run
+
+    def audit_line(self, *, seconds: float) -> str:
+        """The one log line per review (the fields after the uid are formatted once per distinct body)."""
+        return (
+            f"review webhook={self.webhook.value} uid={log_value(self.uid)} {self.summary} "
+            f"ms={seconds * 1000:.2f}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A body that is not a review the server can answer: HTTP `status` with one plain line."""
+
+    reason: str
+    status: int = 400
+
+
+Reviewed = Answer | Refusal
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,12 +117,11 @@ class Reviewer:
 
     A verdict depends only on the request (its body), the policy and the resolver's answers, so it is reused
     while the resolver's `generation` has not moved: the apiserver re-sends the same object on reinvocation,
-    and reconcile loops re-apply unchanged filters. The key is the body with its one `"uid":"..."` member
-    cut out, plus where it was cut, so two bodies share a key only when nothing but the uid differs.
-
-    `recall` finds such a body before it is parsed: a body whose key matches a remembered one is that
-    remembered (valid) review with another string literal where its uid was, so it is valid too and needs
-    no parsing; anything else goes through `parse_review` and `answer`.
+    and reconcile loops re-apply unchanged filters. The key is the body with its first `"uid":"..."` member
+    (a plain string) cut out, plus where it was cut, so two bodies share a key only when nothing but that
+    member differs. An answer is remembered only when that member is the request's uid and the only one
+    with its value; so a body whose key matches a remembered one is that remembered (valid) review with
+    another uid literal, valid too: it is answered before it is parsed (`recall`).
     """
 
     def __init__(
@@ -94,52 +140,82 @@ class Reviewer:
         self.hits = 0
         self.misses = 0
 
-    def evaluate(self, document: Mapping[str, Any]) -> Evaluation:
-        return evaluate(document, policy=self.policy, resolver=self._resolver)
+    def review(self, body: bytes, *, webhook: Webhook) -> Reviewed:
+        """Parse, decide and encode one AdmissionReview body. Never raises for what the body holds.
+
+        A body that is not a review is a `Refusal`; an engine failure is a verdict (denied at validate, no
+        change at mutate); a denial is an `Answer` with `allowed: false`.
+        """
+        member = self._uid_member(body)
+        if member is not None:
+            recalled = self._recall(member, body, webhook)
+            if recalled is not None:
+                return recalled
+        generation = self._generation()  # before the engine reads the resolver
+        try:
+            request = parse_review(body)
+            self.misses += 1
+            verdict = review_request(request, webhook=webhook, evaluate=self._evaluate, policy=self.policy)
+            payload = encode_review(request, verdict)
+        except MalformedReviewError as error:
+            return Refusal(error.reason, status=error.status)
+        memo = _Memo(verdict, b"", request.operation, request.dry_run, summarize(request, verdict))
+        if member is not None and self._is_request_uid(member, request, body):
+            head = RESPONSE_PREFIX + member.group(1)
+            if payload.startswith(head):
+                key = self._key(member, body, webhook, generation)
+                self._remember(key, replace(memo, tail=payload[len(head) :]))
+        return self._answer_from(memo, webhook, request.uid, payload)
 
     def recall(self, body: bytes, *, webhook: Webhook) -> Answer | None:
         """The answer to an unparsed body that differs from a remembered one only in its uid, else None."""
-        if not self._memo or len(body) > MEMO_MAX_BODY:
-            return None
-        match = PLAIN_UID.search(body)
-        if match is None:
-            return None
-        at, end = match.span()
-        memo = self._remembered((webhook, self._generation(), at, body[:at] + body[end:]))
-        if memo is None:
-            return None
-        literal = match.group(1)
-        return self._answer_from(memo, literal[1:-1].decode("ascii"), RESPONSE_PREFIX + literal + memo.tail)
+        member = self._uid_member(body)
+        return self._recall(member, body, webhook) if member is not None else None
 
-    def answer(self, request: AdmissionRequest, *, webhook: Webhook, body: bytes) -> Answer:
-        """The verdict and the response body; raises `MalformedReviewError` for a patch JSON cannot carry."""
-        uid = json.dumps(request.uid).encode()
-        key = self._key(uid, webhook, body)
-        cached = self._remembered(key) if key is not None else None
-        if cached is not None:
-            return self._answer_from(cached, request.uid, RESPONSE_PREFIX + uid + cached.tail)
-        self.misses += 1
-        verdict = review_request(request, webhook=webhook, evaluate=self.evaluate, policy=self.policy)
-        payload = encode_review(request, verdict)
-        memo = _Memo(verdict, b"", request.operation, request.dry_run, summarize(request, verdict))
-        head = RESPONSE_PREFIX + uid
-        if key is not None and payload.startswith(head):
-            self._memo[key] = replace(memo, tail=payload[len(head) :])
-            if len(self._memo) > self._memo_size:
-                self._memo.popitem(last=False)
-        return self._answer_from(memo, request.uid, payload)
+    def _evaluate(self, document: Mapping[str, Any]) -> Evaluation:
+        return evaluate(document, policy=self.policy, resolver=self._resolver)
 
-    def _remembered(self, key: MemoKey) -> _Memo | None:
-        """The memo under `key`, counted as a hit and kept as the most recently used."""
-        memo = self._memo.get(key)
-        if memo is not None:
-            self._memo.move_to_end(key)
-            self.hits += 1
-        return memo
+    def _uid_member(self, body: bytes) -> re.Match[bytes] | None:
+        """The body's first plain-string `"uid"` member, when the body is one the memo may hold."""
+        if self._memo_size <= 0 or len(body) > MEMO_MAX_BODY:
+            return None
+        return PLAIN_UID.search(body)
 
     @staticmethod
-    def _answer_from(memo: _Memo, uid: str, payload: bytes) -> Answer:
+    def _key(member: re.Match[bytes], body: bytes, webhook: Webhook, generation: int) -> MemoKey:
+        at, end = member.span()
+        return (webhook, generation, at, body[:at] + body[end:])
+
+    @staticmethod
+    def _is_request_uid(member: re.Match[bytes], request: AdmissionRequest, body: bytes) -> bool:
+        """Whether the cut member is the request's uid: its value, and no other member spelled with it."""
+        literal = member.group(1)
+        if literal[1:-1].decode("ascii") != request.uid:
+            return False
+        return body.count(b'"uid":' + literal) + body.count(b'"uid": ' + literal) == 1
+
+    def _recall(self, member: re.Match[bytes], body: bytes, webhook: Webhook) -> Answer | None:
+        if not self._memo:
+            return None
+        key = self._key(member, body, webhook, self._generation())
+        memo = self._memo.get(key)
+        if memo is None:
+            return None
+        self._memo.move_to_end(key)
+        self.hits += 1
+        literal = member.group(1)
+        uid = literal[1:-1].decode("ascii")
+        return self._answer_from(memo, webhook, uid, RESPONSE_PREFIX + literal + memo.tail)
+
+    def _remember(self, key: MemoKey, memo: _Memo) -> None:
+        self._memo[key] = memo
+        if len(self._memo) > self._memo_size:
+            self._memo.popitem(last=False)
+
+    @staticmethod
+    def _answer_from(memo: _Memo, webhook: Webhook, uid: str, payload: bytes) -> Answer:
         return Answer(
+            webhook=webhook,
             verdict=memo.verdict,
             payload=payload,
             uid=uid,
@@ -147,14 +223,3 @@ class Reviewer:
             dry_run=memo.dry_run,
             summary=memo.summary,
         )
-
-    def _key(self, uid: bytes, webhook: Webhook, body: bytes) -> MemoKey | None:
-        if self._memo_size <= 0 or len(body) > MEMO_MAX_BODY:
-            return None
-        for token in (b'"uid":' + uid, b'"uid": ' + uid):
-            at = body.find(token)
-            if at >= 0:
-                if body.find(token, at + 1) >= 0:
-                    return None  # more than once: do not guess which is the request's
-                return (webhook, self._generation(), at, body[:at] + body[at + len(token) :])
-        return None

@@ -2,8 +2,10 @@
 
 `make_app(settings)` builds everything a running server owns (policy, resolver, Service cache, certificate
 reloader, metrics) and hands the long-lived parts to `cleanup_ctx`, so `AppRunner.cleanup()` stops them.
-Handlers only translate: bytes -> `parse_review` -> `review_request` -> `build_response` -> bytes (or, for a
-body that differs from a recent one only in its uid, bytes -> `Reviewer.recall` -> bytes).
+The review handlers only translate: they read the body (refusing one too large or too slow), make one call,
+`Reviewer.review(body)`, which parses, decides and encodes, and turn its result into HTTP: an `Answer` is a
+200 AdmissionReview (a denial included: `allowed: false`), a `Refusal` a 400 with one plain line. They
+count the review in the metrics and write its audit line.
 """
 
 from __future__ import annotations
@@ -22,13 +24,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from kube.services import ServiceCache, build_core_api
 from policies import ChainResolver, ServiceResolver, StaticResolver, default_policy
 from telemetry.logoutput import log_info
-from webhook.admission import (
-    AdmissionError,
-    Webhook,
-    parse_review,
-)
+from webhook.admission import AdmissionError, Webhook
 from webhook.metrics import Metrics
-from webhook.reviewer import Reviewer, log_value
+from webhook.reviewer import Refusal, Reviewer
 from webhook.settings import ServeSettings
 from webhook.tlsreload import CertReloader
 
@@ -124,15 +122,20 @@ def _plain(status: int, reason: str) -> web.Response:
     return web.Response(status=status, text=reason + "\n")
 
 
+def _refuse(request: web.Request, *, status: int, reason: str) -> web.Response:
+    """A request that gets no review: counted, logged, and answered with one plain line."""
+    request.app[METRICS_KEY].count_malformed(request.path)
+    logger.info("refused %s %s: %s", request.method, request.path, reason)
+    return _plain(status, reason)
+
+
 @web.middleware
 async def translate_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every refusal is a 4xx with one plain line; nothing escapes as a traceback."""
     try:
         return await handler(request)
     except AdmissionError as error:
-        request.app[METRICS_KEY].count_malformed(request.path)
-        logger.info("refused %s %s: %s", request.method, request.path, error.reason)
-        return _plain(error.status, error.reason)
+        return _refuse(request, status=error.status, reason=error.reason)
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[SETTINGS_KEY].max_body_bytes
         request.app[METRICS_KEY].count_malformed(request.path)
@@ -152,8 +155,8 @@ async def translate_errors(request: web.Request, handler: Handler) -> web.Stream
     except (asyncio.CancelledError, ConnectionError):
         raise  # the client went away: nothing to answer
     except Exception as error:
-        # Reviews never get here (`review_request` turns engine failures into verdicts); a bug elsewhere is
-        # logged with its traceback and answered with one line, not an HTML page.
+        # Reviews never get here (`Reviewer.review` returns refusals and turns engine failures into
+        # verdicts); a bug elsewhere is logged with its traceback and answered with one line, not a page.
         logger.exception("internal error on %s %s", request.method, request.path)
         return _plain(500, f"internal error ({type(error).__name__}); see the server log")
 
@@ -193,24 +196,20 @@ async def handle_review(request: web.Request, *, webhook: Webhook) -> web.Respon
     app = request.app
     body = await read_body(request, app[SETTINGS_KEY])
     started = time.perf_counter()
-    reviewer = app[REVIEWER_KEY]
-    answer = reviewer.recall(body, webhook=webhook)
-    if answer is None:
-        answer = reviewer.answer(parse_review(body), webhook=webhook, body=body)
+    result = app[REVIEWER_KEY].review(body, webhook=webhook)
     seconds = time.perf_counter() - started
-    verdict = answer.verdict
+    if isinstance(result, Refusal):
+        return _refuse(request, status=result.status, reason=result.reason)
     app[METRICS_KEY].record_review(
         webhook=webhook,
-        operation=answer.operation,
-        outcome=verdict.outcome,
-        rules=verdict.rules,
+        operation=result.operation,
+        outcome=result.outcome,
+        rules=result.rules,
         seconds=seconds,
-        patched=bool(verdict.patch) and not answer.dry_run,
+        patched=result.patch_applied,
     )
-    # The audit line: its fields after the uid are formatted once per distinct body (see `Reviewer`).
-    uid = log_value(answer.uid)
-    log_info(logger, f"review webhook={webhook.value} uid={uid} {answer.summary} ms={seconds * 1000:.2f}")
-    return web.Response(body=answer.payload, content_type=JSON_CONTENT_TYPE)
+    log_info(logger, result.audit_line(seconds=seconds))
+    return web.Response(body=result.payload, content_type=JSON_CONTENT_TYPE)
 
 
 async def handle_healthz(request: web.Request) -> web.Response:

@@ -198,6 +198,15 @@ def test_reviews_out_of_scope_are_allowed_untouched_without_running_the_engine(
 
 
 @pytest.mark.parametrize("webhook", list(Webhook), ids=[w.value for w in Webhook])
+def test_an_envoyfilter_the_engine_does_not_judge_is_skipped_like_one_out_of_scope(webhook: Webhook) -> None:
+    request = parse_review(encoded(review()))
+    verdict = review_request(
+        request, webhook=webhook, evaluate=lambda _: Result(applicable=False), policy=POLICY
+    )
+    assert verdict == Verdict(outcome=Outcome.SKIPPED)
+
+
+@pytest.mark.parametrize("webhook", list(Webhook), ids=[w.value for w in Webhook])
 def test_an_engine_failure_denies_at_validate_and_changes_nothing_at_mutate(webhook: Webhook) -> None:
     request = parse_review(encoded(review()))
 
@@ -215,6 +224,12 @@ def test_the_request_namespace_fills_an_object_without_one() -> None:
     request = parse_review(encoded(review(object={"kind": "EnvoyFilter", "metadata": {"name": "f"}})))
     assert document_of(request)["metadata"] == {"name": "f", "namespace": "llm-d-inference-scheduler"}
     assert request.object == {"kind": "EnvoyFilter", "metadata": {"name": "f"}}, "the original is not changed"
+
+
+def test_the_engine_judges_the_object_in_the_namespace_the_exclusions_were_judged_in() -> None:
+    named = {"kind": "EnvoyFilter", "metadata": {"name": "f", "namespace": "kube-system"}}
+    request = parse_review(encoded(review(object=named)))
+    assert document_of(request)["metadata"]["namespace"] == "llm-d-inference-scheduler"
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from policies.policy import default_policy
 from policies.resolver import StaticResolver
 from tests.webhook.webhookrig import STATIC_SERVICES, load_document, review_of
 from webhook.admission import Webhook, build_response, parse_review
-from webhook.reviewer import Reviewer, log_value, summarize
+from webhook.reviewer import Answer, Refusal, Reviewer, log_value, summarize
 
 
 def compact(review: dict[str, Any]) -> bytes:
@@ -26,7 +26,8 @@ def reviewer(generation: list[int] | None = None) -> Reviewer:
 
 def answer(subject: Reviewer, body: bytes, webhook: Webhook = Webhook.MUTATE) -> dict[str, Any]:
     request = parse_review(body)
-    reply = subject.answer(request, webhook=webhook, body=body)
+    reply = subject.review(body, webhook=webhook)
+    assert isinstance(reply, Answer)
     decoded: dict[str, Any] = json.loads(reply.payload)
     assert decoded == build_response(request, reply.verdict), "a reused answer is what build_response gives"
     assert reply.summary == summarize(request, reply.verdict), "the reused log fields are this body's"
@@ -81,6 +82,21 @@ def test_a_uid_that_also_appears_in_the_object_is_not_memoized() -> None:
     assert (subject.misses, subject.hits) == (2, 0)
 
 
+def test_a_uid_member_in_the_object_ahead_of_the_requests_never_stands_for_it() -> None:
+    subject = reviewer()
+
+    def body(object_uid: str) -> bytes:
+        review = review_of(load_document("seed-bad.yaml"), uid="same")
+        request = review["request"]
+        request["object"]["metadata"]["uid"] = object_uid
+        review["request"] = {"object": request.pop("object"), **request}  # the object's uid comes first
+        return compact(review)
+
+    answer(subject, body("same"))
+    reply = answer(subject, body("other"))
+    assert reply["response"]["uid"] == "same"
+
+
 def test_a_body_that_differs_only_in_uid_is_recalled_without_parsing_and_matches_a_fresh_answer() -> None:
     subject = reviewer()
     bad = load_document("seed-bad.yaml")
@@ -88,7 +104,7 @@ def test_a_body_that_differs_only_in_uid_is_recalled_without_parsing_and_matches
     body = compact(review_of(bad, uid="705ab4f5-6393-11e8-b7cc-42010a800002"))
     recalled = subject.recall(body, webhook=Webhook.MUTATE)
     assert recalled is not None
-    fresh = reviewer().answer(parse_review(body), webhook=Webhook.MUTATE, body=body)
+    fresh = reviewer().review(body, webhook=Webhook.MUTATE)
     assert recalled == fresh
     assert json.loads(recalled.payload)["response"]["uid"] == "705ab4f5-6393-11e8-b7cc-42010a800002"
     assert (subject.misses, subject.hits) == (1, 1)
@@ -131,6 +147,39 @@ def test_nothing_is_recalled_for_another_webhook_or_after_a_resolver_change() ->
     assert subject.recall(compact(review_of(bad, uid="b")), webhook=Webhook.VALIDATE) is None
     generation[0] += 1
     assert subject.recall(compact(review_of(bad, uid="c")), webhook=Webhook.MUTATE) is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"{not json", id="not-json"),
+        pytest.param(
+            compact({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}), id="no-request"
+        ),
+        pytest.param(
+            compact(review_of(load_document("seed-bad.yaml"), operation="PATCH")), id="unknown-operation"
+        ),
+    ],
+)
+@pytest.mark.parametrize("webhook", list(Webhook), ids=[w.value for w in Webhook])
+def test_a_body_that_is_not_a_review_is_a_refusal_with_one_plain_line(body: bytes, webhook: Webhook) -> None:
+    result = reviewer().review(body, webhook=webhook)
+    assert isinstance(result, Refusal)
+    assert result.status == 400
+    assert result.reason
+    assert "\n" not in result.reason
+
+
+def test_a_dry_run_gets_the_same_answer_but_applies_no_patch() -> None:
+    subject = reviewer()
+    bad = load_document("seed-bad.yaml")
+    real = subject.review(compact(review_of(bad, uid="u")), webhook=Webhook.MUTATE)
+    dry = subject.review(compact(review_of(bad, uid="u", dry_run=True)), webhook=Webhook.MUTATE)
+    assert isinstance(real, Answer)
+    assert isinstance(dry, Answer)
+    assert dry.payload == real.payload
+    assert real.patch_applied
+    assert not dry.patch_applied
 
 
 @pytest.mark.parametrize(
