@@ -35,8 +35,9 @@ from tests.e2e.cluster import (  # noqa: E402
     Kubectl,
     find_bin_dir,
     find_cli,
-    install_envoyfilter_crd,
+    install_crds,
     missing_binaries,
+    missing_crd_files,
 )
 from tests.e2e.seeds import dump, load_document, renamed  # noqa: E402
 from tests.e2e.webhook_server import (  # noqa: E402
@@ -142,8 +143,8 @@ def format_ms(value: float | None) -> str:
 
 def run(runs: int, warmup: int) -> int:
     bin_dir = find_bin_dir()
-    if missing := missing_binaries(bin_dir):
-        print(f"e2e_bench: control plane binaries missing ({', '.join(missing)}): run {BUILD_SCRIPT}")
+    if missing := missing_binaries(bin_dir) + missing_crd_files(bin_dir):
+        print(f"e2e_bench: control plane build outputs missing ({', '.join(missing)}): run {BUILD_SCRIPT}")
         return 2
     cli, help_text = find_cli(), serve_help()
     if cli is None or help_text is None:
@@ -154,7 +155,7 @@ def run(runs: int, warmup: int) -> int:
     try:
         info = plane.start()
         kubectl = info.kubectl
-        install_envoyfilter_crd(kubectl)
+        install_crds(kubectl, bin_dir / "crds")
         kubectl.run("create", "namespace", "llm-d-inference-scheduler")
         kubectl.apply(EPP_SERVICE)
         kubectl.run("create", "namespace", PLAIN_NAMESPACE)

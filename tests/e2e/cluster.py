@@ -1,12 +1,15 @@
 """A real Kubernetes control plane for the end-to-end tests: etcd + kube-apiserver on loopback, driven
 through the real kubectl. Started the way envtest starts one: no kubelet, no controller manager, a
 generated serving certificate, service-account keys and a client certificate in `system:masters`.
+The CRDs are the real ones (Istio's, the Gateway API Inference Extension's), which the control-plane
+build takes from their pinned Go modules into `bin/crds/`.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -33,8 +36,20 @@ logger = logging.getLogger(__name__)
 E2E_DIR = Path(__file__).resolve().parent
 BIN_DIR = E2E_DIR / "controlplane" / "bin"
 BUILD_SCRIPT = E2E_DIR / "controlplane" / "build.sh"
-ENVOYFILTER_CRD = E2E_DIR / "crds" / "envoyfilter.yaml"
 BINARIES = ("etcd", "kube-apiserver", "kubectl")
+# Under the bin folder: the CRD files the build takes from istio.io/api and gateway-api-inference-extension.
+CRD_FILES = (
+    "crds/istio/customresourcedefinitions.gen.yaml",
+    "crds/gie/inference.networking.k8s.io_inferencepools.yaml",
+)
+# The CRDs the tests use, installed by name from those files (Istio's file holds many more).
+REQUIRED_CRDS = (
+    "envoyfilters.networking.istio.io",
+    "destinationrules.networking.istio.io",
+    "inferencepools.inference.networking.k8s.io",
+)
+# Installed when the files hold it: gateway-api-inference-extension v1.6.0 no longer ships it.
+OPTIONAL_CRDS = ("inferencepools.inference.networking.x-k8s.io",)
 SERVICE_CIDR = "10.96.0.0/16"
 LOOPBACK = "127.0.0.1"
 REQUIRE_ENV = "EXTPROC_GUARD_REQUIRE_E2E"
@@ -58,6 +73,11 @@ def find_bin_dir() -> Path:
 def missing_binaries(bin_dir: Path) -> list[str]:
     """The names of the control plane binaries that are absent or not executable in `bin_dir`."""
     return [name for name in BINARIES if not os.access(bin_dir / name, os.X_OK)]
+
+
+def missing_crd_files(bin_dir: Path) -> list[str]:
+    """The CRD files (relative to `bin_dir`) that the control-plane build did not place there."""
+    return [name for name in CRD_FILES if not (bin_dir / name).is_file()]
 
 
 def find_cli() -> Path | None:
@@ -376,18 +396,41 @@ def _http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
         return False
 
 
-def install_envoyfilter_crd(kubectl: Kubectl) -> None:
-    """Create the EnvoyFilter CRD and wait until it is Established and served."""
-    kubectl.run("apply", "-f", str(ENVOYFILTER_CRD))
-    kubectl.run(
-        "wait",
-        "--for=condition=Established",
-        "crd/envoyfilters.networking.istio.io",
-        "--timeout=60s",
-        timeout=75,
-    )
+def load_crds(crd_dir: Path) -> list[dict[str, Any]]:
+    """The CRDs the tests use, from the YAML files under `crd_dir`; raises if a required one is missing."""
+    wanted = (*REQUIRED_CRDS, *OPTIONAL_CRDS)
+    found: dict[str, dict[str, Any]] = {}
+    for path in sorted(crd_dir.rglob("*.yaml")):
+        for document in yaml.load_all(path.read_text(), Loader=yaml.CSafeLoader):
+            if isinstance(document, dict) and document.get("kind") == "CustomResourceDefinition":
+                name = document["metadata"]["name"]
+                if name in wanted:
+                    found[name] = document
+    if missing := [name for name in REQUIRED_CRDS if name not in found]:
+        raise ControlPlaneError(f"no CRD {', '.join(missing)} under {crd_dir}: run {BUILD_SCRIPT.name}")
+    return [found[name] for name in wanted if name in found]
+
+
+def _established(kubectl: Kubectl, names: Sequence[str]) -> bool:
+    jsonpath = '{range .items[*]}{.status.conditions[?(@.type=="Established")].status}{" "}{end}'
+    result = kubectl.run("get", "crd", *names, "-o", f"jsonpath={jsonpath}", check=False)
+    return result.returncode == 0 and result.stdout.split() == ["True"] * len(names)
+
+
+def install_crds(kubectl: Kubectl, crd_dir: Path) -> list[str]:
+    """Create the CRDs the tests use and wait until they are Established and served; their names.
+
+    Server-side apply, so the large schemas are not copied into a last-applied annotation.
+    """
+    crds = load_crds(crd_dir)
+    names = [crd["metadata"]["name"] for crd in crds]
+    manifest = json.dumps({"apiVersion": "v1", "kind": "List", "items": crds})
+    kubectl.run("apply", "--server-side", "-f", "-", stdin=manifest)
+    wait_until(lambda: _established(kubectl, names), timeout=60, what="CRDs Established")
+    resources = ",".join(f"{crd['spec']['names']['plural']}.{crd['spec']['group']}" for crd in crds)
     wait_until(
-        lambda: kubectl.run("get", "envoyfilters", "-A", check=False).returncode == 0,
+        lambda: kubectl.run("get", resources, "-A", check=False).returncode == 0,
         timeout=30,
-        what="envoyfilters served",
+        what="custom resources served",
     )
+    return names

@@ -1,5 +1,5 @@
 """Session fixtures for the end-to-end tests: a real etcd + kube-apiserver, the real kubectl, the
-EnvoyFilter CRD, and the seed's EPP Service with the ClusterIP the apiserver allocated.
+real CRDs (Istio's, InferencePool), and the seed's EPP Service with the ClusterIP the apiserver allocated.
 
 Without the control plane binaries (build them with `tests/e2e/controlplane/build.sh`) the tests skip
 with one line; with EXTPROC_GUARD_REQUIRE_E2E=1 (as CI sets it) they fail instead.
@@ -38,7 +38,7 @@ class EppService:
 
 @pytest.fixture(scope="session")
 def control_plane() -> Iterator[ControlPlaneInfo]:
-    """etcd + kube-apiserver on loopback with the EnvoyFilter CRD Established; torn down at session end."""
+    """etcd + kube-apiserver on loopback with the real CRDs Established; torn down at session end."""
     with running_control_plane() as info:
         yield info
 

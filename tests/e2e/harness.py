@@ -1,7 +1,7 @@
-"""The control plane for a test session or module: started with the EnvoyFilter CRD, or the tests skip.
+"""The control plane for a test session or module: started with the real CRDs, or the tests skip.
 
-Without the control plane binaries (build them with `tests/e2e/controlplane/build.sh`) the tests skip
-with one line; with EXTPROC_GUARD_REQUIRE_E2E=1 (as CI sets it) they fail instead.
+Without the control plane binaries or CRD files (build them with `tests/e2e/controlplane/build.sh`) the
+tests skip with one line; with EXTPROC_GUARD_REQUIRE_E2E=1 (as CI sets it) they fail instead.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from tests.e2e.cluster import (
     ControlPlaneError,
     ControlPlaneInfo,
     find_bin_dir,
-    install_envoyfilter_crd,
+    install_crds,
     missing_binaries,
+    missing_crd_files,
 )
 
 
@@ -33,16 +34,16 @@ def skip_or_fail(reason: str) -> None:
 
 @contextmanager
 def running_control_plane() -> Iterator[ControlPlaneInfo]:
-    """etcd + kube-apiserver on loopback with the EnvoyFilter CRD Established; torn down on exit."""
+    """etcd + kube-apiserver on loopback with the CRDs the tests use Established; torn down on exit."""
     bin_dir = find_bin_dir()
-    missing = missing_binaries(bin_dir)
+    missing = missing_binaries(bin_dir) + missing_crd_files(bin_dir)
     if missing:
-        skip_or_fail(f"control plane binaries missing ({', '.join(missing)}): run {BUILD_SCRIPT.name}")
+        skip_or_fail(f"control plane build outputs missing ({', '.join(missing)}): run {BUILD_SCRIPT.name}")
     plane = ControlPlane(bin_dir)
     try:
         info = plane.start()
         try:
-            install_envoyfilter_crd(info.kubectl)
+            install_crds(info.kubectl, bin_dir / "crds")
         except ControlPlaneError as error:
             raise ControlPlaneError(f"{error}\n{plane.log_tails()}") from error
         yield info
