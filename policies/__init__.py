@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from policies.catalog import CATALOG, RULE_IDS
+    from policies.context import EMPTY_CONTEXT, Context, ContextSource, FixedContext
     from policies.engine import Evaluation, evaluate
     from policies.findings import Finding, Level
     from policies.model import DocumentError
@@ -36,6 +37,10 @@ _HOMES: dict[str, str] = {
     "apply_op": "policies.patch",
     "apply_patch": "policies.patch",
     "CATALOG": "policies.catalog",
+    "Context": "policies.context",
+    "ContextSource": "policies.context",
+    "FixedContext": "policies.context",
+    "EMPTY_CONTEXT": "policies.context",
     "ChainResolver": "policies.resolver",
     "default_policy": "policies.policy",
     "DocumentError": "policies.model",
@@ -64,12 +69,16 @@ _HOMES: dict[str, str] = {
 
 __all__ = [
     "CATALOG",
+    "EMPTY_CONTEXT",
     "RULES",
     "RULE_IDS",
     "ChainResolver",
+    "Context",
+    "ContextSource",
     "DocumentError",
     "Evaluation",
     "Finding",
+    "FixedContext",
     "Level",
     "PatchError",
     "PatchOp",

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from policies.model import as_mapping, is_envoy_filter
 from policies.resolver import ServiceAddress, ServicePort, ServiceRef
@@ -126,6 +126,30 @@ class Context:
 
 
 EMPTY_CONTEXT: Final = Context()
+
+
+class ContextSource(Protocol):
+    """Where an adapter gets the context of a filter in a namespace: a fixed snapshot (offline, tests) or
+    informer caches (the webhook, the reconciler). `generation` moves whenever an answer may change."""
+
+    def context_for(self, namespace: str) -> Context: ...
+
+    @property
+    def generation(self) -> int: ...
+
+
+class FixedContext:
+    """The same context for every namespace."""
+
+    def __init__(self, context: Context) -> None:
+        self._context = context
+
+    def context_for(self, namespace: str) -> Context:
+        return self._context
+
+    @property
+    def generation(self) -> int:
+        return 0
 
 
 # Reading the objects of a context from plain documents (YAML/JSON or the API's JSON) ---------------------

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from policies import Evaluation, Policy, ServiceResolver, evaluate
+from policies import EMPTY_CONTEXT, ContextSource, Evaluation, FixedContext, Policy, ServiceResolver, evaluate
 from webhook.admission import (
     AdmissionRequest,
     MalformedReviewError,
@@ -131,10 +131,12 @@ class Reviewer:
         *,
         generation: Callable[[], int] = lambda: 0,
         memo_size: int = MEMO_SIZE,
+        context: ContextSource | None = None,
     ) -> None:
         self.policy = policy
         self._resolver = resolver
-        self._generation = generation
+        self._context = context if context is not None else FixedContext(EMPTY_CONTEXT)
+        self._resolver_generation = generation
         self._memo: OrderedDict[MemoKey, _Memo] = OrderedDict()
         self._memo_size = memo_size
         self.hits = 0
@@ -172,8 +174,15 @@ class Reviewer:
         member = self._uid_member(body)
         return self._recall(member, body, webhook) if member is not None else None
 
+    def _generation(self) -> int:
+        """Moves whenever a remembered answer may no longer hold: the Services or the context changed."""
+        return self._resolver_generation() * 1_000_003 + self._context.generation
+
     def _evaluate(self, document: Mapping[str, Any]) -> Evaluation:
-        return evaluate(document, policy=self.policy, resolver=self._resolver)
+        metadata = document.get("metadata")
+        namespace = metadata.get("namespace") if isinstance(metadata, Mapping) else None
+        context = self._context.context_for(namespace if isinstance(namespace, str) else "")
+        return evaluate(document, policy=self.policy, resolver=self._resolver, context=context)
 
     def _uid_member(self, body: bytes) -> re.Match[bytes] | None:
         """The body's first plain-string `"uid"` member, when the body is one the memo may hold."""

@@ -22,7 +22,7 @@ from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from kube.services import ServiceCache, build_core_api
-from policies import ChainResolver, ServiceResolver, StaticResolver, default_policy
+from policies import ChainResolver, Context, FixedContext, ServiceResolver, StaticResolver, default_policy
 from telemetry.logoutput import log_info
 from webhook.admission import AdmissionError, Webhook
 from webhook.metrics import Metrics
@@ -83,7 +83,15 @@ def make_app(settings: ServeSettings, *, kube_api: Any = None) -> web.Applicatio
     app[SETTINGS_KEY] = settings
     app[METRICS_KEY] = metrics
     generation: Callable[[], int] = (lambda: cache.generation) if cache is not None else (lambda: 0)
-    app[REVIEWER_KEY] = Reviewer(policy, resolver, generation=generation)
+    context = FixedContext(
+        Context(
+            declared=settings.services,
+            root_namespace=policy.root_namespace,
+            cluster_domain=policy.cluster_domain,
+            settled=False,
+        )
+    )
+    app[REVIEWER_KEY] = Reviewer(policy, resolver, generation=generation, context=context)
     app[TLS_KEY] = CertReloader(
         settings.tls, on_reload=lambda ok: metrics.cert_reloads.labels("ok" if ok else "failed").inc()
     )
