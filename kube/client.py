@@ -12,8 +12,11 @@
 
 The first present source is the one used: when it cannot be loaded (a broken file, a service account
 without its CA) that is the error, rather than a quiet switch to another cluster. `context` picks a
-kubeconfig context (default: the file's current one). Earlier factories differed: some never fell back from
-in-cluster, one preferred the default kubeconfig; this order replaces them all.
+kubeconfig context (default: the file's current one).
+
+This order replaced five factories. The certs command, the doctor's pod exec and EPP discovery already
+followed it. `serve`, `reconcile` and `check`/`fix --in-cluster` without a kubeconfig used the service
+account only; outside a pod they now fall back to `KUBECONFIG` and `~/.kube/config`.
 
 The environment is read when the function is called, from the `environ` mapping it is given (default: the
 process environment), never from what the `kubernetes` package captured at import. Every client has its own
