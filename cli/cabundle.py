@@ -11,18 +11,18 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import urllib3
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from certs.files import CA_CERT, CA_KEY, TLS_CERT, TLS_KEY
 from certs.rotation import StoredCerts
+from kube import client as kube_client
 
 logger = logging.getLogger(__name__)
 
@@ -58,20 +58,13 @@ class StoredSecrets:
 
 
 def build_api_client(kubeconfig: Path | None) -> client.ApiClient:
-    """A client from `kubeconfig`, else the in-cluster service account, else the default kubeconfig."""
-    configuration = client.Configuration()
+    """A client from `kube.client.build_api_client` (`kubeconfig`, else in-cluster, else `KUBECONFIG`, else
+    `~/.kube/config`), with its error as a `CaBundleError`."""
     try:
-        if kubeconfig is not None:
-            config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=str(kubeconfig), client_configuration=configuration
-            )
-        elif os.environ.get("KUBERNETES_SERVICE_HOST"):
-            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        else:
-            config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    except (config.ConfigException, OSError, TypeError, ValueError) as exc:
-        raise CaBundleError(f"cannot load a Kubernetes configuration: {_first_line(exc)}") from exc
-    return client.ApiClient(configuration=configuration)
+        api_client: client.ApiClient = kube_client.build_api_client(kubeconfig=kubeconfig)
+    except kube_client.KubeConfigError as exc:
+        raise CaBundleError(f"cannot load a Kubernetes configuration: {exc}") from None
+    return api_client
 
 
 def read_secrets(api: client.ApiClient, names: SecretNames) -> StoredSecrets:

@@ -8,6 +8,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
@@ -127,21 +128,14 @@ class PodExec:
         return stdout
 
     def _api_client(self) -> Any:
-        """A client of its own (the kubernetes package's global default configuration stays untouched)."""
-        from kubernetes import client, config
-        from kubernetes.config.config_exception import ConfigException
+        """A client from `kube.client.build_api_client`: `kubeconfig`, else in-cluster, else `KUBECONFIG`,
+        else `~/.kube/config`."""
+        from kube.client import KubeConfigError, build_api_client
 
         try:
-            if self.kubeconfig:
-                return config.new_client_from_config(config_file=self.kubeconfig)  # type: ignore[no-untyped-call]
-            configuration = client.Configuration()
-            try:
-                config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-            except ConfigException:
-                return config.new_client_from_config()  # type: ignore[no-untyped-call]
-            return client.ApiClient(configuration)
-        except Exception as error:  # config loading raises ConfigException, YAML, OS and key errors
-            raise AdminReadError(f"no Kubernetes configuration: {_one_line(error)}") from None
+            return build_api_client(kubeconfig=Path(self.kubeconfig) if self.kubeconfig else None)
+        except KubeConfigError as error:
+            raise AdminReadError(str(error)) from None
 
     def describe(self) -> str:
         return f"{self.target.namespace}/{self.target.name} ({self.target.container})"

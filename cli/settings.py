@@ -166,7 +166,11 @@ def resolver_settings_from_args(args: argparse.Namespace) -> ResolverSettings:
 
 
 def build_resolver(settings: ResolverSettings) -> ServiceResolver:
-    """The resolver the engine is handed; raises `SettingsError` for an unusable kubeconfig."""
+    """The resolver the engine is handed; raises `SettingsError` for an unusable kubeconfig.
+
+    The cluster is asked only with `--kubeconfig` or `--in-cluster`. The client comes from
+    `kube.client.build_api_client`: the `--kubeconfig` file, else in-cluster, else `KUBECONFIG`, else
+    `~/.kube/config` (so `--in-cluster` outside a pod falls back to the usual kubeconfig)."""
     static = StaticResolver(settings.services)
     if settings.kubeconfig is None and not settings.in_cluster:
         return static
@@ -174,9 +178,7 @@ def build_resolver(settings: ResolverSettings) -> ServiceResolver:
     from kube.resolver import build_kube_resolver
 
     try:
-        live = build_kube_resolver(
-            kubeconfig=settings.kubeconfig, context=settings.context, in_cluster=settings.in_cluster
-        )
+        live = build_kube_resolver(kubeconfig=settings.kubeconfig, context=settings.context)
     except KubeConfigError as exc:
         raise SettingsError(str(exc)) from None
     return ChainResolver((static, live))

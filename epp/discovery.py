@@ -1,25 +1,34 @@
 """Live endpoints from Kubernetes: the EndpointSlices of a Service, or Pods by label selector.
 
-The Kubernetes client is synchronous, so list+watch runs in a daemon thread that hands each new endpoint
-set to the event loop. Watches are bounded (`timeout_seconds`), a 410 or any error leads to a fresh list
-after a short back-off, and the thread stops at its next event or watch timeout once asked to.
+The Kubernetes client is synchronous, so list + watch runs in a `kube.informer.Informer` thread that hands
+each new endpoint set to the event loop. Watches are bounded (`timeout_seconds`) and resume from the last
+resourceVersion; a 410 lists again at once, any other error after a back-off (from `backoff` doubling up to
+`backoff_max`). Cancelling `run()` interrupts the open watch and waits (bounded) for the thread. The client
+comes from `kube.client.build_api_client`: `kubeconfig`, else in-cluster, else `KUBECONFIG`, else
+`~/.kube/config`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import functools
 import logging
-import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from epp.endpoints import Endpoint, EndpointSyntaxError, parse_endpoint
+from kube.client import build_api_client
+from kube.informer import Change, Informer, InformerLog, InformerSettings
 
 logger = logging.getLogger(__name__)
 
 Publish = Callable[[tuple[Endpoint, ...]], None]
+Found = frozenset[Endpoint]
+"""The endpoints one EndpointSlice or Pod contributes."""
+
+STOP_TIMEOUT_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,9 +38,10 @@ class KubeDiscoverySettings:
     selector: str | None = None  # Pods matching this label selector (as an InferencePool selects them)
     target_port: int | None = None  # required with `selector`; with `service`, picks the slice port
     port_name: str | None = None  # with `service`: the slice port of this name
-    kubeconfig: str | None = None  # None: in-cluster config, then the default kubeconfig
+    kubeconfig: str | None = None  # None: in-cluster config, then KUBECONFIG, then ~/.kube/config
     watch_timeout: int = 30  # seconds a watch may stay open before it is renewed
-    backoff: float = 1.0
+    backoff: float = 1.0  # first wait before a relist after an error; doubles up to `backoff_max`
+    backoff_max: float = 30.0
 
 
 def endpoints_from_slices(
@@ -90,7 +100,7 @@ def _endpoint(address: str, port: int) -> Endpoint | None:
 
 
 class KubeDiscovery:
-    """Owns one watch thread; `run()` keeps it going until cancelled."""
+    """Owns one `kube.informer.Informer` on the chosen collection; `run()` keeps it going until cancelled."""
 
     def __init__(self, settings: KubeDiscoverySettings, publish: Publish) -> None:
         if (settings.service is None) == (settings.selector is None):
@@ -99,98 +109,86 @@ class KubeDiscovery:
             raise ValueError("a Pod label selector needs a target port")
         self._settings = settings
         self._publish = publish
-        self._stop = threading.Event()
 
     async def run(self) -> None:
+        """Build the client (raises `KubeConfigError`), then follow the collection until cancelled."""
         loop = asyncio.get_running_loop()
-        api = await asyncio.to_thread(self._load_client)
+        kubeconfig = Path(self._settings.kubeconfig) if self._settings.kubeconfig else None
+        api = await asyncio.to_thread(build_api_client, kubeconfig=kubeconfig)
 
-        def publish(found: set[Endpoint]) -> None:
+        def publish(found: Found) -> None:
             loop.call_soon_threadsafe(self._publish, tuple(sorted(found)))
 
-        thread = threading.Thread(target=self._loop, args=(api, publish), name="epp-kube-watch", daemon=True)
-        thread.start()
+        informer = self._informer(api, publish)
+        informer.start()
         try:
             await asyncio.Event().wait()
         finally:
-            self._stop.set()
+            informer.request_stop()
+            await asyncio.to_thread(informer.join, STOP_TIMEOUT_SECONDS)
 
-    def _load_client(self) -> Any:
+    def _informer(self, api: Any, publish: Callable[[Found], None]) -> Informer[str, Found]:
         from kubernetes import client
-        from kubernetes import config as kube_config
-
-        config: Any = kube_config
-        if self._settings.kubeconfig:
-            return config.new_client_from_config(config_file=self._settings.kubeconfig)
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config()
-        return client.ApiClient()
-
-    def _loop(self, api: Any, publish: Callable[[set[Endpoint]], None]) -> None:
-        from kubernetes import client, watch
-        from kubernetes.client.exceptions import ApiException
 
         settings = self._settings
-        lister: Any
+        call: Callable[..., Any]
         convert: Callable[[Iterable[Mapping[str, Any]], KubeDiscoverySettings], set[Endpoint]]
         if settings.service is not None:
-            lister = client.DiscoveryV1Api(api).list_namespaced_endpoint_slice
             selector = f"kubernetes.io/service-name={settings.service}"
+            call = functools.partial(
+                client.DiscoveryV1Api(api).list_namespaced_endpoint_slice,
+                settings.namespace,
+                label_selector=selector,
+            )
             convert = endpoints_from_slices
             what = f"endpointslices of service {settings.namespace}/{settings.service}"
         else:
-            lister = client.CoreV1Api(api).list_namespaced_pod
             selector = settings.selector or ""
+            call = functools.partial(
+                client.CoreV1Api(api).list_namespaced_pod, settings.namespace, label_selector=selector
+            )
             convert = endpoints_from_pods
             what = f"pods {selector!r} in namespace {settings.namespace}"
-        while not self._stop.is_set():
-            try:
-                response = lister(settings.namespace, label_selector=selector, _preload_content=False)
-                listed = json.loads(response.data)
-                objects = {_key(o): o for o in listed.get("items") or []}
-                version = (listed.get("metadata") or {}).get("resourceVersion")
-                current = convert(objects.values(), settings)
-                logger.info("discovery listed source=%r endpoints=%d", what, len(current))
-                publish(current)
-                while not self._stop.is_set():
-                    watcher: Any = watch.Watch()  # type: ignore[no-untyped-call]
-                    for event in watcher.stream(
-                        lister,
-                        settings.namespace,
-                        label_selector=selector,
-                        resource_version=version,
-                        timeout_seconds=settings.watch_timeout,
-                        allow_watch_bookmarks=True,
-                        _request_timeout=settings.watch_timeout + 5,
-                    ):
-                        if self._stop.is_set():
-                            watcher.stop()
-                            break
-                        obj = event["raw_object"]
-                        version = (obj.get("metadata") or {}).get("resourceVersion") or version
-                        if event["type"] == "ERROR":
-                            raise ApiException(status=obj.get("code"), reason=obj.get("message"))
-                        if event["type"] == "BOOKMARK":
-                            continue
-                        if event["type"] == "DELETED":
-                            objects.pop(_key(obj), None)
-                        else:
-                            objects[_key(obj)] = obj
-                        found = convert(objects.values(), settings)
-                        if found != current:
-                            current = found
-                            publish(current)
-            except ApiException as exc:
-                level = logging.INFO if exc.status == 410 else logging.WARNING
-                logger.log(
-                    level, "discovery relist source=%r status=%s reason=%s", what, exc.status, exc.reason
-                )
-            except Exception as exc:
-                logger.warning("discovery relist source=%r error=%r", what, exc)
-            self._stop.wait(settings.backoff)
 
+        def decode(obj: Mapping[str, Any]) -> tuple[str, Found] | None:
+            # Each object is kept as the endpoints it contributes, nothing more.
+            name = (obj.get("metadata") or {}).get("name")
+            return (name, frozenset(convert([obj], settings))) if isinstance(name, str) else None
 
-def _key(obj: Mapping[str, Any]) -> str:
-    return str((obj.get("metadata") or {}).get("name"))
+        published: Found | None = None
+
+        def publish_if_new(items: Mapping[str, Found]) -> Found:
+            nonlocal published
+            found: Found = frozenset().union(*items.values())
+            if found != published:
+                published = found
+                publish(found)
+            return found
+
+        def on_listed(items: Mapping[str, Found], _changes: Sequence[Change[str, Found]], _: str) -> None:
+            found = publish_if_new(items)
+            logger.info("discovery listed source=%r endpoints=%d", what, len(found))
+
+        def on_event(_change: Change[str, Found], _version: str) -> None:
+            publish_if_new(informer.items())
+
+        label = what.replace("%", "%%")
+        informer: Informer[str, Found] = Informer(
+            name="epp-kube-watch",
+            call=call,
+            decode=decode,
+            on_listed=on_listed,
+            on_event=on_event,
+            settings=InformerSettings(
+                watch_timeout_seconds=settings.watch_timeout,
+                backoff_initial_seconds=settings.backoff,
+                backoff_max_seconds=max(settings.backoff, settings.backoff_max),
+            ),
+            log=InformerLog(
+                logger=logger,
+                watch_expired=f"discovery watch expired (410 Gone) source={label!r}, listing again",
+                list_expired=f"discovery list expired (410 Gone) source={label!r}, listing again",
+                retrying=f"discovery source={label!r}: %s; relisting in %.1fs",
+            ),
+        )
+        return informer

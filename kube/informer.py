@@ -1,5 +1,5 @@
-"""One list + watch loop for a Kubernetes collection, in a thread: the mechanism under the Service cache and
-the EnvoyFilter watch.
+"""One list + watch loop for a Kubernetes collection, in a thread: the mechanism under the Service cache, the
+EnvoyFilter watch and the EPP's EndpointSlice/Pod discovery.
 
 An `Informer` lists the collection page by page, then watches from the list's resourceVersion with
 bookmarks. A watch that ends (timeout, dropped connection) resumes from the last resourceVersion it saw; a
@@ -11,6 +11,12 @@ What the objects mean is the caller's business: `decode` turns an object into `(
 one of ours), `on_listed(items, changes, version)` is called after every complete list with everything now
 known and what differs from before, `on_event(change, version)` after every watch event. Both run on the
 informer's thread, after its own bookkeeping; `items` is the informer's own map, to read, not to keep.
+
+`decode` is also where cached objects are slimmed: the informer keeps only the values it returns. A cache
+of whole objects can use `decode_object` (keyed by namespace/name, `managedFields` and the last-applied
+annotation dropped) or its own transform. `items()` and `get(key)` read what is known from any thread.
+The collection is any list method: `call` can be a `functools.partial` fixing a namespace or a label
+selector, or `CustomObjectsApi.list_cluster_custom_object` with its group, version and plural.
 """
 
 from __future__ import annotations
@@ -122,6 +128,42 @@ def describe_error(error: Exception) -> str:
     return f"{type(error).__name__}: {text}"[:300] if text else type(error).__name__
 
 
+ObjectKey = tuple[str, str]
+"""(namespace, name); the namespace is "" for a cluster-scoped object."""
+
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def object_key(document: Mapping[str, Any]) -> ObjectKey | None:
+    metadata = document.get("metadata")
+    if not isinstance(metadata, Mapping):
+        return None
+    namespace, name = metadata.get("namespace") or "", metadata.get("name")
+    if not isinstance(namespace, str) or not isinstance(name, str) or not name:
+        return None
+    return namespace, name
+
+
+def slim_object(document: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy without what a cache never reads and the apiserver repeats on every object: `managedFields`
+    and the last-applied annotation (often as large as the object itself)."""
+    slim = dict(document)
+    metadata = slim.get("metadata")
+    if isinstance(metadata, Mapping):
+        metadata = {key: value for key, value in metadata.items() if key != "managedFields"}
+        annotations = metadata.get("annotations")
+        if isinstance(annotations, Mapping) and LAST_APPLIED in annotations:
+            metadata["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
+        slim["metadata"] = metadata
+    return slim
+
+
+def decode_object(document: Mapping[str, Any]) -> tuple[ObjectKey, dict[str, Any]] | None:
+    """A ready-made `decode` for caches of whole objects: keyed by namespace/name, slimmed."""
+    key = object_key(document)
+    return None if key is None else (key, slim_object(document))
+
+
 def diff_items(old: Mapping[K, T], new: Mapping[K, T]) -> list[Change[K, T]]:
     """What turns `old` into `new`, object by object, in key order."""
     changes: list[Change[K, T]] = []
@@ -195,6 +237,15 @@ class Informer(Generic[K, T]):
     def last_error(self) -> str:
         with self._lock:
             return self._last_error
+
+    def items(self) -> dict[K, T]:
+        """A copy of everything known now (empty before the first list)."""
+        with self._lock:
+            return dict(self._known)
+
+    def get(self, key: K) -> T | None:
+        with self._lock:
+            return self._known.get(key)
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -292,8 +343,8 @@ class Informer(Generic[K, T]):
                 break
         if version is None:
             raise WatchStreamError("the list carried no resourceVersion")
-        previous, self._known = self._known, found
         with self._lock:
+            previous, self._known = self._known, found
             self._last_contact = self._clock()
             self._last_error = ""
         self._on_listed(found, diff_items(previous, found), version)
@@ -347,13 +398,13 @@ class Informer(Generic[K, T]):
         if decoded is None or kind not in ("ADDED", "MODIFIED", "DELETED"):
             raise WatchStreamError(f"a {kind} watch event names no object of {self.name}")
         key, value = decoded
-        if kind == "DELETED":
-            change = Change("DELETED", key, self._known.pop(key, None), value)
-        else:
-            old = self._known.get(key)
-            self._known[key] = value
-            change = Change("ADDED" if kind == "ADDED" else "MODIFIED", key, old, value)
         with self._lock:
+            if kind == "DELETED":
+                change = Change("DELETED", key, self._known.pop(key, None), value)
+            else:
+                old = self._known.get(key)
+                self._known[key] = value
+                change = Change("ADDED" if kind == "ADDED" else "MODIFIED", key, old, value)
             self._last_contact = self._clock()
         self._on_event(change, new_version)
         return new_version

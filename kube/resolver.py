@@ -7,14 +7,15 @@ GET with a per-run memo is enough. The long-running webhook keeps an informer ca
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from kubernetes.config.config_exception import ConfigException
 
-from kube.client import KubeConfigError
+from kube.addresses import address_of
+from kube.client import build_api_client
 from policies import (
     ServiceAddress,
     ServiceLookupError,
@@ -63,35 +64,10 @@ class KubeServiceResolver:
         return address_of(ref, service)
 
 
-def address_of(ref: ServiceRef, service: Any) -> ServiceAddress | ServiceLookupError:
-    """The ClusterIP and ports of a `V1Service`, or why it has none usable."""
-    spec = service.spec
-    cluster_ip = getattr(spec, "cluster_ip", None) if spec is not None else None
-    if not cluster_ip or cluster_ip == "None":
-        return ServiceNotFound(ref, "is headless (no ClusterIP), so no STATIC address can point at it")
-    ports = tuple(int(p.port) for p in (spec.ports or []) if getattr(p, "port", None))
-    return ServiceAddress(cluster_ip=str(cluster_ip), ports=ports)
-
-
 def build_kube_resolver(
-    *, kubeconfig: Path | None, context: str | None, in_cluster: bool
+    *, kubeconfig: Path | None, context: str | None, environ: Mapping[str, str] | None = None
 ) -> KubeServiceResolver:
-    """A resolver on its own API client (the library's global default configuration is left alone)."""
-    try:
-        if in_cluster and kubeconfig is None:
-            configuration = client.Configuration()
-            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-            api_client = client.ApiClient(configuration)
-        else:
-            if kubeconfig is not None and not kubeconfig.is_file():
-                raise KubeConfigError(f"{kubeconfig}: kubeconfig file not found")
-            api_client = config.new_client_from_config(  # type: ignore[no-untyped-call]
-                config_file=str(kubeconfig) if kubeconfig is not None else None,
-                context=context,
-                persist_config=False,
-            )
-    except (ConfigException, OSError, ValueError, TypeError) as exc:
-        where = str(kubeconfig) if kubeconfig is not None else "in-cluster config"
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise KubeConfigError(f"{where}: cannot use it: {reason}") from None
+    """A resolver on its own API client from `kube.client.build_api_client` (its configuration order:
+    `kubeconfig`, in-cluster, `KUBECONFIG`, `~/.kube/config`); raises `KubeConfigError`."""
+    api_client = build_api_client(kubeconfig=kubeconfig, context=context, environ=environ)
     return KubeServiceResolver(client.CoreV1Api(api_client))

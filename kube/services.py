@@ -23,6 +23,7 @@ from typing import Any
 
 from kubernetes import client
 
+from kube.addresses import address_of, ref_of
 from kube.client import KubeConfigError as KubeConfigError
 from kube.client import build_api_client
 from kube.informer import Change, Informer, InformerLog, InformerSettings
@@ -41,36 +42,9 @@ headless, ExternalName)."""
 
 
 def build_core_api(*, kubeconfig: Path | None, context: str | None) -> Any:
-    """A `CoreV1Api` on its own client (kubeconfig None = the pod's in-cluster service account)."""
+    """A `CoreV1Api` on a client from `kube.client.build_api_client` (kubeconfig None = the rest of its
+    order: in-cluster, `KUBECONFIG`, `~/.kube/config`)."""
     return client.CoreV1Api(build_api_client(kubeconfig=kubeconfig, context=context))
-
-
-def address_from_service(ref: ServiceRef, service: Mapping[str, Any]) -> ServiceAddress | ServiceLookupError:
-    """A Service object (plain JSON) -> its ClusterIP and ports, or why a STATIC cluster cannot use it."""
-    spec = service.get("spec")
-    if not isinstance(spec, Mapping):
-        return ServiceNotFound(ref, "has no spec")
-    if spec.get("type") == "ExternalName":
-        return ServiceNotFound(ref, "is an ExternalName Service (no ClusterIP to pin)")
-    cluster_ip = spec.get("clusterIP")
-    if not cluster_ip or cluster_ip == "None":
-        return ServiceNotFound(ref, "is headless (no ClusterIP), so no STATIC address can point at it")
-    ports = tuple(
-        int(port["port"])
-        for port in spec.get("ports") or ()
-        if isinstance(port, Mapping) and isinstance(port.get("port"), int)
-    )
-    return ServiceAddress(cluster_ip=str(cluster_ip), ports=ports)
-
-
-def ref_of(service: Mapping[str, Any]) -> ServiceRef | None:
-    metadata = service.get("metadata")
-    if not isinstance(metadata, Mapping):
-        return None
-    namespace, name = metadata.get("namespace"), metadata.get("name")
-    if not isinstance(namespace, str) or not isinstance(name, str):
-        return None
-    return ServiceRef(namespace, name)
 
 
 class ServiceCache:
@@ -211,7 +185,7 @@ class ServiceCache:
 
 def _decode_service(service: Mapping[str, Any]) -> tuple[ServiceRef, Entry] | None:
     ref = ref_of(service)
-    return None if ref is None else (ref, address_from_service(ref, service))
+    return None if ref is None else (ref, address_of(ref, service))
 
 
 def _address_change(

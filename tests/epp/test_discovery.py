@@ -164,6 +164,21 @@ async def test_pods_by_label_selector_count_only_when_running_and_ready(tmp_path
     assert any("labelSelector=app%3Dvllm" in r or "labelSelector=app=vllm" in r for r in fake.requests)
 
 
+async def test_an_expired_watch_lists_again_and_publishes_what_changed_meanwhile(tmp_path: Path) -> None:
+    fake = FakeApiServer("EndpointSlice", [endpoint_slice("llm-a", "10", [("10.1.0.1", True)])])
+    path = "/apis/discovery.k8s.io/v1/namespaces/models/endpointslices"
+    async with serve_fake(fake, path, tmp_path) as kubeconfig:
+        settings = KubeDiscoverySettings(namespace="models", service="llm", kubeconfig=str(kubeconfig))
+        async with discovering(settings) as updates:
+            assert await next_set(updates) == {"10.1.0.1:8000"}
+            fake.items = [endpoint_slice("llm-b", "20", [("10.1.0.7", True)])]
+            gone = {"kind": "Status", "code": 410, "reason": "Expired", "message": "too old resource version"}
+            await fake.events.put({"type": "ERROR", "object": gone})
+            assert await next_set(updates) == {"10.1.0.7:8000"}
+    lists = [r for r in fake.requests if "watch" not in r]
+    assert len(lists) == 2
+
+
 @pytest.mark.parametrize(
     ("settings", "says"),
     [

@@ -89,9 +89,7 @@ def test_a_service_is_read_with_its_cluster_ip_and_ports(
     api_server: tuple[str, list[tuple[str, str]]], tmp_path: Path
 ) -> None:
     url, requests = api_server
-    resolver = build_kube_resolver(
-        kubeconfig=write_kubeconfig(tmp_path / "kc", url), context=None, in_cluster=False
-    )
+    resolver = build_kube_resolver(kubeconfig=write_kubeconfig(tmp_path / "kc", url), context=None)
     assert resolver.lookup(ServiceRef("llm-d", "epp")) == ServiceAddress("10.96.45.12", (9002, 9090))
     resolver.lookup(ServiceRef("llm-d", "epp"))
     assert {method for method, _ in requests} == {"GET"}
@@ -114,9 +112,7 @@ def test_a_service_without_a_usable_cluster_ip_is_a_lookup_error(
     error: type[Exception],
     reason: str,
 ) -> None:
-    resolver = build_kube_resolver(
-        kubeconfig=write_kubeconfig(tmp_path / "kc", api_server[0]), context=None, in_cluster=False
-    )
+    resolver = build_kube_resolver(kubeconfig=write_kubeconfig(tmp_path / "kc", api_server[0]), context=None)
     with pytest.raises(error, match=reason):
         resolver.lookup(ref)
 
@@ -128,7 +124,6 @@ def test_an_unreachable_api_server_is_unknown_not_missing(tmp_path: Path) -> Non
     resolver = build_kube_resolver(
         kubeconfig=write_kubeconfig(tmp_path / "kc", f"http://127.0.0.1:{port}"),
         context=None,
-        in_cluster=False,
     )
     with pytest.raises(ServiceUnknown, match="unreachable"):
         resolver.lookup(ServiceRef("llm-d", "epp"))
