@@ -16,27 +16,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from policies import ServiceAddress, ServiceLookupError, ServiceNotFound, ServiceRef
+from policies.context import service_address
 
 
 def address_of(ref: ServiceRef, service: Any) -> ServiceAddress | ServiceLookupError:
-    """A Service (`V1Service` or plain JSON) -> its ClusterIP and ports, or why STATIC cannot use it."""
+    """A Service (`V1Service` or plain JSON) -> its ClusterIP and ports, or why STATIC cannot use it
+    (the engine's one decoder, `policies.context.service_address`, on the object's JSON)."""
     document = plain_json(service)
-    spec = document.get("spec") if isinstance(document, Mapping) else None
-    if not isinstance(spec, Mapping):
+    if not isinstance(document, Mapping):
         return ServiceNotFound(ref, "has no spec")
-    if spec.get("type") == "ExternalName":
-        target = spec.get("externalName")
-        named = f" (it names {target})" if isinstance(target, str) and target else ""
-        return ServiceNotFound(ref, f"is an ExternalName Service{named}, so it has no ClusterIP to pin")
-    cluster_ip = spec.get("clusterIP")
-    if not isinstance(cluster_ip, str) or not cluster_ip or cluster_ip == "None":
-        return ServiceNotFound(ref, "is headless (no ClusterIP), so no STATIC address can point at it")
-    ports = tuple(
-        port["port"]
-        for port in spec.get("ports") or ()
-        if isinstance(port, Mapping) and isinstance(port.get("port"), int) and port["port"] > 0
-    )
-    return ServiceAddress(cluster_ip=cluster_ip, ports=ports)
+    return service_address(ref, document)
 
 
 def ref_of(service: Any) -> ServiceRef | None:

@@ -20,7 +20,7 @@ from types import MappingProxyType
 from typing import Any, Final, Protocol
 
 from policies.model import as_mapping, is_envoy_filter
-from policies.resolver import ServiceAddress, ServicePort, ServiceRef
+from policies.resolver import ServiceAddress, ServiceLookupError, ServiceNotFound, ServicePort, ServiceRef
 
 DEFAULT_ROOT_NAMESPACE: Final = "istio-system"
 INFERENCE_GROUPS: Final = frozenset({"inference.networking.k8s.io", "inference.networking.x-k8s.io"})
@@ -155,31 +155,43 @@ class FixedContext:
 # Reading the objects of a context from plain documents (YAML/JSON or the API's JSON) ---------------------
 
 
-def read_service(document: Mapping[str, Any]) -> tuple[ServiceRef, ServiceAddress] | None:
-    """A v1 Service with a ClusterIP -> its reference and address (ports with names and `appProtocol`)."""
-    if document.get("kind") != "Service" or document.get("apiVersion") != "v1":
-        return None
-    metadata = as_mapping(document.get("metadata"))
-    name, namespace = metadata.get("name"), metadata.get("namespace") or "default"
-    spec = as_mapping(document.get("spec"))
+def service_address(ref: ServiceRef, document: Mapping[str, Any]) -> ServiceAddress | ServiceLookupError:
+    """A Service object (plain JSON) -> its ClusterIP and ports (numbers, names, `appProtocol`s), or why a
+    STATIC cluster cannot point at it (headless, ExternalName, no spec). The one Service decoder: offline
+    documents and the live caches both use it."""
+    spec = document.get("spec")
+    if not isinstance(spec, Mapping):
+        return ServiceNotFound(ref, "has no spec")
+    if spec.get("type") == "ExternalName":
+        target = spec.get("externalName")
+        named = f" (it names {target})" if isinstance(target, str) and target else ""
+        return ServiceNotFound(ref, f"is an ExternalName Service{named}, so it has no ClusterIP to pin")
     cluster_ip = spec.get("clusterIP")
-    if not isinstance(name, str) or not isinstance(namespace, str) or not isinstance(cluster_ip, str):
-        return None
-    if not cluster_ip or cluster_ip == "None":
-        return None
+    if not isinstance(cluster_ip, str) or not cluster_ip or cluster_ip == "None":
+        return ServiceNotFound(ref, "is headless (no ClusterIP), so no STATIC address can point at it")
     specs: list[ServicePort] = []
     ports = spec.get("ports")
     for port in ports if isinstance(ports, list) else ():
         entry = as_mapping(port)
         number = entry.get("port")
-        if isinstance(number, int) and not isinstance(number, bool):
+        if isinstance(number, int) and not isinstance(number, bool) and number > 0:
             specs.append(
                 ServicePort(number, str(entry.get("name") or ""), str(entry.get("appProtocol") or ""))
             )
-    address = ServiceAddress(
-        cluster_ip=cluster_ip, ports=tuple(s.port for s in specs), port_specs=tuple(specs)
-    )
-    return ServiceRef(namespace, name), address
+    return ServiceAddress(cluster_ip=cluster_ip, ports=tuple(s.port for s in specs), port_specs=tuple(specs))
+
+
+def read_service(document: Mapping[str, Any]) -> tuple[ServiceRef, ServiceAddress] | None:
+    """A v1 Service document with a usable ClusterIP -> its reference and address."""
+    if document.get("kind") != "Service" or document.get("apiVersion") != "v1":
+        return None
+    metadata = as_mapping(document.get("metadata"))
+    name, namespace = metadata.get("name"), metadata.get("namespace") or "default"
+    if not isinstance(name, str) or not isinstance(namespace, str):
+        return None
+    ref = ServiceRef(namespace, name)
+    address = service_address(ref, document)
+    return None if isinstance(address, ServiceLookupError) else (ref, address)
 
 
 def read_inference_pool(document: Mapping[str, Any]) -> InferencePool | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -61,7 +61,8 @@ class ServiceAddress:
 
     cluster_ip: str
     ports: tuple[int, ...] = ()
-    port_specs: tuple[ServicePort, ...] = ()
+    port_specs: tuple[ServicePort, ...] = field(default=(), compare=False)
+    """Not compared: two answers are the same address when their IP and port numbers are."""
 
     def port_spec(self, port: int) -> ServicePort | None:
         for spec in self.port_specs:

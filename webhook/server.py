@@ -19,10 +19,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import hdrs, web
+from kubernetes import client
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from kube.context import ContextCache
 from kube.services import ServiceCache, build_core_api
-from policies import ChainResolver, Context, FixedContext, ServiceResolver, StaticResolver, default_policy
+from policies import (
+    ChainResolver,
+    Context,
+    ContextSource,
+    FixedContext,
+    ServiceResolver,
+    StaticResolver,
+    default_policy,
+)
 from telemetry.logoutput import log_info
 from webhook.admission import AdmissionError, Webhook
 from webhook.metrics import Metrics
@@ -41,6 +51,7 @@ SETTINGS_KEY = web.AppKey("settings", ServeSettings)
 METRICS_KEY = web.AppKey("metrics", Metrics)
 REVIEWER_KEY = web.AppKey("reviewer", Reviewer)
 CACHE_KEY = web.AppKey("service_cache", ServiceCache)
+CONTEXT_KEY = web.AppKey("context_cache", ContextCache)
 TLS_KEY = web.AppKey("tls", CertReloader)
 
 
@@ -68,6 +79,15 @@ def make_app(settings: ServeSettings, *, kube_api: Any = None) -> web.Applicatio
     )
     metrics = Metrics()
     cache: ServiceCache | None = None
+    policy = settings.policy if settings.policy is not None else default_policy()
+    context: ContextSource = FixedContext(
+        Context(
+            declared=settings.services,
+            root_namespace=policy.root_namespace,
+            cluster_domain=policy.cluster_domain,
+            settled=False,
+        )
+    )
     if settings.kube is not None:
         api = (
             kube_api
@@ -78,19 +98,21 @@ def make_app(settings: ServeSettings, *, kube_api: Any = None) -> web.Applicatio
         app[CACHE_KEY] = cache
         app.cleanup_ctx.append(_run_service_cache)
         metrics.bind_cache(age=cache.age, synced=lambda: cache.synced, size=cache.size)
-    policy = settings.policy if settings.policy is not None else default_policy()
+        live = ContextCache(
+            client.CustomObjectsApi(api.api_client),
+            settings.kube,
+            root_namespace=policy.root_namespace,
+            cluster_domain=policy.cluster_domain,
+            declared=settings.services,
+            settled=False,
+        )
+        app[CONTEXT_KEY] = live
+        app.cleanup_ctx.append(_run_context_cache)
+        context = live
     resolver = build_resolver(settings, cache)
     app[SETTINGS_KEY] = settings
     app[METRICS_KEY] = metrics
     generation: Callable[[], int] = (lambda: cache.generation) if cache is not None else (lambda: 0)
-    context = FixedContext(
-        Context(
-            declared=settings.services,
-            root_namespace=policy.root_namespace,
-            cluster_domain=policy.cluster_domain,
-            settled=False,
-        )
-    )
     app[REVIEWER_KEY] = Reviewer(policy, resolver, generation=generation, context=context)
     app[TLS_KEY] = CertReloader(
         settings.tls, on_reload=lambda ok: metrics.cert_reloads.labels("ok" if ok else "failed").inc()
@@ -102,6 +124,15 @@ def make_app(settings: ServeSettings, *, kube_api: Any = None) -> web.Applicatio
     app.router.add_get("/readyz", handle_readyz)
     app.router.add_get("/metrics", handle_metrics)
     return app
+
+
+async def _run_context_cache(app: web.Application) -> AsyncIterator[None]:
+    live = app[CONTEXT_KEY]
+    await asyncio.to_thread(live.start)  # probes each collection once (bounded) before its informer starts
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(live.stop, CACHE_STOP_SECONDS)
 
 
 async def _run_service_cache(app: web.Application) -> AsyncIterator[None]:
@@ -233,7 +264,11 @@ def describe_readiness(app: web.Application) -> tuple[bool, dict[str, Any]]:
     if cache is None:
         state["services"] = {"source": STATIC_SOURCE, "count": len(settings.services)}
         return True, {"ready": True, **state}
-    ready = cache.synced
+    live = app.get(CONTEXT_KEY)
+    context_ready = live is None or live.synced
+    if live is not None:
+        state["context"] = {"synced": live.synced, "count": live.size(), "skipped": list(live.skipped)}
+    ready = cache.synced and context_ready
     age = cache.age()
     stale_after = settings.kube.stale_after_seconds if settings.kube is not None else 0.0
     state["services"] = {
