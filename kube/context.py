@@ -5,10 +5,11 @@ namespace and Istio's root namespace), the DestinationRules and the InferencePoo
 `kube.informer.Informer` per collection keeps them current (list, then watch; relist on 410 and on a
 schedule); `context_for(namespace)` answers from memory and never waits on the API.
 
-Cached objects keep only what the rules read: EnvoyFilters without `managedFields`, the last-applied
-annotation and `status`; a DestinationRule as its host and TLS modes; an InferencePool as its picker
-Service. A collection whose CRD is not served (no GIE installed, an Istio without v1 InferencePools) is
-skipped with one log line and counts as synced and empty.
+Cached objects keep only what the rules read: an EnvoyFilter as its name, namespace, extproc-guard
+annotations and the patches that can matter to an ext_proc path (none at all for the many that cannot);
+a DestinationRule as its host and TLS modes; an InferencePool as its picker Service. A collection whose
+CRD is not served (no GIE installed, an Istio without v1 InferencePools) is skipped with one log line and
+counts as synced and empty.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from kube.informer import Change, Informer, InformerLog, InformerSettings, ObjectKey, object_key, slim_object
+from kube.informer import Change, Informer, InformerLog, InformerSettings, ObjectKey, object_key
 from kube.settings import KubeSettings
 from policies import Context, ServiceAddress, ServiceRef
 from policies.context import DestinationTls, InferencePool, read_destination_rule, read_inference_pool
+from policies.workload import context_view
 
 logger = logging.getLogger(__name__)
 
@@ -52,20 +54,12 @@ INFERENCE_POOLS: Final = (
 )
 
 
-def slim_envoy_filter(document: Mapping[str, Any]) -> dict[str, Any]:
-    """What the rules read of a stored EnvoyFilter: apiVersion, kind, metadata (slimmed) and spec."""
-    slim = slim_object(document)
-    return {key: slim[key] for key in ("apiVersion", "kind", "metadata", "spec") if key in slim}
-
-
-def _decode_filter(document: Mapping[str, Any]) -> tuple[ObjectKey, dict[str, Any]] | None:
+def _decode_filter(filter_name: str, document: Mapping[str, Any]) -> tuple[ObjectKey, dict[str, Any]] | None:
+    """An EnvoyFilter as the context keeps it (`policies.workload.context_view`); None (not cached) for one
+    that cannot matter to an ext_proc path."""
     key = object_key(document)
-    if key is None:
-        return None
-    slim = slim_envoy_filter(document)
-    slim.setdefault("apiVersion", f"{ENVOY_FILTERS.group}/{ENVOY_FILTERS.version}")
-    slim.setdefault("kind", "EnvoyFilter")
-    return key, slim
+    view = context_view(document, filter_name) if key is not None else None
+    return None if key is None or view is None else (key, view)
 
 
 def _decode_rule(document: Mapping[str, Any]) -> tuple[ObjectKey, DestinationTls] | None:
@@ -128,9 +122,11 @@ class ContextCache:
         cluster_domain: str,
         declared: Mapping[ServiceRef, ServiceAddress] | None = None,
         settled: bool,
+        filter_name: str = "envoy.filters.http.ext_proc",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._api = custom_api
+        self._filter_name = filter_name
         self._settings = settings
         self._root = root_namespace
         self._domain = cluster_domain
@@ -206,7 +202,7 @@ class ContextCache:
         one bounded request each)."""
         if self._informers:
             raise RuntimeError("the context cache is already running")
-        self._start(ENVOY_FILTERS, _decode_filter, self._filters)
+        self._start(ENVOY_FILTERS, functools.partial(_decode_filter, self._filter_name), self._filters)
         self._start(DESTINATION_RULES, _decode_rule, self._rules)
         for collection in INFERENCE_POOLS:
             store = _Store(self._changed)

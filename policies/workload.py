@@ -7,16 +7,21 @@ EnvoyFilter of the two namespaces can define a cluster or a per-route override t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any, Final
 
 from policies.context import Context
-from policies.model import EnvoyFilter
+from policies.model import EnvoyFilter, as_mapping
 from policies.pieces import (
+    EXT_PROC_TYPE,
+    PER_ROUTE_TYPE,
+    ROUTE_TARGETS,
     ClusterPiece,
     ExtProcPieces,
     FilterPiece,
     RoutePiece,
+    installs_ext_proc,
     locate_ext_proc,
     read_clusters,
 )
@@ -88,6 +93,51 @@ class Workload:
 
 
 EMPTY_WORKLOAD = Workload(())
+OWN_ANNOTATION_PREFIX: Final = "extproc-guard.io/"
+
+
+def _relevant_patch(patch: Any, filter_name: str) -> bool:
+    """Whether a config patch can matter to another filter's ext_proc path: a cluster it adds, an ext_proc
+    filter, or a route entry of ext_proc."""
+    entry = as_mapping(patch)
+    value = as_mapping(as_mapping(entry.get("patch")).get("value"))
+    apply_to = entry.get("applyTo")
+    if apply_to == "CLUSTER":
+        return as_mapping(entry.get("patch")).get("operation") == "ADD"
+    if apply_to == "HTTP_FILTER":
+        return isinstance(value, dict) and installs_ext_proc(value, filter_name)
+    if apply_to in ROUTE_TARGETS:
+        for key in ("typed_per_filter_config", "typedPerFilterConfig"):
+            for name, config in as_mapping(value.get(key)).items():
+                if name == filter_name or as_mapping(config).get("@type") in (PER_ROUTE_TYPE, EXT_PROC_TYPE):
+                    return True
+    return False
+
+
+def context_view(document: Mapping[str, Any], filter_name: str) -> dict[str, Any] | None:
+    """What a context keeps of a stored EnvoyFilter: its name, namespace and extproc-guard annotations, and
+    only the patches that can matter to an ext_proc path (clusters it adds, ext_proc filters and route
+    entries). None for a filter with none of those (most EnvoyFilters: Lua, Wasm, rate limits)."""
+    spec = as_mapping(document.get("spec"))
+    patches = spec.get("configPatches")
+    kept = [p for p in patches if _relevant_patch(p, filter_name)] if isinstance(patches, list) else []
+    if not kept:
+        return None
+    metadata = as_mapping(document.get("metadata"))
+    annotations = {
+        key: value
+        for key, value in as_mapping(metadata.get("annotations")).items()
+        if isinstance(key, str) and key.startswith(OWN_ANNOTATION_PREFIX)
+    }
+    slim_metadata: dict[str, Any] = {key: metadata[key] for key in ("name", "namespace") if key in metadata}
+    if annotations:
+        slim_metadata["annotations"] = annotations
+    return {
+        "apiVersion": document.get("apiVersion") or "networking.istio.io/v1alpha3",
+        "kind": "EnvoyFilter",
+        "metadata": slim_metadata,
+        "spec": {"configPatches": kept},
+    }
 
 
 def workload_of(context: Context, envoy_filter: EnvoyFilter, filter_name: str) -> Workload:

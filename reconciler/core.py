@@ -28,7 +28,18 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from policies import Finding, PatchOp, Policy, ServiceAddress, ServiceRef, ServiceResolver, evaluate
+from policies import (
+    EMPTY_CONTEXT,
+    ContextSource,
+    Finding,
+    FixedContext,
+    PatchOp,
+    Policy,
+    ServiceAddress,
+    ServiceRef,
+    ServiceResolver,
+    evaluate,
+)
 from reconciler.api import (
     ENVOY_FILTERS,
     ConflictError,
@@ -127,10 +138,12 @@ class Reconciler:
         may_write: Callable[[], bool] = _always,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], datetime] = _utc_now,
+        context: ContextSource | None = None,
     ) -> None:
         self._kube = kube
         self._policy = policy
         self._resolver = resolver
+        self._context: ContextSource = context if context is not None else FixedContext(EMPTY_CONTEXT)
         self._settings = settings
         self._metrics = metrics
         self._may_write = may_write
@@ -269,9 +282,10 @@ class Reconciler:
     # -- one object ------------------------------------------------------------------------------------
     def _evaluate(self, obj: Mapping[str, Any], move: PortMove | None = None) -> Plan:
         recorder = RecordingResolver(self._resolver)
-        plan = plan_of(evaluate(obj, policy=self._policy, resolver=recorder))
+        context = self._context.context_for(_namespace_of(obj))
+        plan = plan_of(evaluate(obj, policy=self._policy, resolver=recorder, context=context))
         if move is not None and plan.applicable:
-            plan = follow_port(plan, move, policy=self._policy, resolver=recorder)
+            plan = follow_port(plan, move, policy=self._policy, resolver=recorder, context=context)
         key = object_ref(obj)
         ref = provenance_of(plan.fixed) if plan.applicable else None
         if ref is None:
@@ -431,6 +445,12 @@ class Reconciler:
                 obj, reason=Reason.WRITER_FIGHT, note=note, action="BackOff", warning=True
             )
         return writer
+
+
+def _namespace_of(obj: Mapping[str, Any]) -> str:
+    metadata = obj.get("metadata")
+    namespace = metadata.get("namespace") if isinstance(metadata, Mapping) else None
+    return namespace if isinstance(namespace, str) else ""
 
 
 def _address(address: ServiceAddress | None) -> str:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from policies import (
+    EMPTY_CONTEXT,
+    Context,
     Evaluation,
     Finding,
     PatchOp,
@@ -125,7 +127,9 @@ def _value_at(document: Any, path: str) -> Any:
     return node
 
 
-def follow_port(plan: Plan, move: PortMove, *, policy: Policy, resolver: ServiceResolver) -> Plan:
+def follow_port(
+    plan: Plan, move: PortMove, *, policy: Policy, resolver: ServiceResolver, context: Context = EMPTY_CONTEXT
+) -> Plan:
     """Add the port to the engine's fix when the EPP Service moved from its one port to another one.
 
     The engine leaves a port that is not a port of the Service to a person (EPX007: no safe guess).
@@ -149,5 +153,5 @@ def follow_port(plan: Plan, move: PortMove, *, policy: Policy, resolver: Service
         move.old,
         move.new,
     )
-    after = evaluate(fixed, policy=policy, resolver=resolver)
+    after = evaluate(fixed, policy=policy, resolver=resolver, context=context)
     return replace(plan, patch=plan.patch + tuple(ops), fixed=fixed, remaining=after.findings)

@@ -25,6 +25,7 @@ from typing import Any
 from aiohttp import web
 from kubernetes import client
 
+from kube.context import ContextCache
 from kube.services import ServiceCache
 from kube.settings import KubeSettings
 from policies import ChainResolver, Policy, ServiceAddress, ServiceRef, ServiceResolver, StaticResolver
@@ -46,6 +47,7 @@ class Parts:
 
     kube: KubeObjects
     cache: ServiceCache
+    context: ContextCache
     reconciler: Reconciler
     elector: LeaseElector | None
     metrics: ReconcileMetrics
@@ -66,7 +68,17 @@ def build_parts(
     kube = KubeObjects(
         api_client, field_manager=settings.field_manager, timeout=settings.request_timeout_seconds
     )
-    cache = ServiceCache(client.CoreV1Api(api_client), KubeSettings(kubeconfig=settings.kubeconfig))
+    kube_settings = KubeSettings(kubeconfig=settings.kubeconfig)
+    cache = ServiceCache(client.CoreV1Api(api_client), kube_settings)
+    context = ContextCache(
+        client.CustomObjectsApi(api_client),
+        kube_settings,
+        root_namespace=policy.root_namespace,
+        cluster_domain=policy.cluster_domain,
+        declared=services,
+        settled=True,
+        filter_name=policy.filter_name,
+    )
     resolver: ServiceResolver = cache
     if services:
         resolver = ChainResolver((StaticResolver(services), cache))
@@ -77,9 +89,15 @@ def build_parts(
     may_write = elector.holds if elector is not None else _always
     metrics.bind_leader(may_write)
     reconciler = Reconciler(
-        kube, policy=policy, resolver=resolver, settings=settings, metrics=metrics, may_write=may_write
+        kube,
+        policy=policy,
+        resolver=resolver,
+        settings=settings,
+        metrics=metrics,
+        may_write=may_write,
+        context=context,
     )
-    return Parts(kube, cache, reconciler, elector, metrics, api_client, may_write)
+    return Parts(kube, cache, context, reconciler, elector, metrics, api_client, may_write)
 
 
 def _always() -> bool:
@@ -205,10 +223,15 @@ async def _reconcile_changes(
                 timers[change.key] = loop.call_later(outcome.retry_in, changes.offer, again)
 
 
-async def _wait_for_services(cache: ServiceCache, seconds: float) -> None:
-    """Give the Service cache its first list before auditing; an audit without it still runs."""
+async def _wait_for_services(
+    cache: ServiceCache, seconds: float, context: ContextCache | None = None
+) -> None:
+    """Give the Service cache (and the context cache) their first list before auditing; an audit without
+    them still runs."""
     if not await asyncio.to_thread(cache.wait_synced, seconds):
         logger.warning("service cache not synced after %.0fs; auditing anyway", seconds)
+    if context is not None and not await asyncio.to_thread(context.wait_synced, seconds):
+        logger.warning("context cache not synced after %.0fs; auditing anyway", seconds)
 
 
 async def _start_metrics(settings: ReconcileSettings, metrics: ReconcileMetrics) -> web.AppRunner | None:
@@ -224,6 +247,7 @@ async def _start_metrics(settings: ReconcileSettings, metrics: ReconcileMetrics)
 async def run_reconciler(parts: Parts, settings: ReconcileSettings, *, stop: asyncio.Event) -> None:
     """Run until `stop` is set; then stop every part (bounded) and release the Lease."""
     parts.cache.start()
+    await asyncio.to_thread(parts.context.start)
     metrics_runner: web.AppRunner | None = None
     tasks: list[asyncio.Task[None]] = []
     loop = asyncio.get_running_loop()
@@ -244,7 +268,7 @@ async def run_reconciler(parts: Parts, settings: ReconcileSettings, *, stop: asy
         )
     try:
         metrics_runner = await _start_metrics(settings, parts.metrics)
-        await _wait_for_services(parts.cache, settings.cache_sync_timeout_seconds)
+        await _wait_for_services(parts.cache, settings.cache_sync_timeout_seconds, parts.context)
         wake = asyncio.Event()
         may_write = parts.may_write
         loops: list[Awaitable[None]] = [
@@ -307,6 +331,7 @@ async def _shutdown(
         except TimeoutError:
             logger.warning("lease release did not finish within %.0fs", STOP_TIMEOUT_SECONDS)
     await asyncio.to_thread(parts.cache.stop, STOP_TIMEOUT_SECONDS)
+    await asyncio.to_thread(parts.context.stop, STOP_TIMEOUT_SECONDS)
     if metrics_runner is not None:
         await metrics_runner.cleanup()
 
@@ -314,8 +339,9 @@ async def _shutdown(
 async def audit_once(parts: Parts, settings: ReconcileSettings) -> AuditResult | None:
     """One audit (for `--once`): None when another replica holds the Lease (nothing was written)."""
     parts.cache.start()
+    await asyncio.to_thread(parts.context.start)
     try:
-        await _wait_for_services(parts.cache, settings.cache_sync_timeout_seconds)
+        await _wait_for_services(parts.cache, settings.cache_sync_timeout_seconds, parts.context)
         if parts.elector is not None and not await asyncio.to_thread(parts.elector.step):
             return None
         return await parts.reconciler.audit()
@@ -323,6 +349,7 @@ async def audit_once(parts: Parts, settings: ReconcileSettings) -> AuditResult |
         if parts.elector is not None:
             await asyncio.to_thread(parts.elector.release)
         await asyncio.to_thread(parts.cache.stop, STOP_TIMEOUT_SECONDS)
+        await asyncio.to_thread(parts.context.stop, STOP_TIMEOUT_SECONDS)
 
 
 def audit_exit_code(result: AuditResult) -> int:

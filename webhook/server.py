@@ -105,6 +105,7 @@ def make_app(settings: ServeSettings, *, kube_api: Any = None) -> web.Applicatio
             cluster_domain=policy.cluster_domain,
             declared=settings.services,
             settled=False,
+            filter_name=policy.filter_name,
         )
         app[CONTEXT_KEY] = live
         app.cleanup_ctx.append(_run_context_cache)

@@ -182,10 +182,17 @@ def rules_of(role: Manifest) -> set[Rule]:
 EXPECTED_RBAC: dict[tuple[str, str], set[Rule]] = {
     ("ClusterRole", "extproc-guard-webhook"): {
         ("", "services", (), ("get", "list", "watch")),
+        ("networking.istio.io", "envoyfilters", (), ("list", "watch")),
+        ("networking.istio.io", "destinationrules", (), ("list", "watch")),
+        ("inference.networking.k8s.io", "inferencepools", (), ("list", "watch")),
+        ("inference.networking.x-k8s.io", "inferencepools", (), ("list", "watch")),
     },
     ("ClusterRole", "extproc-guard-reconciler"): {
         ("", "services", (), ("get", "list", "watch")),
         ("networking.istio.io", "envoyfilters", (), ("get", "list", "patch", "watch")),
+        ("networking.istio.io", "destinationrules", (), ("list", "watch")),
+        ("inference.networking.k8s.io", "inferencepools", (), ("list", "watch")),
+        ("inference.networking.x-k8s.io", "inferencepools", (), ("list", "watch")),
         ("", "events", (), ("create", "patch")),
         ("events.k8s.io", "events", (), ("create", "patch")),
         ("wgpolicyk8s.io", "policyreports", (), ("create", "get", "list", "patch", "update")),
