@@ -1,12 +1,12 @@
 # Two commands on a fresh machine:
 #   make demo   runs the main job (no cluster needed)
-#   make test   runs the whole test suite (builds the test control plane first)
+#   make test   runs the whole test suite (builds the test control plane and h2spec first)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint venv controlplane bench clean
+.PHONY: demo test lint venv controlplane h2spec bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,13 +22,16 @@ demo: $(STAMP)
 controlplane:
 	tests/e2e/controlplane/build.sh
 
+h2spec:
+	tests/epp/h2spec/build.sh
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: $(STAMP) controlplane lint
+test: $(STAMP) controlplane h2spec lint
 	$(BIN)/pytest
 
 bench: $(STAMP)

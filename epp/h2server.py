@@ -9,10 +9,15 @@ message to the `Processor` synchronously and writes the answers in one batch per
 What it implements (RFC 9113, RFC 7541, gRPC over HTTP/2):
 - the connection preface, SETTINGS (with ACK), PING (ACK), GOAWAY, RST_STREAM, WINDOW_UPDATE,
   HEADERS + CONTINUATION (padding and priority fields), DATA (padding), flow control in both directions;
-- HPACK decoding with the `hpack` package; the server advertises SETTINGS_HEADER_TABLE_SIZE 0, so
-  header blocks do not depend on connection state and repeated blocks are decoded once;
+- HPACK decoding with the `hpack` package and the default 4096-byte dynamic table; a repeated block
+  that leaves the table as it found it (Envoy's, after its first request) is decoded once;
+- requests checked as RFC 9113 section 8 says (pseudo-headers, field names and values, content-length
+  against the DATA, trailers): a malformed one is a stream error (`epp.h2requests`);
 - `envoy.service.ext_proc.v3.ExternalProcessor/Process` (bidirectional) and `grpc.health.v1.Health/Check`;
-  any other method gets `UNIMPLEMENTED`; a message encoding other than identity gets `UNIMPLEMENTED`.
+  any other method gets `UNIMPLEMENTED`; a message encoding other than identity gets `UNIMPLEMENTED`;
+  a request that is not gRPC (not POST, not application/grpc) gets 405 or 415 with the reason as text;
+- stream states as RFC 9113 section 5.1 says: frames after the client's RST_STREAM or END_STREAM are
+  STREAM_CLOSED errors, frames that crossed the server's RST_STREAM are ignored.
 Plaintext only: use the grpcio transport for TLS.
 
 Limits, so that no peer gets unbounded memory or CPU (all in `H2Settings`):
@@ -39,7 +44,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import struct
 import time
 from collections.abc import Callable
@@ -48,12 +52,21 @@ from dataclasses import dataclass
 import hpack
 from grpc_health.v1 import health_pb2
 
-from epp.processor import METHOD_NAME, SERVICE_NAME, Processor, ProcessStream
+from epp.h2requests import (
+    GRPC_DEADLINE_EXCEEDED,
+    GRPC_INTERNAL,
+    GRPC_RESOURCE_EXHAUSTED,
+    HEALTH_CHECK_PATH,
+    OK_TRAILERS,
+    PROCESS_PATH,
+    RESPONSE_HEADERS,
+    Decoded,
+    trailers,
+)
+from epp.processor import SERVICE_NAME, Processor, ProcessStream
 
 logger = logging.getLogger(__name__)
 
-PROCESS_PATH = f"/{SERVICE_NAME}/{METHOD_NAME}"
-HEALTH_CHECK_PATH = "/grpc.health.v1.Health/Check"
 HEALTH_SERVICES = frozenset({"", SERVICE_NAME})
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -70,31 +83,17 @@ _SETTINGS_INITIAL_WINDOW_SIZE, _SETTINGS_MAX_FRAME_SIZE, _SETTINGS_MAX_HEADER_LI
 _MAX_WINDOW = 2**31 - 1
 _DEFAULT_WINDOW = 65535
 _MAX_FRAME = 16384  # the default SETTINGS_MAX_FRAME_SIZE, which this server keeps
-_HPACK_DEFAULT_TABLE = 4096  # what a client may use until it has acknowledged our SETTINGS
+_HEADER_TABLE_SIZE = 4096  # HPACK dynamic table (the protocol's default), advertised all the same
 _CACHEABLE_BLOCK = 1024  # larger header blocks are decoded every time, not remembered
-_REMEMBERED_RESETS = 1024  # streams this server reset, whose late frames are ignored quietly
+_REMEMBERED_CLOSED = 1024  # closed streams remembered (at least), to answer their late frames right
 _MAX_EMPTY_FRAMES = 100  # consecutive DATA/CONTINUATION frames that carry nothing and end nothing
 _SHUTDOWN_PING = b"shutdown"  # the PING between the two GOAWAY frames of a graceful close
 _LINGER_SECONDS = 1.0  # after a connection error: how long the client gets to read the GOAWAY
 
-# HPACK: ":status: 200" (static index 8); "content-type: application/grpc" (literal, static name 31)
-_RESPONSE_HEADERS = b"\x88\x0f\x10\x10application/grpc"
-_GRPC_STATUS = b"\x00\x0bgrpc-status"
-_GRPC_MESSAGE = b"\x00\x0cgrpc-message"
-_ACCEPT_IDENTITY = b"\x00\x14grpc-accept-encoding\x08identity"
-# gRPC status codes
-GRPC_OK, GRPC_CANCELLED, GRPC_DEADLINE_EXCEEDED = 0, 1, 4
-GRPC_RESOURCE_EXHAUSTED, GRPC_UNIMPLEMENTED, GRPC_INTERNAL = 8, 12, 13
 _SERVING = health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING).SerializeToString()
 _SERVICE_UNKNOWN = health_pb2.HealthCheckResponse(
     status=health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 ).SerializeToString()
-_TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
-_TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
-_REQUEST_PSEUDO = frozenset({":method", ":scheme", ":path", ":authority"})
-_CONNECTION_HEADERS = frozenset(
-    {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"}
-)
 
 
 class _ConnectionError(Exception):
@@ -130,46 +129,6 @@ def _frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes
     return _FRAME.pack(length >> 8, length & 0xFF, kind, flags, stream_id) + payload
 
 
-def _hpack_string(text: str) -> bytes:
-    data = text.encode()
-    return _hpack_int(len(data), 7, 0) + data
-
-
-def _hpack_int(value: int, prefix_bits: int, first: int) -> bytes:
-    limit = (1 << prefix_bits) - 1
-    if value < limit:
-        return bytes([first | value])
-    out = bytearray([first | limit])
-    value -= limit
-    while value >= 128:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _percent_encode(message: str) -> str:
-    """grpc-message is percent-encoded UTF-8 (printable ASCII other than % passes as is)."""
-    return "".join(
-        chr(b) if 0x20 <= b <= 0x7E and b != 0x25 else f"%{b:02X}" for b in message.encode("utf-8")
-    )
-
-
-def _trailers(status: int, message: str = "") -> bytes:
-    block = _GRPC_STATUS + _hpack_string(str(status))
-    if message:
-        block += _GRPC_MESSAGE + _hpack_string(_percent_encode(message))
-    return block
-
-
-def _http_status(code: int) -> bytes:
-    """`:status` as a literal with the static name index 8 (never indexed in a dynamic table)."""
-    return b"\x08" + _hpack_string(str(code))
-
-
-_OK_TRAILERS = _trailers(GRPC_OK)
-
-
 def _describe_bad_preface(start: bytes) -> str:
     if start.split(b" ", 1)[0] in (b"GET", b"POST", b"PUT", b"HEAD", b"OPTIONS", b"DELETE", b"PATCH"):
         return (
@@ -181,89 +140,15 @@ def _describe_bad_preface(start: bytes) -> str:
     return f"not an HTTP/2 connection preface: {start[:24]!r}"
 
 
-def _parse_timeout(value: str) -> float | None:
-    match = _TIMEOUT.fullmatch(value)
-    if match is None:
-        return None
-    return int(match.group(1)) * _TIMEOUT_UNITS[match.group(2)]
-
-
-def _request_problem(headers: list[tuple[str, str]]) -> str | None:
-    """Why a request header list is malformed (RFC 9113 section 8.2, 8.3), None when it is fine."""
-    seen: set[str] = set()
-    regular = False
-    for name, value in headers:
-        if name.startswith(":"):
-            if regular:
-                return f"pseudo-header {name} after a regular header"
-            if name not in _REQUEST_PSEUDO:
-                return f"pseudo-header {name} is not a request pseudo-header"
-            if name in seen:
-                return f"pseudo-header {name} twice"
-            seen.add(name)
-            continue
-        regular = True
-        if name != name.lower():
-            return f"header name {name!r} has upper-case letters"
-        if name in _CONNECTION_HEADERS:
-            return f"connection-specific header {name}"
-        if name == "te" and value != "trailers":
-            return f"te: {value!r} (only 'trailers' is allowed)"
-    missing = {":method", ":scheme", ":path"} - seen
-    if missing:
-        return "missing " + ", ".join(sorted(missing))
-    return None
-
-
-def _refusal(method: str, path: str, content_type: str, encoding: str, timeout: str | None) -> bytes | None:
-    """A trailers-only answer for a call this server will not run, None for a call it serves."""
-    if method != "POST":
-        return _http_status(405) + _trailers(GRPC_UNIMPLEMENTED, f"method {method} is not POST")
-    if not (
-        content_type == "application/grpc"
-        or content_type.startswith(("application/grpc+", "application/grpc;"))
-    ):
-        return _http_status(415) + _trailers(GRPC_INTERNAL, f"content-type {content_type!r} is not gRPC")
-    if path not in (PROCESS_PATH, HEALTH_CHECK_PATH):
-        return _RESPONSE_HEADERS + _trailers(GRPC_UNIMPLEMENTED, f"method {path} is not served here")
-    if encoding != "identity":
-        return (
-            _RESPONSE_HEADERS
-            + _ACCEPT_IDENTITY
-            + _trailers(GRPC_UNIMPLEMENTED, f"grpc-encoding {encoding} is not supported")
-        )
-    if timeout is not None and _parse_timeout(timeout) is None:
-        return _RESPONSE_HEADERS + _trailers(GRPC_INTERNAL, f"malformed grpc-timeout {timeout!r}")
-    return None
-
-
-class _Decoded:
-    """One decoded request header block and what it means for a call (computed once per distinct block)."""
-
-    __slots__ = ("path", "problem", "refusal", "timeout")
-
-    def __init__(self, headers: list[tuple[str, str]]) -> None:
-        values = dict(headers)
-        self.problem = _request_problem(headers)
-        self.path = values.get(":path", "")
-        timeout = values.get("grpc-timeout")
-        self.refusal = _refusal(
-            values.get(":method", ""),
-            self.path,
-            values.get("content-type", ""),
-            values.get("grpc-encoding", "identity"),
-            timeout,
-        )
-        self.timeout = _parse_timeout(timeout) if timeout is not None else None
-
-
 class _Stream:
     __slots__ = (
         "buffer",
         "client_done",
         "deadline",
+        "expected",
         "final",
         "kind",
+        "local_done",
         "owed",
         "pending",
         "processing",
@@ -272,17 +157,19 @@ class _Stream:
         "sent_headers",
     )
 
-    def __init__(self, kind: str, recv_window: int) -> None:
-        self.kind = kind  # "process", "health"
+    def __init__(self, kind: str, recv_window: int, expected: int) -> None:
+        self.kind = kind  # "process", "health", or "refused" (a request that is not a gRPC call)
         self.buffer = bytearray()  # a partial gRPC message
         self.processing: ProcessStream | None = None
         self.send_credit = 0  # WINDOW_UPDATEs minus bytes sent; the window is the peer's initial + this
         self.recv_window = recv_window  # what the client may still send
         self.owed = 0  # bytes consumed but not yet granted back with WINDOW_UPDATE
+        self.expected = expected  # content-length bytes still to come; -1: no content-length
         self.sent_headers = False
         self.client_done = False  # the client half-closed (END_STREAM)
-        self.pending = bytearray()  # gRPC-framed answers waiting for flow-control window
-        self.final: bytes | None = None  # trailers that follow once `pending` is out
+        self.local_done = False  # the server's side ended; what the client still sends is discarded
+        self.pending = bytearray()  # answers (gRPC-framed, or a refusal's text) waiting for window
+        self.final: bytes | None = None  # trailers that follow once `pending` is out; b"": none (DATA ends)
         self.deadline = 0.0  # loop time when the call's grpc-timeout expires; 0: none
 
 
@@ -301,11 +188,13 @@ class GrpcH2Protocol(asyncio.Protocol):
         self._preface_seen = False
         self._settings_seen = False
         self._decoder = hpack.Decoder(max_header_list_size=settings.max_header_list_size)
-        self._decoder.max_allowed_table_size = _HPACK_DEFAULT_TABLE
-        self._header_cache: dict[bytes, _Decoded] = {}
+        self._decoder.max_allowed_table_size = _HEADER_TABLE_SIZE  # larger: a decoding error
+        self._header_cache: dict[bytes, Decoded] = {}
         self._streams: dict[int, _Stream] = {}
         self._blocked: dict[int, None] = {}  # streams with answers or trailers waiting for window
-        self._reset_ids: dict[int, None] = {}  # streams this server reset (oldest first)
+        # recently closed streams (oldest first): True when this server reset the stream (late frames
+        # are ignored quietly), False when it ended otherwise (late frames are the client's error)
+        self._closed_ids: dict[int, bool] = {}
         self._last_stream = 0
         self._continuation: tuple[int, int, bytearray] | None = None  # stream id, flags, block so far
         self._send_window = _DEFAULT_WINDOW
@@ -338,7 +227,7 @@ class GrpcH2Protocol(asyncio.Protocol):
         settings = struct.pack(
             ">HIHIHIHI",
             _SETTINGS_HEADER_TABLE_SIZE,
-            0,
+            _HEADER_TABLE_SIZE,
             _SETTINGS_MAX_CONCURRENT_STREAMS,
             self._settings.max_concurrent_streams,
             _SETTINGS_INITIAL_WINDOW_SIZE,
@@ -405,7 +294,7 @@ class GrpcH2Protocol(asyncio.Protocol):
             self._end_processing(stream, "cancelled")
         self._streams.clear()
         self._blocked.clear()
-        self._reset_ids.clear()
+        self._closed_ids.clear()
         self._header_cache.clear()
         self._buffer.clear()
         self._transport = None
@@ -530,10 +419,7 @@ class GrpcH2Protocol(asyncio.Protocol):
             self._goaway = True
             self._maybe_close_after_goaway()
         elif kind == _PRIORITY:
-            if stream_id == 0:
-                raise _ConnectionError(PROTOCOL_ERROR, "PRIORITY on stream 0")
-            if len(payload) != 5:
-                self._reset_stream(stream_id, FRAME_SIZE_ERROR)
+            self._on_priority(stream_id, payload)
         elif kind == _PUSH_PROMISE:
             raise _ConnectionError(PROTOCOL_ERROR, "a client may not push")
         # unknown frame types are ignored, as the protocol requires
@@ -547,6 +433,15 @@ class GrpcH2Protocol(asyncio.Protocol):
             self._out.append(_frame(_PING, _ACK, 0, payload))
         elif payload == _SHUTDOWN_PING and self._draining and not self._goaway:
             self._send_final_goaway()
+
+    def _on_priority(self, stream_id: int, payload: bytes) -> None:
+        """Priority signals are parsed and otherwise ignored (RFC 9113 section 5.3.2)."""
+        if stream_id == 0:
+            raise _ConnectionError(PROTOCOL_ERROR, "PRIORITY on stream 0")
+        if len(payload) != 5:
+            self._reset_stream(stream_id, FRAME_SIZE_ERROR)
+        elif int.from_bytes(payload[:4], "big") & 0x7FFFFFFF == stream_id:
+            self._reset_stream(stream_id, PROTOCOL_ERROR)  # a stream may not depend on itself
 
     def _on_settings(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id != 0:
@@ -607,6 +502,8 @@ class GrpcH2Protocol(asyncio.Protocol):
             raise _ConnectionError(PROTOCOL_ERROR, f"RST_STREAM on idle stream {stream_id}")
         stream = self._streams.get(stream_id)
         if stream is None:
+            if stream_id in self._closed_ids:
+                self._closed_ids[stream_id] = False  # what follows the client's RST_STREAM is an error
             return
         # Envoy resets every ext_proc stream once the request no longer needs it: after the decision that
         # is the stream's normal end; before it, the request was abandoned.
@@ -666,13 +563,14 @@ class GrpcH2Protocol(asyncio.Protocol):
         if self._empty_frames > _MAX_EMPTY_FRAMES:
             raise _ConnectionError(ENHANCE_YOUR_CALM, f"more than {_MAX_EMPTY_FRAMES} empty frames in a row")
 
-    def _decode(self, block: bytes) -> _Decoded:
-        table = self._decoder.header_table.dynamic_entries
-        stateless = not table and not (block[:1] and block[0] & 0xE0 == 0x20)  # no table size update
-        if stateless:
-            cached = self._header_cache.get(block)
-            if cached is not None:
-                return cached
+    def _decode(self, block: bytes) -> Decoded:
+        """Decode a header block; a block seen before is not decoded again while the HPACK dynamic table
+        is as it was then (Envoy's request blocks are such blocks after its first request)."""
+        cached = self._header_cache.get(block)
+        if cached is not None:
+            return cached
+        table = self._decoder.header_table
+        before = (table.maxsize, tuple(table.dynamic_entries))
         try:
             headers = self._decoder.decode(block, raw=True)
         except hpack.OversizedHeaderListError:
@@ -681,8 +579,10 @@ class GrpcH2Protocol(asyncio.Protocol):
             ) from None
         except hpack.HPACKError as exc:
             raise _ConnectionError(COMPRESSION_ERROR, f"header block does not decode: {exc}") from None
-        decoded = _Decoded([(bytes(n).decode("latin-1"), bytes(v).decode("latin-1")) for n, v in headers])
-        if stateless and not table and len(block) <= _CACHEABLE_BLOCK:
+        decoded = Decoded([(bytes(n).decode("latin-1"), bytes(v).decode("latin-1")) for n, v in headers])
+        if (table.maxsize, tuple(table.dynamic_entries)) != before:
+            self._header_cache.clear()  # remembered blocks decoded against the table as it was
+        elif block and len(block) <= _CACHEABLE_BLOCK and block[0] & 0xE0 != 0x20:  # no size update
             if len(self._header_cache) >= self._settings.header_cache_size:
                 self._header_cache.clear()
             self._header_cache[block] = decoded
@@ -691,20 +591,14 @@ class GrpcH2Protocol(asyncio.Protocol):
     def _on_header_block(self, flags: int, stream_id: int, block: bytes) -> None:
         headers = self._decode(block)  # always: the HPACK state must follow every block
         stream = self._streams.get(stream_id)
-        if stream is not None:  # trailers from the client end its side of the stream
-            if stream.client_done:
-                self._reset_stream(stream_id, STREAM_CLOSED)
-            elif not flags & _END_STREAM:
-                self._reset_stream(stream_id, PROTOCOL_ERROR)  # trailers must end the stream
-            else:
-                self._on_client_done(stream_id, stream)
+        if stream is not None:
+            self._on_trailers(flags, stream_id, stream, headers)
             return
         if stream_id % 2 == 0:
             raise _ConnectionError(PROTOCOL_ERROR, f"stream id {stream_id} is even: clients use odd ids")
         if stream_id <= self._last_stream:
-            if stream_id in self._reset_ids:
-                return  # frames that crossed our RST_STREAM
-            raise _ConnectionError(PROTOCOL_ERROR, f"stream id {stream_id} is not new")
+            self._on_late_frame(stream_id, "HEADERS")
+            return
         self._last_stream = stream_id
         if self._goaway:
             self._reset_stream(stream_id, REFUSED_STREAM, count=False)
@@ -721,28 +615,93 @@ class GrpcH2Protocol(asyncio.Protocol):
             )
             self._reset_stream(stream_id, REFUSED_STREAM)
             return
-        if headers.problem is not None:
-            logger.warning(
-                "h2 malformed request peer=%s stream=%d: %s", self.peer, stream_id, headers.problem
-            )
-            self._reset_stream(stream_id, PROTOCOL_ERROR)
+        problem = headers.problem
+        if problem is None and flags & _END_STREAM and headers.content_length > 0:
+            problem = f"content-length {headers.content_length} on a request without content"
+        if problem is not None:
+            self._on_malformed(stream_id, problem)
             return
         if headers.refusal is not None:
-            if headers.path not in (PROCESS_PATH, HEALTH_CHECK_PATH):
-                logger.warning("grpc call to an unknown method peer=%s path=%r", self.peer, headers.path)
-            self._out.append(_frame(_HEADERS, _END_HEADERS | _END_STREAM, stream_id, headers.refusal))
-            if not flags & _END_STREAM:
-                self._reset_stream(stream_id, NO_ERROR, count=False)
+            self._refuse(flags, stream_id, headers)
             return
         if headers.path == PROCESS_PATH:
-            stream = _Stream("process", self._settings.stream_window)
+            stream = _Stream("process", self._settings.stream_window, headers.content_length)
             stream.processing = self._processor.open_stream()
         else:
-            stream = _Stream("health", self._settings.stream_window)
+            stream = _Stream("health", self._settings.stream_window, headers.content_length)
         self._streams[stream_id] = stream
         if headers.timeout is not None:
             self._set_deadline(stream, headers.timeout)
         if flags & _END_STREAM:
+            self._on_client_done(stream_id, stream)
+
+    def _on_trailers(self, flags: int, stream_id: int, stream: _Stream, headers: Decoded) -> None:
+        """A header block on an open stream: trailers, which end the client's side (RFC 9113 section 8.1)."""
+        if stream.client_done:
+            self._reset_stream(stream_id, STREAM_CLOSED)
+            return
+        problem = headers.trailer_problem
+        if problem is None and not flags & _END_STREAM:
+            problem = "trailers without END_STREAM"
+        if problem is None and flags & 0x100:
+            problem = "the stream depends on itself"
+        if problem is None and stream.expected > 0:
+            problem = f"trailers while content-length still expects {stream.expected} bytes"
+        if problem is not None:
+            self._on_malformed(stream_id, problem)
+            return
+        self._on_client_end(stream_id, stream)
+
+    def _on_malformed(self, stream_id: int, problem: str) -> None:
+        logger.warning("h2 malformed request peer=%s stream=%d: %s", self.peer, stream_id, problem)
+        self._reset_stream(stream_id, PROTOCOL_ERROR)
+
+    def _on_late_frame(self, stream_id: int, kind: str) -> None:
+        """DATA or HEADERS on a stream that is closed (RFC 9113 section 5.1): ignored when it crossed
+        the server's RST_STREAM; otherwise the client sent it after its END_STREAM or RST_STREAM, a
+        STREAM_CLOSED error (of the connection for HEADERS, as RFC 7540 required)."""
+        reset_here = self._closed_ids.get(stream_id)
+        if reset_here:
+            return
+        if kind == "HEADERS":
+            if reset_here is None:  # never opened, or closed too long ago to know
+                raise _ConnectionError(PROTOCOL_ERROR, f"stream id {stream_id} is not new")
+            raise _ConnectionError(STREAM_CLOSED, f"HEADERS on closed stream {stream_id}")
+        self._reset_stream(stream_id, STREAM_CLOSED)
+
+    def _refuse(self, flags: int, stream_id: int, headers: Decoded) -> None:
+        """Answer a request this server does not run, without running anything."""
+        assert headers.refusal is not None
+        if headers.path not in (PROCESS_PATH, HEALTH_CHECK_PATH):
+            logger.warning("grpc call to an unknown method peer=%s path=%r", self.peer, headers.path)
+        if not headers.body:  # a trailers-only answer; a gRPC client still sending may stop now
+            self._out.append(_frame(_HEADERS, _END_HEADERS | _END_STREAM, stream_id, headers.refusal))
+            if flags & _END_STREAM:
+                self._remember_closed(stream_id, reset=False)
+            else:
+                self._reset_stream(stream_id, NO_ERROR, count=False)
+            return
+        # Not a gRPC request: an HTTP status with the reason as text (through flow control, like any
+        # answer); the stream stays open until the client's side ends, its content read and discarded.
+        stream = _Stream("refused", self._settings.stream_window, headers.content_length)
+        self._streams[stream_id] = stream
+        self._out.append(_frame(_HEADERS, _END_HEADERS, stream_id, headers.refusal))
+        stream.sent_headers = True
+        stream.client_done = bool(flags & _END_STREAM)
+        stream.pending += headers.body
+        self._pending += len(headers.body)
+        stream.final = b""  # the text ends the stream
+        self._blocked[stream_id] = None
+        self._flush_stream(stream_id, stream)
+
+    def _on_client_end(self, stream_id: int, stream: _Stream) -> None:
+        """The client's side of an open stream ended (END_STREAM on DATA or trailers)."""
+        if stream.local_done:  # everything was answered: the stream is over
+            stream.client_done = True
+            self._close_stream(stream_id, stream, "refused")
+        elif stream.final is not None:  # answered: the end of the answer waits for window
+            stream.client_done = True
+        else:
             self._on_client_done(stream_id, stream)
 
     # -- data
@@ -768,8 +727,7 @@ class GrpcH2Protocol(asyncio.Protocol):
         if stream is None:
             if self._is_idle(stream_id):
                 raise _ConnectionError(PROTOCOL_ERROR, f"DATA on idle stream {stream_id}")
-            if stream_id not in self._reset_ids:
-                self._reset_stream(stream_id, STREAM_CLOSED)
+            self._on_late_frame(stream_id, "DATA")
             return
         if stream.client_done:
             self._reset_stream(stream_id, STREAM_CLOSED)
@@ -779,8 +737,13 @@ class GrpcH2Protocol(asyncio.Protocol):
             return
         stream.recv_window -= size
         stream.owed += size
-        if stream.final is not None:  # the call is over, its trailers wait for window: nothing more runs
-            stream.client_done = stream.client_done or bool(flags & _END_STREAM)
+        if stream.expected >= 0 and not self._within_content_length(stream_id, stream, len(data), flags):
+            return
+        if stream.final is not None or stream.local_done:  # answered: the rest of the request is discarded
+            if flags & _END_STREAM:
+                self._on_client_end(stream_id, stream)
+            elif stream.local_done:
+                self._grant_stream_window(stream_id, stream)
             return
         if data:
             self._on_bytes(stream_id, stream, data)
@@ -790,6 +753,19 @@ class GrpcH2Protocol(asyncio.Protocol):
             self._on_client_done(stream_id, stream)
         else:
             self._grant_stream_window(stream_id, stream)
+
+    def _within_content_length(self, stream_id: int, stream: _Stream, size: int, flags: int) -> bool:
+        """Count DATA against the request's content-length (RFC 9113 section 8.1.1): more than it
+        says, or less by the end of the stream, makes the request malformed."""
+        expected = stream.expected - size
+        if expected < 0:
+            self._on_malformed(stream_id, f"DATA goes {-expected} bytes past content-length")
+            return False
+        if expected and flags & _END_STREAM:
+            self._on_malformed(stream_id, f"DATA ends {expected} bytes short of content-length")
+            return False
+        stream.expected = expected
+        return True
 
     def _on_bytes(self, stream_id: int, stream: _Stream, data: bytes) -> None:
         buffer = stream.buffer
@@ -877,7 +853,7 @@ class GrpcH2Protocol(asyncio.Protocol):
         self._end_call(stream_id, stream)
 
     def _end_call(self, stream_id: int, stream: _Stream) -> None:
-        block = _OK_TRAILERS if stream.sent_headers else _RESPONSE_HEADERS + _OK_TRAILERS
+        block = OK_TRAILERS if stream.sent_headers else RESPONSE_HEADERS + OK_TRAILERS
         if stream.pending:
             stream.final = block  # trailers follow once the data is out
             return
@@ -887,18 +863,26 @@ class GrpcH2Protocol(asyncio.Protocol):
         self._end_stream(stream_id, stream, block, outcome, NO_ERROR)
 
     def _end_stream(self, stream_id: int, stream: _Stream, block: bytes, outcome: str, code: int) -> None:
-        """Send the trailers `block`; while the client still sends, RST_STREAM `code` tells it to stop."""
-        self._out.append(_frame(_HEADERS, _END_HEADERS | _END_STREAM, stream_id, block))
-        if not stream.client_done:
+        """Send the trailers `block` (b"": an empty DATA frame ends the stream); while the client still
+        sends, RST_STREAM `code` tells it to stop, but a refused request is read to its end."""
+        if block:
+            self._out.append(_frame(_HEADERS, _END_HEADERS | _END_STREAM, stream_id, block))
+        else:
+            self._out.append(_frame(_DATA, _END_STREAM, stream_id))
+        if stream.client_done:
+            self._close_stream(stream_id, stream, outcome)
+        elif stream.kind == "refused":
+            stream.local_done = True
+            self._grant_stream_window(stream_id, stream)
+        else:
             self._out.append(_frame(_RST_STREAM, 0, stream_id, struct.pack(">I", code)))
-            self._remember_reset(stream_id)
-        self._close_stream(stream_id, stream, outcome)
+            self._close_stream(stream_id, stream, outcome, reset=True)
 
     def _fail_stream(self, stream_id: int, stream: _Stream, status: int, message: str) -> None:
         logger.warning(
             "grpc call failed peer=%s stream=%d status=%d: %s", self.peer, stream_id, status, message
         )
-        block = (b"" if stream.sent_headers else _RESPONSE_HEADERS) + _trailers(status, message)
+        block = (b"" if stream.sent_headers else RESPONSE_HEADERS) + trailers(status, message)
         self._send_final(stream_id, stream, block, "error")
 
     def _set_deadline(self, stream: _Stream, seconds: float) -> None:
@@ -929,7 +913,7 @@ class GrpcH2Protocol(asyncio.Protocol):
         self._flush()
 
     def _on_deadline(self, stream_id: int, stream: _Stream) -> None:
-        block = (b"" if stream.sent_headers else _RESPONSE_HEADERS) + _trailers(
+        block = (b"" if stream.sent_headers else RESPONSE_HEADERS) + trailers(
             GRPC_DEADLINE_EXCEEDED, "deadline exceeded"
         )
         self._end_stream(stream_id, stream, block, "cancelled", CANCEL)
@@ -939,15 +923,17 @@ class GrpcH2Protocol(asyncio.Protocol):
         self._out.append(_frame(_RST_STREAM, 0, stream_id, struct.pack(">I", code)))
         stream = self._streams.get(stream_id)
         if stream is not None:
-            self._close_stream(stream_id, stream, "cancelled" if code == CANCEL else "error")
-        self._remember_reset(stream_id)
+            self._close_stream(stream_id, stream, "cancelled" if code == CANCEL else "error", reset=True)
+        else:
+            self._remember_closed(stream_id, reset=True)
         if count:
             self._draw_reset_token()
 
-    def _remember_reset(self, stream_id: int) -> None:
-        self._reset_ids[stream_id] = None
-        if len(self._reset_ids) > _REMEMBERED_RESETS:
-            del self._reset_ids[next(iter(self._reset_ids))]
+    def _remember_closed(self, stream_id: int, *, reset: bool) -> None:
+        closed = self._closed_ids
+        closed[stream_id] = reset
+        if len(closed) > 2 * _REMEMBERED_CLOSED:  # keep the newest half (amortised: no scan per stream)
+            self._closed_ids = dict(list(closed.items())[-_REMEMBERED_CLOSED:])
 
     def _draw_reset_token(self) -> None:
         now = time.monotonic()
@@ -960,9 +946,10 @@ class GrpcH2Protocol(asyncio.Protocol):
             raise _ConnectionError(ENHANCE_YOUR_CALM, "too many reset streams")
         self._reset_tokens = tokens - 1.0
 
-    def _close_stream(self, stream_id: int, stream: _Stream, outcome: str) -> None:
+    def _close_stream(self, stream_id: int, stream: _Stream, outcome: str, *, reset: bool = False) -> None:
         if self._streams.pop(stream_id, None) is None:
             return
+        self._remember_closed(stream_id, reset=reset)
         if outcome == "completed" and self._reset_tokens < self._settings.reset_burst:
             self._reset_tokens += 1.0  # a call that did its work earns a reset back
         if stream.pending:
@@ -982,7 +969,7 @@ class GrpcH2Protocol(asyncio.Protocol):
 
     def _send_message(self, stream_id: int, stream: _Stream, message: bytes) -> None:
         if not stream.sent_headers:
-            self._out.append(_frame(_HEADERS, _END_HEADERS, stream_id, _RESPONSE_HEADERS))
+            self._out.append(_frame(_HEADERS, _END_HEADERS, stream_id, RESPONSE_HEADERS))
             stream.sent_headers = True
         framed = b"\x00" + len(message).to_bytes(4, "big") + message
         if stream.pending:
@@ -1017,7 +1004,7 @@ class GrpcH2Protocol(asyncio.Protocol):
         self._blocked.pop(stream_id, None)
         if stream.final is not None:
             block, stream.final = stream.final, None
-            self._send_final(stream_id, stream, block, "completed")
+            self._send_final(stream_id, stream, block, "refused" if stream.kind == "refused" else "completed")
         elif not stream.client_done:
             self._grant_stream_window(stream_id, stream)
 

@@ -12,7 +12,8 @@ import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
 
-from epp.h2server import FLOW_CONTROL_ERROR, GRPC_RESOURCE_EXHAUSTED, H2Settings
+from epp.h2requests import GRPC_RESOURCE_EXHAUSTED
+from epp.h2server import FLOW_CONTROL_ERROR, H2Settings
 from epp.server import EppServer
 from tests.epp.conftest import STATIC_NAMES, Mode, destination, request_headers
 from tests.epp.test_h2server_protocol import (

@@ -14,7 +14,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from epp.h2server import HEALTH_CHECK_PATH, PROCESS_PATH, H2GrpcServer
+from epp.h2requests import HEALTH_CHECK_PATH, PROCESS_PATH
+from epp.h2server import H2GrpcServer
 from epp.server import EppServer
 from tests.epp.conftest import Mode, request_headers
 from tests.epp.test_h2server_protocol import (

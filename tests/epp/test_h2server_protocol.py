@@ -14,20 +14,24 @@ import hpack
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 
+from epp.h2requests import (
+    GRPC_DEADLINE_EXCEEDED,
+    GRPC_INTERNAL,
+    GRPC_RESOURCE_EXHAUSTED,
+    GRPC_UNIMPLEMENTED,
+    HEALTH_CHECK_PATH,
+    PROCESS_PATH,
+    hpack_int,
+    hpack_string,
+)
 from epp.h2server import (
     CANCEL,
     COMPRESSION_ERROR,
     ENHANCE_YOUR_CALM,
     FLOW_CONTROL_ERROR,
     FRAME_SIZE_ERROR,
-    GRPC_DEADLINE_EXCEEDED,
-    GRPC_INTERNAL,
-    GRPC_RESOURCE_EXHAUSTED,
-    GRPC_UNIMPLEMENTED,
-    HEALTH_CHECK_PATH,
     NO_ERROR,
     PREFACE,
-    PROCESS_PATH,
     PROTOCOL_ERROR,
     REFUSED_STREAM,
     STREAM_CLOSED,
@@ -60,6 +64,11 @@ def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
 def settings_frame(**values: int) -> bytes:
     ids = {"header_table_size": 1, "enable_push": 2, "initial_window_size": 4, "max_frame_size": 5}
     return frame(SETTINGS, 0, 0, b"".join(struct.pack(">HI", ids[k], v) for k, v in values.items()))
+
+
+def not_grpc_fields() -> list[tuple[str, str]]:
+    """A request that is not a gRPC call (GET): answered with 405 and a text body."""
+    return [(":method", "GET"), *request_fields()[1:]]
 
 
 def grpc_message(payload: bytes, *, compressed: bool = False) -> bytes:
@@ -377,6 +386,34 @@ CONNECTION_ERRORS = [
         PROTOCOL_ERROR,
         id="goaway-on-stream",
     ),
+    pytest.param(
+        lambda c: [
+            frame(SETTINGS, 0, 0),
+            frame(HEADERS, END_HEADERS, 1, hpack_int(4097, 5, 0x20) + c.encoder.encode(request_fields())),
+        ],
+        COMPRESSION_ERROR,
+        id="hpack-table-size-update-above-settings",
+    ),
+    pytest.param(
+        lambda c: [
+            frame(SETTINGS, 0, 0),
+            c.headers(1, request_fields()),
+            frame(RST_STREAM, 0, 1, struct.pack(">I", CANCEL)),
+            c.headers(1, request_fields(), end_stream=True),
+        ],
+        STREAM_CLOSED,
+        id="headers-after-the-clients-rst-stream",
+    ),
+    pytest.param(
+        lambda c: [
+            frame(SETTINGS, 0, 0),
+            c.headers(1, request_fields(HEALTH_CHECK_PATH)),
+            frame(DATA, END_STREAM, 1, grpc_message(b"")),
+            c.headers(1, request_fields(HEALTH_CHECK_PATH), end_stream=True),
+        ],
+        STREAM_CLOSED,
+        id="headers-on-a-stream-both-sides-ended",
+    ),
 ]
 
 
@@ -470,6 +507,104 @@ STREAM_ERRORS = [
         id="stream-depends-on-itself",
     ),
     pytest.param(lambda c: [frame(PRIORITY, 0, 3, b"\0\0\0")], FRAME_SIZE_ERROR, id="priority-not-5-bytes"),
+    pytest.param(
+        lambda c: [frame(PRIORITY, 0, 1, b"\0\0\0\x01\x10")], PROTOCOL_ERROR, id="priority-depends-on-itself"
+    ),
+    pytest.param(
+        lambda c: [
+            c.headers(1, request_fields()),
+            frame(RST_STREAM, 0, 1, struct.pack(">I", CANCEL)),
+            frame(DATA, END_STREAM, 1, b"late"),
+        ],
+        STREAM_CLOSED,
+        id="data-after-the-clients-rst-stream",
+    ),
+    pytest.param(
+        lambda c: [
+            c.headers(1, not_grpc_fields()),
+            frame(RST_STREAM, 0, 1, struct.pack(">I", CANCEL)),
+            frame(DATA, END_STREAM, 1, b"late"),
+        ],
+        STREAM_CLOSED,
+        id="data-after-the-clients-rst-stream-on-an-answered-stream",
+    ),
+    pytest.param(
+        lambda c: [c.headers(1, request_fields()), c.headers(1, [(":method", "POST")], end_stream=True)],
+        PROTOCOL_ERROR,
+        id="pseudo-header-in-trailers",
+    ),
+    pytest.param(
+        lambda c: [c.headers(1, request_fields()), c.headers(1, [("X-Upper", "1")], end_stream=True)],
+        PROTOCOL_ERROR,
+        id="upper-case-name-in-trailers",
+    ),
+    pytest.param(lambda c: [c.headers(1, request_fields(""))], PROTOCOL_ERROR, id="empty-path"),
+    pytest.param(
+        lambda c: [c.headers(1, request_fields("no-slash"))], PROTOCOL_ERROR, id="path-not-absolute"
+    ),
+    pytest.param(
+        lambda c: [c.headers(1, request_fields(x_bad="a\nb"))], PROTOCOL_ERROR, id="line-feed-in-a-value"
+    ),
+    pytest.param(
+        lambda c: [c.headers(1, request_fields(x_bad=" padded"))],
+        PROTOCOL_ERROR,
+        id="value-with-leading-whitespace",
+    ),
+    pytest.param(
+        lambda c: [c.headers(1, request_fields(**{"x bad": "1"}))], PROTOCOL_ERROR, id="space-in-a-name"
+    ),
+    pytest.param(
+        lambda c: [
+            c.headers(1, [(":method", "CONNECT"), (":scheme", "http"), (":path", "/"), (":authority", "e")])
+        ],
+        PROTOCOL_ERROR,
+        id="connect-with-scheme-and-path",
+    ),
+    pytest.param(
+        lambda c: [c.headers(1, request_fields(content_length="many"))],
+        PROTOCOL_ERROR,
+        id="content-length-not-a-number",
+    ),
+    pytest.param(
+        lambda c: [c.headers(1, request_fields(content_length="1")), frame(DATA, 0, 1, grpc_message(b"abc"))],
+        PROTOCOL_ERROR,
+        id="data-beyond-content-length",
+    ),
+    pytest.param(
+        lambda c: [
+            c.headers(1, request_fields(HEALTH_CHECK_PATH, content_length="100")),
+            frame(DATA, END_STREAM, 1, grpc_message(b"")),
+        ],
+        PROTOCOL_ERROR,
+        id="data-short-of-content-length",
+    ),
+    pytest.param(
+        lambda c: [c.headers(1, request_fields(content_length="5"), end_stream=True)],
+        PROTOCOL_ERROR,
+        id="content-length-without-data",
+    ),
+    pytest.param(
+        lambda c: [c.headers(1, not_grpc_fields()), frame(WINDOW_UPDATE, 0, 1, b"\0\0\0\0")],
+        PROTOCOL_ERROR,
+        id="window-update-0-on-an-answered-stream",
+    ),
+    pytest.param(
+        lambda c: [
+            c.headers(1, not_grpc_fields()),
+            *[frame(WINDOW_UPDATE, 0, 1, struct.pack(">I", 2**31 - 1))] * 2,
+        ],
+        FLOW_CONTROL_ERROR,
+        id="window-overflow-on-an-answered-stream",
+    ),
+    pytest.param(
+        lambda c: [
+            c.headers(1, not_grpc_fields()),
+            frame(DATA, 0, 1, b"body"),
+            c.headers(1, [("x-trailer", "1")]),
+        ],
+        PROTOCOL_ERROR,
+        id="trailers-without-end-stream-on-an-answered-stream",
+    ),
 ]
 
 
@@ -492,11 +627,9 @@ async def test_a_stream_error_resets_that_stream_and_the_connection_keeps_workin
 
 
 REFUSALS = [
-    pytest.param(request_fields(content_type="text/plain"), "415", GRPC_INTERNAL, id="content-type-not-grpc"),
     pytest.param(request_fields(grpc_encoding="gzip"), "200", GRPC_UNIMPLEMENTED, id="unsupported-encoding"),
     pytest.param(request_fields(grpc_timeout="soon"), "200", GRPC_INTERNAL, id="malformed-grpc-timeout"),
     pytest.param(request_fields("/no.Such/Method"), "200", GRPC_UNIMPLEMENTED, id="unknown-method"),
-    pytest.param([(":method", "GET"), *request_fields()[1:]], "405", GRPC_UNIMPLEMENTED, id="get-not-post"),
 ]
 
 
@@ -518,6 +651,119 @@ async def test_a_call_the_server_does_not_run_gets_a_trailers_only_answer(
     assert answer["grpc-status"] == str(grpc_status)
     assert answer["grpc-message"]
     assert [k for k, _, s in client.summary() if s == 1].count(RST_STREAM) == 1  # the late DATA got none
+
+
+NOT_GRPC = [
+    pytest.param(request_fields(content_type="text/plain"), "415", GRPC_INTERNAL, id="content-type-not-grpc"),
+    pytest.param([(":method", "GET"), *request_fields()[1:]], "405", GRPC_UNIMPLEMENTED, id="get-not-post"),
+]
+
+
+@pytest.mark.parametrize(("fields", "http_status", "grpc_status"), NOT_GRPC)
+async def test_a_request_that_is_not_grpc_gets_an_http_status_and_a_text_body_then_is_read_to_its_end(
+    h2: tuple[EppServer, int], fields: list[tuple[str, str]], http_status: str, grpc_status: int
+) -> None:
+    """The answer is complete at once; the stream stays open, without RST_STREAM, until the client's side
+    ends, and what the client still sends is read and discarded."""
+    _, port = h2
+    client = await RawClient.connect(port)
+    try:
+        client.send(client.headers(1, fields))
+        _, flags, _, block = await client.read_until(HEADERS, 1)
+        answer = {str(k): str(v) for k, v in client.decoder.decode(block)}
+        assert not flags & END_STREAM  # a body follows
+        body = b""
+        while True:
+            _, flags, _, payload = await client.read_until(DATA, 1)
+            body += payload
+            if flags & END_STREAM:
+                break
+        client.send(frame(DATA, 0, 1, b"more of the request"))
+        await client.ping_round_trip()
+        client.send(frame(DATA, END_STREAM, 1, b"the end"))
+        await client.ping_round_trip()
+        client.send(frame(DATA, 0, 1, b"after the end"))  # the stream is closed now
+        assert await client.reset_code(1) == STREAM_CLOSED
+    finally:
+        await client.close()
+    assert answer[":status"] == http_status
+    assert answer["content-type"].startswith("text/plain")
+    assert answer["grpc-status"] == str(grpc_status)
+    assert body.decode().strip() == answer["grpc-message"]
+    assert [k for k, _, s in client.summary() if s == 1].count(RST_STREAM) == 1  # only for the late DATA
+
+
+async def test_a_head_request_gets_its_status_without_a_body(h2: tuple[EppServer, int]) -> None:
+    _, port = h2
+    client = await RawClient.connect(port)
+    try:
+        client.send(client.headers(1, [(":method", "HEAD"), *request_fields()[1:]], end_stream=True))
+        answer = await client.trailers(1)
+        await client.ping_round_trip()
+    finally:
+        await client.close()
+    assert answer[":status"] == "405"
+    assert [k for k, _, s in client.summary() if s == 1] == [HEADERS]  # no DATA, no RST_STREAM
+
+
+async def test_answers_waiting_for_window_keep_their_streams_open_and_count_toward_the_limit(
+    epp_state: EppServer,
+) -> None:
+    """A client with an initial window of 0 gets headers but no body; its streams stay open, so one more
+    than the limit is refused, and a WINDOW_UPDATE of 1 lets exactly one byte out."""
+    server, port = await start_h2(epp_state, H2Settings(max_concurrent_streams=2))
+    client = await RawClient.connect(port, settings=settings_frame(initial_window_size=0))
+    try:
+        client.send(*(client.headers(i, not_grpc_fields(), end_stream=True) for i in (1, 3, 5)))
+        assert await client.reset_code(5) == REFUSED_STREAM
+        assert DATA not in [k for k, _, _ in client.summary()]
+        client.send(frame(WINDOW_UPDATE, 0, 1, struct.pack(">I", 1)))
+        _, flags, _, payload = await client.read_until(DATA, 1)
+        assert (len(payload), flags) == (1, 0)
+    finally:
+        await client.close()
+        await server.stop(0.5)
+
+
+async def test_a_call_whose_content_length_matches_its_data_is_served(h2: tuple[EppServer, int]) -> None:
+    _, port = h2
+    client = await RawClient.connect(port)
+    body = grpc_message(b"")
+    try:
+        client.send(client.headers(1, request_fields(HEALTH_CHECK_PATH, content_length=str(len(body)))))
+        client.send(frame(DATA, 0, 1, body[:2]), frame(DATA, END_STREAM, 1, body[2:]))
+        assert (await client.trailers(1))["grpc-status"] == "0"
+    finally:
+        await client.close()
+
+
+def literal(name: str, value: str, *, indexed: bool = False) -> bytes:
+    """An HPACK literal with a new name: added to the dynamic table (`indexed`) or not."""
+    return (b"\x40" if indexed else b"\x00") + hpack_string(name) + hpack_string(value)
+
+
+async def test_a_remembered_header_block_is_decoded_again_once_the_dynamic_table_changed(
+    h2: tuple[EppServer, int],
+) -> None:
+    """The same bytes mean other headers after the table changed: here the indexed :path (entry 62)
+    first names the health check, then an unknown method, and the answers follow the table."""
+    _, port = h2
+    client = await RawClient.connect(port)
+    rest = b"".join(literal(k, v) for k, v in request_fields() if k != ":path")
+    indexed_path = b"\xbe" + rest  # :path from dynamic table entry 62, the newest
+    blocks = [
+        literal(":path", HEALTH_CHECK_PATH, indexed=True) + rest,
+        indexed_path,
+        indexed_path,  # remembered: the table is as it was
+        literal(":path", "/no.Such/Method", indexed=True) + rest,
+        indexed_path,  # entry 62 is the unknown method now
+    ]
+    try:
+        client.send(*(frame(HEADERS, END_HEADERS | END_STREAM, 2 * i + 1, b) for i, b in enumerate(blocks)))
+        statuses = [(await client.trailers(2 * i + 1))["grpc-status"] for i in range(len(blocks))]
+    finally:
+        await client.close()
+    assert statuses == ["0", "0", "0", str(GRPC_UNIMPLEMENTED), str(GRPC_UNIMPLEMENTED)]
 
 
 MESSAGE_ERRORS = [
