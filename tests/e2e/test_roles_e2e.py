@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.cluster import ControlPlaneInfo, Kubectl, find_cli, wait_until
+from tests.e2e.conftest import EppService
 from tests.e2e.seeds import dump, load_document, renamed
 from tests.e2e.webhook_server import WebhookServer, register_webhooks, serve_help, unregister_webhooks
 
@@ -31,7 +32,11 @@ BBR = "body-based-router"
 
 
 @pytest.fixture(scope="module")
-def webhook(control_plane: ControlPlaneInfo, kubectl: Kubectl) -> Iterator[WebhookServer]:
+def webhook(
+    control_plane: ControlPlaneInfo, kubectl: Kubectl, epp_service: EppService
+) -> Iterator[WebhookServer]:
+    """`serve` running and registered for this module (the probe is the seed's filter, in the seed's
+    namespace, where `epp_service` lives)."""
     cli = find_cli()
     help_text = serve_help()
     assert cli is not None, "the extproc-guard CLI is not installed"
@@ -232,8 +237,22 @@ def processing_mode(document: dict[str, Any]) -> dict[str, Any]:
     raise AssertionError("no HTTP_FILTER patch")
 
 
+def override_mode(document: dict[str, Any]) -> dict[str, Any]:
+    """The processing_mode of the per-route override the fix adds for the EPP's filter."""
+    for patch in document["spec"]["configPatches"]:
+        if patch["applyTo"] == "HTTP_ROUTE":
+            entry = patch["patch"]["value"]["typed_per_filter_config"]["envoy.filters.http.ext_proc"]
+            mode: dict[str, Any] = entry["overrides"]["processing_mode"]
+            return mode
+    return {}
+
+
+LAST_ANSWER: list[str] = []
+
+
 def dry_run(kubectl: Kubectl, document: dict[str, Any]) -> dict[str, Any] | None:
     result = kubectl.apply(dump(document), "--dry-run=server", "-o", "json", check=False)
+    LAST_ANSWER[:] = [result.stdout[-3000:] + result.stderr[-2000:]]
     if result.returncode != 0:
         return None
     returned: dict[str, Any] = json.loads(result.stdout)
@@ -250,20 +269,23 @@ def test_the_epp_filter_of_an_inference_pool_is_stored_in_the_gie_form(
 
     def sees_the_pool() -> bool:
         answer = dry_run(kubectl, bad)
-        return (
-            answer is not None and processing_mode(answer).get("request_body_mode") == "FULL_DUPLEX_STREAMED"
-        )
+        return answer is not None and override_mode(answer).get("request_body_mode") == "FULL_DUPLEX_STREAMED"
 
-    wait_until(
-        sees_the_pool, timeout=30, what="the webhook sees the InferencePool", alive=webhook.process.death
-    )
+    try:
+        wait_until(
+            sees_the_pool, timeout=30, what="the webhook sees the InferencePool", alive=webhook.process.death
+        )
+    except Exception as error:
+        raise AssertionError(f"{error}; last answer:\n{LAST_ANSWER}\n{webhook.log_tail()}") from error
     result = kubectl.apply(dump(bad), check=False)
     assert result.returncode == 0, f"{result.stderr}\n{webhook.log_tail()}"
 
     document = stored(kubectl, namespace, "epp-ext-proc")
-    mode = processing_mode(document)
-    assert mode["request_header_mode"] == "SKIP"
-    assert mode["request_body_mode"] == "FULL_DUPLEX_STREAMED"
+    assert processing_mode(document)["request_header_mode"] == "SKIP"
+    override = override_mode(document)
+    assert override["request_header_mode"] == "SEND"
+    assert override["request_body_mode"] == "FULL_DUPLEX_STREAMED", "the GIE EPP answers after the body"
+    assert override["request_trailer_mode"] == "SEND"
     patches = document["spec"]["configPatches"]
     assert patches[0]["patch"]["operation"] == "REPLACE"
     (cluster,) = [p["patch"]["value"] for p in patches if p["applyTo"] == "CLUSTER"]
@@ -274,8 +296,6 @@ def test_the_epp_filter_of_an_inference_pool_is_stored_in_the_gie_form(
     assert json.dumps(cluster).count(ip) == 1
     assert cluster["transport_socket"]["name"] == "envoy.transport_sockets.tls", "the GIE EPP serves TLS"
     routes = [p for p in patches if p["applyTo"] == "HTTP_ROUTE"]
-    override = routes[0]["patch"]["value"]["typed_per_filter_config"]["envoy.filters.http.ext_proc"]
-    assert override["overrides"]["processing_mode"]["request_trailer_mode"] == "SEND"
     assert routes[0]["match"] == {"context": "GATEWAY"}
 
 
