@@ -26,7 +26,8 @@ logger = logging.getLogger(__name__)
 
 ADMISSION_API_VERSION = "admission.k8s.io/v1"
 ISTIO_GROUP = "networking.istio.io"
-MAX_WARNING_CHARS = 120
+MAX_WARNING_CHARS = 256
+"""The apiserver keeps up to 256 characters of each warning; kubectl prints them as `Warning:` lines."""
 MAX_LISTED_FINDINGS = 20
 
 
@@ -159,16 +160,21 @@ Evaluator = Callable[[Mapping[str, Any]], EvaluationResult]
 """The engine with its policy and resolver bound: document in, evaluation out."""
 
 
-def clip_warning(text: str) -> str:
-    """One line, at most 120 characters: what the apiserver passes on to kubectl as a warning."""
+def clip_warning(text: str, limit: int = MAX_WARNING_CHARS) -> str:
+    """One line, at most `limit` characters: what the apiserver passes on to kubectl as a warning."""
     line = " ".join(text.split())
-    if len(line) <= MAX_WARNING_CHARS:
+    if len(line) <= limit:
         return line
-    return line[: MAX_WARNING_CHARS - 3].rstrip() + "..."
+    return line[: max(0, limit - 3)].rstrip() + "..."
 
 
 def format_warning(finding: Finding) -> str:
-    return clip_warning(f"{finding.rule} {finding.slug} at {finding.path}: {finding.message}")
+    """Rule, path and fix always fit; the explanation gets what is left of the 256 characters."""
+    head = clip_warning(f"{finding.rule} {finding.slug} at {finding.path}:", MAX_WARNING_CHARS // 2)
+    tail = clip_warning(f"Fix: {finding.fix}", MAX_WARNING_CHARS // 3) if finding.fix else ""
+    room = MAX_WARNING_CHARS - len(head) - len(tail) - 2
+    message = clip_warning(finding.message, room) if room >= 20 else ""
+    return clip_warning(" ".join(part for part in (head, message, tail) if part))
 
 
 def format_denial(findings: Iterable[Finding], *, object_name: str) -> str:

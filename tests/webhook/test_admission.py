@@ -21,6 +21,7 @@ from webhook.admission import (
     build_response,
     clip_warning,
     document_of,
+    format_warning,
     parse_review,
     review_request,
 )
@@ -143,7 +144,7 @@ def test_a_denial_is_a_403_status_naming_rules_paths_and_fixes() -> None:
     assert "/spec/configPatches/0/patch/value" in message
     assert "what EPX007 wants." in message
     assert "EPX009" not in message, "warn findings do not deny"
-    assert response["warnings"] == ["EPX009 slug-epx009 at /spec/configPatches/0: what EPX009 found."]
+    assert response["warnings"] == ["EPX009 slug-epx009 at /spec/configPatches/0: what EPX009 found. Fix: what EPX009 wants."]
 
 
 def test_validate_allows_with_warnings_when_only_warn_rules_fire() -> None:
@@ -152,7 +153,7 @@ def test_validate_allows_with_warnings_when_only_warn_rules_fire() -> None:
     verdict = review_request(request, webhook=Webhook.VALIDATE, evaluate=lambda _: evaluation, policy=POLICY)
     assert verdict.allowed
     assert verdict.outcome is Outcome.ALLOWED
-    assert verdict.warnings == ("EPX012 slug-epx012 at /spec/configPatches/0: what EPX012 found.",)
+    assert verdict.warnings == ("EPX012 slug-epx012 at /spec/configPatches/0: what EPX012 found. Fix: what EPX012 wants.",)
 
 
 def test_mutate_returns_the_engine_patch_even_when_unfixable_findings_remain() -> None:
@@ -240,8 +241,25 @@ def test_the_engine_judges_the_object_in_the_namespace_the_exclusions_were_judge
         pytest.param("a\nb\tc", id="control"),
     ],
 )
-def test_warnings_are_one_line_of_at_most_120_characters(text: str) -> None:
+def test_warnings_are_one_line_of_at_most_256_characters(text: str) -> None:
     clipped = clip_warning(text)
     assert len(clipped) <= MAX_WARNING_CHARS
     assert "\n" not in clipped
     assert "\t" not in clipped
+
+
+def test_a_warning_keeps_the_rule_the_path_and_the_fix_when_the_message_is_long() -> None:
+    path = "/spec/configPatches/0/patch/value/typed_config/processing_mode/request_header_mode"
+    long = Finding(
+        rule="EPX016",
+        slug="ext-proc-role-undecided",
+        level=Level.WARN,
+        path=path,
+        message="cannot tell whose filter this is " * 20,
+        fix="annotate extproc-guard.io/role: epp or other",
+        fixable=False,
+    )
+    warning = format_warning(long)
+    assert len(warning) <= MAX_WARNING_CHARS == 256
+    assert warning.startswith(f"EPX016 ext-proc-role-undecided at {path}: cannot tell")
+    assert warning.endswith("Fix: annotate extproc-guard.io/role: epp or other")

@@ -114,7 +114,7 @@ async def test_an_unfixable_filter_is_denied_with_rule_ids_paths_and_fixes(
     assert " ".join(epx007.fix.split()) in status["message"]
 
 
-async def test_warn_rules_become_warnings_of_at_most_120_characters(
+async def test_warn_rules_become_warnings_of_at_most_256_characters_with_rule_path_and_fix(
     session: aiohttp.ClientSession, server: ServerThread
 ) -> None:
     response = await post_review(
@@ -123,7 +123,8 @@ async def test_warn_rules_become_warnings_of_at_most_120_characters(
     assert response["allowed"] is True
     warnings = response["warnings"]
     assert any(w.startswith("EPX009 failure-mode-allow") for w in warnings)
-    assert all(len(w) <= 120 for w in warnings)
+    assert all(len(w) <= 256 for w in warnings)
+    assert any("Fix: " in w and " at /spec/" in w for w in warnings)
 
 
 async def test_the_uid_is_echoed_for_every_webhook_and_outcome(

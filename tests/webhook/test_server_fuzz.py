@@ -127,7 +127,7 @@ def check_answer(status: int, content_type: str, body: bytes, sent: Any) -> None
             # still deny with code 500, but that is a bug to find here, not an answer to accept).
             assert denial["code"] == 403, denial
         for warning in response.get("warnings", []):
-            assert len(warning) <= 120
+            assert len(warning) <= 256
     else:
         assert 400 <= status < 500
         assert content_type.startswith("text/plain")
