@@ -144,7 +144,9 @@ def test_a_denial_is_a_403_status_naming_rules_paths_and_fixes() -> None:
     assert "/spec/configPatches/0/patch/value" in message
     assert "what EPX007 wants." in message
     assert "EPX009" not in message, "warn findings do not deny"
-    assert response["warnings"] == ["EPX009 slug-epx009 at /spec/configPatches/0: what EPX009 found. Fix: what EPX009 wants."]
+    assert response["warnings"] == [
+        "EPX009 slug-epx009 at /spec/configPatches/0: what EPX009 found. Fix: what EPX009 wants."
+    ]
 
 
 def test_validate_allows_with_warnings_when_only_warn_rules_fire() -> None:
@@ -153,7 +155,9 @@ def test_validate_allows_with_warnings_when_only_warn_rules_fire() -> None:
     verdict = review_request(request, webhook=Webhook.VALIDATE, evaluate=lambda _: evaluation, policy=POLICY)
     assert verdict.allowed
     assert verdict.outcome is Outcome.ALLOWED
-    assert verdict.warnings == ("EPX012 slug-epx012 at /spec/configPatches/0: what EPX012 found. Fix: what EPX012 wants.",)
+    assert verdict.warnings == (
+        "EPX012 slug-epx012 at /spec/configPatches/0: what EPX012 found. Fix: what EPX012 wants.",
+    )
 
 
 def test_mutate_returns_the_engine_patch_even_when_unfixable_findings_remain() -> None:
