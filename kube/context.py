@@ -106,6 +106,13 @@ class _Store:
         self._on_change()
 
 
+def custom_objects_api(core_api: Any) -> Any:
+    """A `CustomObjectsApi` on the same API client (and so the same connection pool) as `core_api`."""
+    from kubernetes import client
+
+    return client.CustomObjectsApi(core_api.api_client)
+
+
 class ContextCache:
     """Informer caches that answer the engine's `ContextSource`: `context_for(namespace)` and `generation`.
 

@@ -19,10 +19,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import hdrs, web
-from kubernetes import client
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from kube.context import ContextCache
+from kube.context import ContextCache, custom_objects_api
 from kube.services import ServiceCache, build_core_api
 from policies import (
     ChainResolver,
@@ -99,7 +98,7 @@ def make_app(settings: ServeSettings, *, kube_api: Any = None) -> web.Applicatio
         app.cleanup_ctx.append(_run_service_cache)
         metrics.bind_cache(age=cache.age, synced=lambda: cache.synced, size=cache.size)
         live = ContextCache(
-            client.CustomObjectsApi(api.api_client),
+            custom_objects_api(api),
             settings.kube,
             root_namespace=policy.root_namespace,
             cluster_domain=policy.cluster_domain,
