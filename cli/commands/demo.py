@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cli.demo.run import DemoSettings, run_demo
-
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
@@ -25,4 +23,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
     if args.requests < 1:
         print("extproc-guard demo: error: --requests must be at least 1")
         return 2
+    # Envoy, the EPP and the engine load here, not when the CLI lists its commands.
+    from cli.demo.run import DemoSettings, run_demo
+
     return run_demo(DemoSettings(requests=args.requests, workdir=args.keep))

@@ -8,12 +8,8 @@ run's proposed changes, a writer that keeps undoing the fix, API errors), 2 for 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import re
-import signal
-import socket
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -128,6 +124,9 @@ def _lease_namespace(args: argparse.Namespace) -> str:
 
 def settings_from_args(args: argparse.Namespace) -> ReconcileSettings:
     """Raises `SettingsError` (one line, exit 2) for flags that do not fit together."""
+    import socket
+    import uuid
+
     identity = args.identity or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
     lease = None
     if args.lease_name:
@@ -149,7 +148,9 @@ def settings_from_args(args: argparse.Namespace) -> ReconcileSettings:
 
 
 def run_reconcile(args: argparse.Namespace) -> int:
-    # The Kubernetes client and the runner load here, not when the CLI lists its commands.
+    # asyncio, the Kubernetes client and the runner load here, not when the CLI lists its commands.
+    import asyncio
+
     from reconciler.api import KubeConfigError
     from reconciler.runner import audit_exit_code, audit_once, build_parts
 
@@ -174,6 +175,9 @@ def run_reconcile(args: argparse.Namespace) -> int:
 
 
 async def _serve(parts: Parts, settings: ReconcileSettings) -> None:
+    import asyncio
+    import signal
+
     from reconciler.runner import run_reconciler
 
     stop = asyncio.Event()
