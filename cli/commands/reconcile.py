@@ -22,10 +22,10 @@ from cli.settings import (
     print_error,
     resolver_settings_from_args,
 )
-from reconciler.settings import LeaseSettings, ReconcileSettings
 
 if TYPE_CHECKING:
     from reconciler.runner import Parts
+    from reconciler.settings import ReconcileSettings
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +126,8 @@ def settings_from_args(args: argparse.Namespace) -> ReconcileSettings:
     """Raises `SettingsError` (one line, exit 2) for flags that do not fit together."""
     import socket
     import uuid
+
+    from reconciler.settings import LeaseSettings, ReconcileSettings
 
     identity = args.identity or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
     lease = None
