@@ -37,6 +37,14 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def dependencies(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder of links to every installed distribution of this run but extproc-guard's own files."""
+    from importlib import metadata
+
+    setuptools = metadata.version("setuptools")
+    if int(setuptools.split(".")[0]) < 77:
+        pytest.fail(
+            f"setuptools {setuptools} cannot build this project offline; `make venv` installs >= 77",
+            pytrace=False,
+        )
     folder = tmp_path_factory.mktemp("dependencies")
     for entry in SITE_PACKAGES.iterdir():
         if entry.name.startswith(OWN) or entry.suffix == ".pth":
