@@ -15,18 +15,18 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from policies import (
     ChainResolver,
-    Policy,
-    PolicyFileError,
     ServiceAddress,
     ServiceRef,
     ServiceResolver,
     StaticResolver,
-    default_policy,
-    load_policy,
 )
+
+if TYPE_CHECKING:
+    from policies import Policy
 
 logger = logging.getLogger(__name__)
 
@@ -195,6 +195,9 @@ def add_policy_argument(parser: argparse.ArgumentParser) -> None:
 
 def load_policy_file(path: Path | None) -> Policy:
     """Read `--policy FILE` (or return the built-in policy); raises `SettingsError` with one line."""
+    # The policy model (pydantic) loads here, when a command runs, not when the CLI lists its flags.
+    from policies import PolicyFileError, default_policy, load_policy
+
     if path is None:
         return default_policy()
     try:

@@ -14,11 +14,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from certs.files import read_cert_dir, write_cert_dir
-from certs.pki import PkiError, service_dns_names
-from certs.rotation import CertRequest, Rotation, StoredCerts, rotate_certs
-
 if TYPE_CHECKING:
+    from certs.rotation import CertRequest, Rotation
     from cli.cabundle import SecretNames
 
 logger = logging.getLogger(__name__)
@@ -83,7 +80,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run_certs(args: argparse.Namespace) -> int:
-    # The Kubernetes client loads here, not when the CLI lists its commands.
+    # cryptography and the Kubernetes client load here, not when the CLI lists its commands.
+    from certs.pki import PkiError
     from cli.cabundle import CaBundleError
 
     try:
@@ -99,6 +97,9 @@ def run_certs(args: argparse.Namespace) -> int:
 
 
 def build_options(args: argparse.Namespace) -> CertsOptions:
+    from certs.pki import service_dns_names
+    from certs.rotation import CertRequest
+
     if args.out_dir is None and args.secret is None:
         raise CertsUsageError("give --out-dir DIR or --secret NAME (or both): the certificates need a home")
     if args.renew_before_days >= args.valid_days:
@@ -136,6 +137,8 @@ def build_options(args: argparse.Namespace) -> CertsOptions:
 
 def apply_certs(options: CertsOptions, *, now: datetime) -> str:
     """Rotate what needs it, store the result, publish the bundle; return a one-line summary."""
+    from certs.files import read_cert_dir, write_cert_dir
+    from certs.rotation import StoredCerts, rotate_certs
     from cli.cabundle import (
         build_api_client,
         encode_ca_bundle,

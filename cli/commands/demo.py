@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
-
-from cli.demo.run import DemoSettings, run_demo
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -17,7 +16,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "doctor say.",
     )
     parser.add_argument("--requests", type=int, default=9, help="requests through the fixed path (9)")
-    parser.add_argument("--keep", type=Path, metavar="DIR", help="keep configs and logs in DIR")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        metavar="DIR",
+        help="keep the filters, the fix, Envoy configs, stats snapshots and logs in DIR",
+    )
     parser.set_defaults(handler=run_demo_command)
 
 
@@ -25,4 +29,14 @@ def run_demo_command(args: argparse.Namespace) -> int:
     if args.requests < 1:
         print("extproc-guard demo: error: --requests must be at least 1")
         return 2
-    return run_demo(DemoSettings(requests=args.requests, workdir=args.keep))
+    # Envoy, the EPP and the engine load here, not when the CLI lists its commands.
+    from cli.demo.run import DemoSettings, run_demo
+
+    settings = DemoSettings(requests=args.requests, workdir=args.keep, program=shown_program(sys.argv[0]))
+    return run_demo(settings)
+
+
+def shown_program(argv0: str) -> str:
+    """How the demo's printed commands name the CLI: as the user invoked it (`.venv/bin/extproc-guard`
+    after `make demo`), so they run as printed; `extproc-guard` for `python -m cli.main`."""
+    return argv0 if Path(argv0).name == "extproc-guard" else "extproc-guard"

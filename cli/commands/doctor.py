@@ -3,34 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import yaml
-
-from cli.envoyadmin import AdminReadError, AdminSource, PodExec, parse_admin_url, parse_pod
 from cli.settings import SettingsError, add_policy_argument, load_policy_file
-from policies import CATALOG, ProfileName
-from policies.doctor import (
-    DEFAULT_EPP_CLUSTER,
-    ClustersView,
-    Diagnosis,
-    DoctorSettings,
-    EnvoyStats,
-    Evidence,
-    FilterFacts,
-    StatsFormatError,
-    Verdict,
-    diagnose,
-    parse_clusters,
-    parse_stats,
-    read_filter_facts,
-    subtract_stats,
-)
+from policies import ProfileName
+
+if TYPE_CHECKING:
+    from cli.envoyadmin import AdminSource
+    from policies.doctor import ClustersView, Diagnosis, DoctorSettings, EnvoyStats, Evidence, FilterFacts
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +22,9 @@ EXIT_HEALTHY = 0
 EXIT_CAUSE = 1
 EXIT_UNREADABLE = 2
 EXIT_UNKNOWN = 3
+# `policies.doctor.DEFAULT_EPP_CLUSTER`, spelled out so that listing the flags loads none of the doctor's
+# engine (a test keeps the two equal).
+DEFAULT_EPP_CLUSTER = "epp-cluster"
 
 _EPILOG = """\
 input: --stats FILE|- (once: counters since Envoy started; twice: the delta between two snapshots),
@@ -50,9 +37,6 @@ exit codes:
   2  usage error or unreadable input
   3  unknown: too little evidence (e.g. no requests in the window); send traffic and look again
 """
-
-
-_SLUGS = {info.id: info.slug for info in CATALOG}
 
 
 class _InputError(Exception):
@@ -110,6 +94,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run_doctor(args: argparse.Namespace) -> int:
+    # The doctor's engine and the admin/exec readers load here, not when the CLI lists its commands.
+    import json
+
+    from policies.doctor import Verdict, diagnose
+
     try:
         settings = _build_settings(args)
         inputs = _read_inputs(args)
@@ -130,6 +119,8 @@ def run_doctor(args: argparse.Namespace) -> int:
 
 def _build_settings(args: argparse.Namespace) -> DoctorSettings:
     """Flags first, then the EnvoyFilter (`--filter`), then the policy (`--policy` or the built-in one)."""
+    from policies.doctor import DoctorSettings
+
     try:
         policy = load_policy_file(args.policy)
     except SettingsError as error:
@@ -146,6 +137,10 @@ def _build_settings(args: argparse.Namespace) -> DoctorSettings:
 
 
 def _read_filter(path: str) -> FilterFacts:
+    import yaml
+
+    from policies.doctor import read_filter_facts
+
     text = _read_text(path)
     try:
         documents = [doc for doc in yaml.safe_load_all(text) if isinstance(doc, dict)]
@@ -172,6 +167,8 @@ def _read_text(path: str) -> str:
 
 
 def _parse_stats_text(text: str, origin: str) -> EnvoyStats:
+    from policies.doctor import StatsFormatError, parse_stats
+
     try:
         return parse_stats(text)
     except StatsFormatError as error:
@@ -179,6 +176,8 @@ def _parse_stats_text(text: str, origin: str) -> EnvoyStats:
 
 
 def _parse_clusters_text(text: str, origin: str) -> ClustersView:
+    from policies.doctor import StatsFormatError, parse_clusters
+
     try:
         return parse_clusters(text)
     except StatsFormatError as error:
@@ -186,6 +185,8 @@ def _parse_clusters_text(text: str, origin: str) -> ClustersView:
 
 
 def _read_inputs(args: argparse.Namespace) -> _Inputs:
+    from policies.doctor import subtract_stats
+
     if not 0 < args.timeout <= 600:
         raise _InputError("--timeout takes 0 < SECONDS <= 600")
     if args.stats is not None:
@@ -205,6 +206,8 @@ def _read_inputs(args: argparse.Namespace) -> _Inputs:
 
 
 def _build_source(args: argparse.Namespace) -> AdminSource:
+    from cli.envoyadmin import PodExec, parse_admin_url, parse_pod
+
     try:
         if args.admin:
             return parse_admin_url(args.admin, timeout=args.timeout)
@@ -215,6 +218,11 @@ def _build_source(args: argparse.Namespace) -> AdminSource:
 
 
 def _read_live(source: AdminSource, watch: float | None) -> _Inputs:
+    import time
+
+    from cli.envoyadmin import AdminReadError
+    from policies.doctor import subtract_stats
+
     if watch is not None and not 0 < watch <= 3600:
         raise _InputError("--watch takes 0 < SECONDS <= 3600")
     try:
@@ -234,13 +242,16 @@ def _read_live(source: AdminSource, watch: float | None) -> _Inputs:
 
 def render_text(diagnosis: Diagnosis, *, source: str, settings: DoctorSettings) -> str:
     """The report for people: verdict, causes best first with evidence and fix, notes."""
+    from policies import CATALOG
+
+    slugs = {info.id: info.slug for info in CATALOG}
     lines = [
         f"doctor: {source} (epp cluster {settings.epp_cluster!r}, profile {settings.profile.value})",
         f"verdict: {diagnosis.summary}",
     ]
     if diagnosis.causes:
         for number, cause in enumerate(diagnosis.causes, start=1):
-            rule = f"{cause.rule} {_SLUGS.get(cause.rule, '')}".strip() if cause.rule else "(no rule)"
+            rule = f"{cause.rule} {slugs.get(cause.rule, '')}".strip() if cause.rule else "(no rule)"
             lines.append(f"{number}. {rule}: {cause.cause}")
             lines.extend(_evidence_lines(cause.evidence, indent="     "))
             lines.append(f"   fix: {cause.fix}")

@@ -14,11 +14,27 @@ if TYPE_CHECKING:
     from epp.settings import EppSettings
 
 
+class _VersionAction(argparse.Action):
+    """`epp --version`: the package version and the ext_proc protocol served (loads the protos only here)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object, **__: object) -> None:
+        from cli.version import epp_version_text
+
+        print(epp_version_text())
+        parser.exit(0)
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "epp",
         help="run the Endpoint Picker (Envoy ext_proc gRPC server)",
         description="Pick a model-server endpoint for every request Envoy's ext_proc filter sends.",
+    )
+    parser.add_argument(
+        "--version",
+        action=_VersionAction,
+        nargs=0,
+        help="print the version and the ext_proc protocol served, and exit",
     )
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     parser.add_argument("--port", type=int, default=9002, help="gRPC port (default 9002)")

@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 from cli.commands.check import EXIT_USAGE, add_input_arguments, build_scan_settings
-from cli.repair import SourceFix, fix_source, write_in_place
-from cli.report import DocumentResult, enforced, finding_lines
-from cli.scan import parsed_only, read_and_parse, with_context
 from cli.settings import SettingsError, print_error
-from cli.sources import InputError, expand_paths
+
+if TYPE_CHECKING:
+    from cli.repair import SourceFix
+    from cli.report import DocumentResult
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run_fix(args: argparse.Namespace) -> int:
+    # The engine and the YAML round-trip editor load here, not when the CLI lists its commands.
+    from cli.repair import fix_source
+    from cli.report import enforced
+    from cli.scan import parsed_only, read_and_parse, with_context
+    from cli.sources import InputError, expand_paths
+
     if args.in_place and "-" in args.paths:
         print_error("--in-place cannot rewrite stdin; drop '-' or --in-place")
         return EXIT_USAGE
@@ -74,6 +81,8 @@ def run_fix(args: argparse.Namespace) -> int:
 
 def write_outcome(outcome: SourceFix) -> None:
     """Rewrite a changed file; a file with an unreadable document is left alone."""
+    from cli.repair import write_in_place
+
     path = outcome.source.path
     if path is None or outcome.text is None or not outcome.changed or outcome.errors:
         return
@@ -102,5 +111,7 @@ def print_documents(outcomes: list[SourceFix]) -> None:
 
 
 def report_remaining(results: list[DocumentResult]) -> None:
+    from cli.report import finding_lines
+
     for line in finding_lines(results):
         sys.stderr.write(f"{line}\n")

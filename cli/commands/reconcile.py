@@ -8,12 +8,8 @@ run's proposed changes, a writer that keeps undoing the fix, API errors), 2 for 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import re
-import signal
-import socket
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,10 +22,10 @@ from cli.settings import (
     print_error,
     resolver_settings_from_args,
 )
-from reconciler.settings import LeaseSettings, ReconcileSettings
 
 if TYPE_CHECKING:
     from reconciler.runner import Parts
+    from reconciler.settings import ReconcileSettings
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +124,11 @@ def _lease_namespace(args: argparse.Namespace) -> str:
 
 def settings_from_args(args: argparse.Namespace) -> ReconcileSettings:
     """Raises `SettingsError` (one line, exit 2) for flags that do not fit together."""
+    import socket
+    import uuid
+
+    from reconciler.settings import LeaseSettings, ReconcileSettings
+
     identity = args.identity or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
     lease = None
     if args.lease_name:
@@ -149,7 +150,9 @@ def settings_from_args(args: argparse.Namespace) -> ReconcileSettings:
 
 
 def run_reconcile(args: argparse.Namespace) -> int:
-    # The Kubernetes client and the runner load here, not when the CLI lists its commands.
+    # asyncio, the Kubernetes client and the runner load here, not when the CLI lists its commands.
+    import asyncio
+
     from reconciler.api import KubeConfigError
     from reconciler.runner import audit_exit_code, audit_once, build_parts
 
@@ -174,6 +177,9 @@ def run_reconcile(args: argparse.Namespace) -> int:
 
 
 async def _serve(parts: Parts, settings: ReconcileSettings) -> None:
+    import asyncio
+    import signal
+
     from reconciler.runner import run_reconciler
 
     stop = asyncio.Event()

@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from policies.render import (
-    RenderError,
-    RenderOptions,
-    RouteSpec,
-    SocketAddress,
-    render_gateway,
-)
+from policies.render import RenderError, RenderOptions, RouteSpec, SocketAddress
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +67,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run_render(args: argparse.Namespace) -> int:
+    # The renderer and the YAML loader load here, not when the CLI lists its commands.
+    import yaml
+
+    from policies.render import render_gateway
+
     try:
         envoy_filter = load_envoy_filter(args.file)
         rendering = render_gateway(envoy_filter, options=build_options(args))
@@ -85,6 +81,8 @@ def run_render(args: argparse.Namespace) -> int:
     for note in rendering.skipped:
         print(f"extproc-guard render: note: {note}", file=sys.stderr)
     if args.output == "json":
+        import json
+
         sys.stdout.write(json.dumps(rendering.bootstrap, indent=2) + "\n")
     else:
         sys.stdout.write(yaml.safe_dump(rendering.bootstrap, sort_keys=False))
@@ -116,6 +114,8 @@ def build_options(args: argparse.Namespace) -> RenderOptions:
 
 def load_envoy_filter(source: str) -> Mapping[str, Any]:
     """The first EnvoyFilter document of a YAML/JSON file (``-``: stdin)."""
+    import yaml
+
     try:
         if source == "-":
             raw = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import logging
 import os
 import sys
@@ -20,13 +18,11 @@ from cli.settings import (
     port_arg_type,
     resolver_settings_from_args,
 )
-from kube.settings import KubeSettings
-from telemetry.logoutput import flush_periodically, install_log_output
-from webhook.settings import ServeSettings, TLSSettings
-from webhook.tlsreload import TLSFilesError
 
 if TYPE_CHECKING:
     from aiohttp import web
+
+    from webhook.settings import ServeSettings
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +76,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def settings_from_args(args: argparse.Namespace) -> ServeSettings:
     """Build the one settings object; raises `SettingsError` for a flag that cannot be used."""
+    from kube.settings import KubeSettings
+    from webhook.settings import ServeSettings, TLSSettings
+
     resolver = resolver_settings_from_args(args)
     in_cluster = resolver.in_cluster or (
         resolver.kubeconfig is None and not resolver.services and "KUBERNETES_SERVICE_HOST" in os.environ
@@ -106,6 +105,10 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
 
 def keep_flushed(handler: logging.Handler) -> Callable[[web.Application], AsyncIterator[None]]:
     """A cleanup context that flushes the batched log output while the app runs, and once at the end."""
+    import asyncio
+    import contextlib
+
+    from telemetry.logoutput import flush_periodically
 
     async def run(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(flush_periodically(handler), name="log-flush")
@@ -120,6 +123,8 @@ def keep_flushed(handler: logging.Handler) -> Callable[[web.Application], AsyncI
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from telemetry.logoutput import install_log_output
+
     # One line per review is the server's audit trail: on unless asked for more.
     output = install_log_output(logging.DEBUG if args.verbose >= 2 else logging.INFO)
     try:
@@ -134,6 +139,7 @@ def serve_until_stopped(args: argparse.Namespace, output: logging.Handler) -> in
 
     from kube.services import KubeConfigError
     from webhook.server import TLS_KEY, make_app
+    from webhook.tlsreload import TLSFilesError
 
     try:
         settings = settings_from_args(args)

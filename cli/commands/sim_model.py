@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import logging
-import signal
 import sys
 from typing import TYPE_CHECKING
 
@@ -30,7 +27,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run_sim_model(args: argparse.Namespace) -> int:
-    # aiohttp loads here, not when the CLI lists its commands.
+    # asyncio and aiohttp load here, not when the CLI lists its commands.
+    import asyncio
+
     from epp.simulator import SimulatorSettings
 
     if args.concurrency < 1 or args.latency_ms < 0 or not 0 <= args.port < 65536:
@@ -57,6 +56,10 @@ def run_sim_model(args: argparse.Namespace) -> int:
 
 
 async def _serve_until_signal(settings: SimulatorSettings) -> None:
+    import asyncio
+    import contextlib
+    import signal
+
     from epp.simulator import serve_simulator
 
     task = asyncio.create_task(serve_simulator(settings))

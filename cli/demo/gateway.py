@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import importlib.resources
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -36,11 +37,42 @@ class LocalGateway:
     bootstrap: dict[str, Any]
 
 
+def load_operator_text() -> str:
+    """The incident's EnvoyFilter as the operator generated it, as text (with its comments)."""
+    return importlib.resources.files("webhook").joinpath("demo_filter.yaml").read_text("utf-8")
+
+
 def load_operator_filter() -> dict[str, Any]:
     """The incident's EnvoyFilter as the operator generated it."""
-    text = importlib.resources.files("webhook").joinpath("demo_filter.yaml").read_text("utf-8")
-    document: dict[str, Any] = yaml.safe_load(text)
+    document: dict[str, Any] = yaml.safe_load(load_operator_text())
     return document
+
+
+def with_epp_port(document: Mapping[str, Any], epp_port: int) -> dict[str, Any]:
+    """The filter with its EPP cluster's port set to `epp_port` (the local EPP's Service port)."""
+    working = copy.deepcopy(dict(document))
+    for value in _epp_clusters(working):
+        for group in value["load_assignment"]["endpoints"]:
+            for item in group["lb_endpoints"]:
+                item["endpoint"]["address"]["socket_address"]["port_value"] = epp_port
+    return working
+
+
+def operator_text_for_local_epp(*, epp_port: int) -> str:
+    """`load_operator_text()` with the EPP cluster's port set to `epp_port`, every comment kept.
+
+    What an operator generating the filter for a Service on that port would have written; `check` and
+    `fix` read it like any file. Raises `ValueError` if the text edit does not give that document.
+    """
+    text, count = re.subn(
+        r"^(\s*port_value:\s*)\d+(\s*(#.*)?)$",
+        lambda match: f"{match.group(1)}{epp_port}{match.group(2)}",
+        load_operator_text(),
+        flags=re.MULTILINE,
+    )
+    if count != 1 or yaml.safe_load(text) != with_epp_port(load_operator_filter(), epp_port):
+        raise ValueError("the operator's filter does not have exactly one EPP cluster port to set")
+    return text
 
 
 def fix_for_local_epp(document: Mapping[str, Any], *, epp_port: int) -> Evaluation:
@@ -49,11 +81,7 @@ def fix_for_local_epp(document: Mapping[str, Any], *, epp_port: int) -> Evaluati
     The Service port is `epp_port` here, so the filter's cluster port is set to it first (what an operator
     generating the filter for this Service would have written).
     """
-    working = copy.deepcopy(dict(document))
-    for value in _epp_clusters(working):
-        for group in value["load_assignment"]["endpoints"]:
-            for item in group["lb_endpoints"]:
-                item["endpoint"]["address"]["socket_address"]["port_value"] = epp_port
+    working = with_epp_port(document, epp_port)
     return evaluate(working, policy=default_policy(), resolver=local_epp_resolver(epp_port))
 
 

@@ -1,0 +1,108 @@
+"""The CLI's start-up: listing the commands loads none of their heavy modules; `--version`; a bare call.
+
+Each probe runs in a fresh interpreter (a subprocess), because this test process has long since imported
+everything. Timing is measured by `bench/startup_bench.py`, never asserted here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from cli.commands import check, command_names, doctor
+from cli.report import OutputFormat
+from policies.doctor import DEFAULT_EPP_CLUSTER
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = Path(sys.executable).parent / "extproc-guard"
+SEED_CORRECTED = ROOT / "manifests" / "examples" / "seed-corrected.yaml"
+SERVICE = "llm-d-inference-scheduler/gaie-inference-scheduling-epp=10.96.45.12:9002"
+# What a command loads only when it runs. `yaml` and `asyncio` are not heavy, but nothing in the parser
+# needs them either, so their absence shows the registration stayed light.
+HEAVY = ("pydantic", "kubernetes", "aiohttp", "grpc", "cryptography", "google.protobuf", "ruamel", "yaml")
+ALSO_NOT_FOR_LISTING = ("asyncio", "ssl", "urllib.request", "importlib.metadata", "policies.policy")
+
+PROBE = """\
+import json, sys
+from cli.main import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exit:
+    code = exit.code
+sys.stdout.flush()
+print(json.dumps({"code": code, "modules": sorted(sys.modules)}), file=sys.stderr)
+"""
+
+
+def loaded_after(argv: list[str]) -> tuple[int, set[str]]:
+    """Exit code and the modules a fresh interpreter holds after `extproc-guard ARGV`."""
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=ROOT,
+    )
+    result = json.loads(done.stderr.strip().splitlines()[-1])
+    return int(result["code"]), set(result["modules"])
+
+
+def roots_of(modules: set[str], names: tuple[str, ...]) -> list[str]:
+    return sorted(name for name in names if name in modules)
+
+
+def test_the_help_lists_every_command_without_loading_what_the_commands_run_on() -> None:
+    code, modules = loaded_after(["--help"])
+    assert code == 0
+    assert roots_of(modules, HEAVY + ALSO_NOT_FOR_LISTING) == []
+    assert {f"cli.commands.{name}" for name in command_names()} <= modules
+
+
+@pytest.mark.parametrize("command", [name.replace("_", "-") for name in command_names()])
+def test_a_command_s_own_help_loads_none_of_the_heavy_modules(command: str) -> None:
+    code, modules = loaded_after([command, "--help"])
+    assert code == 0
+    assert roots_of(modules, HEAVY) == []
+
+
+def test_check_loads_the_engine_but_no_server_cluster_or_certificate_code() -> None:
+    code, modules = loaded_after(["check", str(SEED_CORRECTED), "--service", SERVICE])
+    assert code == 0
+    assert {"pydantic", "policies.policy", "google.protobuf"} <= modules  # the probe sees real loading
+    assert roots_of(modules, ("kubernetes", "aiohttp", "grpc", "cryptography", "asyncio")) == []
+
+
+def test_the_spelled_out_choices_match_the_engine_s() -> None:
+    assert tuple(output.value for output in OutputFormat) == check.OUTPUT_FORMATS
+    assert doctor.DEFAULT_EPP_CLUSTER == DEFAULT_EPP_CLUSTER
+
+
+def test_version_prints_the_installed_package_version() -> None:
+    done = subprocess.run([str(SCRIPT), "--version"], capture_output=True, text=True, timeout=60, check=False)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.startswith(f"extproc-guard {metadata.version('extproc-guard')} (Python ")
+
+
+def test_epp_version_names_the_ext_proc_grpc_method_it_serves() -> None:
+    done = subprocess.run(
+        [str(SCRIPT), "epp", "--version"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"extproc-guard epp {metadata.version('extproc-guard')}"
+    assert "gRPC envoy.service.ext_proc.v3.ExternalProcessor/Process" in lines[1]
+    assert lines[2] == f"protos: xds-protos {metadata.version('xds-protos')}"
+
+
+def test_a_bare_call_lists_the_commands_and_exits_2() -> None:
+    done = subprocess.run([str(SCRIPT)], capture_output=True, text=True, timeout=60, check=False)
+    assert (done.returncode, done.stdout) == (2, "")
+    for name in command_names():
+        assert f"\n    {name.replace('_', '-')} " in done.stderr
+    assert done.stderr.rstrip().endswith("extproc-guard: error: give a COMMAND (listed above)")
