@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
-
-from google.protobuf.descriptor import Descriptor  # type: ignore[import-untyped]
+from typing import TYPE_CHECKING, Any
 
 from policies.patch import escape_token
 from policies.pieces import EXT_PROC_TYPE, PER_ROUTE_TYPE
 from policies.rules.base import Rule, Violation
-from policies.schema import CLUSTER, EXT_PROC_PER_ROUTE, EXTERNAL_PROCESSOR, SchemaError, parse_error
 from policies.spelling import find_key
 from policies.subject import Subject
+
+if TYPE_CHECKING:
+    from google.protobuf.descriptor import Descriptor  # type: ignore[import-untyped]
+
+    from policies.schema import SchemaError
+
+
+def _schema() -> Any:
+    """The Envoy proto descriptors, loaded on the first document with ext_proc content (they are the
+    slowest import of the engine, and most documents of a run are not ext_proc)."""
+    from policies import schema
+
+    return schema
 
 
 def _pointer(base: str, error: SchemaError) -> str:
@@ -45,35 +55,41 @@ def _check_any(
 ) -> Iterator[Violation]:
     name = descriptor.name
     if not isinstance(value, Mapping):
-        yield _violation(base, what, name, SchemaError((), f"expected a mapping, got {type(value).__name__}"))
+        error = _schema().SchemaError((), f"expected a mapping, got {type(value).__name__}")
+        yield _violation(base, what, name, error)
         return
     wrong_type = _typed(value, expected)
     if wrong_type is not None:
-        yield _violation(base, what, name, SchemaError(("@type",), wrong_type))
+        yield _violation(base, what, name, _schema().SchemaError(("@type",), wrong_type))
         return
-    error = parse_error({k: v for k, v in value.items() if k != "@type"}, descriptor)
+    error = _schema().parse_error({k: v for k, v in value.items() if k != "@type"}, descriptor)
     if error is not None:
         yield _violation(base, what, name, error)
 
 
 def check_schema(subject: Subject) -> Iterator[Violation]:
+    schema = _schema()
     pieces = subject.pieces
     for piece in pieces.filters:
         value = piece.patch.value or {}
         key = find_key(value, "typed_config")
         if key is None:
-            error = SchemaError((), "the filter has no typed_config")
+            error = schema.SchemaError((), "the filter has no typed_config")
             yield _violation(piece.patch.value_path, "the ext_proc HTTP filter", "HttpFilter", error)
             continue
         yield from _check_any(
-            piece.config_path, "the ext_proc typed_config", value[key], EXT_PROC_TYPE, EXTERNAL_PROCESSOR
+            piece.config_path,
+            "the ext_proc typed_config",
+            value[key],
+            EXT_PROC_TYPE,
+            schema.EXTERNAL_PROCESSOR,
         )
     for route in pieces.routes:
         yield from _check_any(
-            route.path, "the ExtProcPerRoute override", route.entry, PER_ROUTE_TYPE, EXT_PROC_PER_ROUTE
+            route.path, "the ExtProcPerRoute override", route.entry, PER_ROUTE_TYPE, schema.EXT_PROC_PER_ROUTE
         )
     for cluster in pieces.clusters.values():
-        cluster_error = parse_error(cluster.value, CLUSTER)
+        cluster_error = schema.parse_error(cluster.value, schema.CLUSTER)
         if cluster_error is not None:
             yield _violation(cluster.path, f"cluster {cluster.name!r}", "Cluster", cluster_error)
 
