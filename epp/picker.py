@@ -64,6 +64,7 @@ class _State:
     base: float | None = None  # the sample's score, computed once per scrape
     reason: str = "not scraped yet"
     engine: str = ""  # the engine-type label ("" = the default engine)
+    alone: Choice | None = None  # the decision for this endpoint without fallbacks, built once
 
 
 class Picker:
@@ -191,7 +192,9 @@ class Picker:
         chosen = candidates[index]
         chosen.assigned += 1
         if settings.fallbacks <= 0 or len(candidates) == 1:
-            return Choice((chosen.endpoint,))
+            if chosen.alone is None:
+                chosen.alone = Choice((chosen.endpoint,))
+            return chosen.alone
         return Choice((chosen.endpoint, *self._fallbacks(candidates, loads, index)))
 
     def _fallbacks(self, candidates: list[_State], loads: list[float | None], index: int) -> list[Endpoint]:

@@ -98,8 +98,9 @@ class Processor:
         self._metrics = metrics
         self._settings = settings
         self._serial = 0
-        # the serialized answer and the pick's text, per pick and deciding phase
-        self._pick_cache: dict[tuple[tuple[Endpoint, ...], bool], tuple[bytes, str]] = {}
+        # the serialized answer and the pick's text, per pick (headers answers; buffered-body answers)
+        self._pick_cache: dict[tuple[Endpoint, ...], tuple[bytes, str]] = {}
+        self._body_pick_cache: dict[tuple[Endpoint, ...], tuple[bytes, str]] = {}
         self._subsets = SubsetReader()
         self._pass = {kind: responses.build_pass_through(kind).SerializeToString() for kind in MESSAGE_KINDS}
         self._tally = metrics.tally
@@ -263,14 +264,13 @@ class Processor:
         choice = self._picker.choose(stream.subset, None if stream.model == "-" else stream.model)
         pick = choice.pick
         if pick:
-            key = (pick, on_body)
-            cached = self._pick_cache.get(key)
+            cache = self._body_pick_cache if on_body else self._pick_cache
+            cached = cache.get(pick)
             if cached is None:
-                if len(self._pick_cache) > 4096:
-                    self._pick_cache.clear()
+                if len(cache) > 4096:
+                    cache.clear()
                 build = responses.build_body_pick if on_body else responses.build_headers_pick
-                cached = (build(pick).SerializeToString(), join_endpoints(pick))
-                self._pick_cache[key] = cached
+                cached = cache[pick] = (build(pick).SerializeToString(), join_endpoints(pick))
             answer, stream.endpoint = cached
             stream.pick = pick
         elif choice.outcome == SHED:
@@ -318,10 +318,10 @@ class Processor:
         if served is None:
             return
         stream.served = served
-        pick = stream.pick
-        if pick and served == str(pick[0]):
+        listed = stream.endpoint  # the pick as the header carries it, "-" before a decision
+        if listed == served or listed.startswith(served + ","):
             outcome = "primary"
-        elif any(served == str(e) for e in pick[1:]):
+        elif served in listed.split(","):
             outcome = "fallback"
         else:
             outcome = "other"
