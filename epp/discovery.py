@@ -6,6 +6,9 @@ resourceVersion; a 410 lists again at once, any other error after a back-off (fr
 `backoff_max`). Cancelling `run()` interrupts the open watch and waits (bounded) for the thread. The client
 comes from `kube.client.build_api_client`: `kubeconfig`, else in-cluster, else `KUBECONFIG`, else
 `~/.kube/config`.
+
+Pods also give each endpoint's engine type, from the label `llm-d.ai/engine-type` (which metric names its
+load is read from); EndpointSlices carry no pod labels, so their endpoints use the default engine.
 """
 
 from __future__ import annotations
@@ -19,14 +22,17 @@ from pathlib import Path
 from typing import Any
 
 from epp.endpoints import Endpoint, EndpointSyntaxError, parse_endpoint
+from epp.engines import ENGINE_LABEL
 from kube.client import build_api_client
 from kube.informer import Change, Informer, InformerLog, InformerSettings
 
 logger = logging.getLogger(__name__)
 
-Publish = Callable[[tuple[Endpoint, ...]], None]
-Found = frozenset[Endpoint]
-"""The endpoints one EndpointSlice or Pod contributes."""
+Targets = dict[Endpoint, str]
+"""Endpoints with their engine-type labels ("" when the source gives none)."""
+Publish = Callable[[tuple[Endpoint, ...], Targets], None]
+Found = frozenset[tuple[Endpoint, str]]
+"""The endpoints one EndpointSlice or Pod contributes, each with its engine-type label."""
 
 STOP_TIMEOUT_SECONDS = 5.0
 
@@ -48,7 +54,11 @@ def endpoints_from_slices(
     slices: Iterable[Mapping[str, Any]], settings: KubeDiscoverySettings
 ) -> set[Endpoint]:
     """Ready addresses of the given EndpointSlice objects (plain dicts), with the matching port."""
-    found: set[Endpoint] = set()
+    return set(targets_from_slices(slices, settings))
+
+
+def targets_from_slices(slices: Iterable[Mapping[str, Any]], settings: KubeDiscoverySettings) -> Targets:
+    found: Targets = {}
     for item in slices:
         port = _slice_port(item.get("ports") or [], settings)
         if port is None:
@@ -59,13 +69,18 @@ def endpoints_from_slices(
             for address in entry.get("addresses") or []:
                 endpoint = _endpoint(address, port)
                 if endpoint:
-                    found.add(endpoint)
+                    found[endpoint] = ""
     return found
 
 
 def endpoints_from_pods(pods: Iterable[Mapping[str, Any]], settings: KubeDiscoverySettings) -> set[Endpoint]:
     """Running, ready Pods' IPs with the target port."""
-    found: set[Endpoint] = set()
+    return set(targets_from_pods(pods, settings))
+
+
+def targets_from_pods(pods: Iterable[Mapping[str, Any]], settings: KubeDiscoverySettings) -> Targets:
+    """Running, ready Pods' IPs with the target port, and each pod's engine-type label."""
+    found: Targets = {}
     if settings.target_port is None:
         return found
     for pod in pods:
@@ -77,7 +92,8 @@ def endpoints_from_pods(pods: Iterable[Mapping[str, Any]], settings: KubeDiscove
         )
         endpoint = _endpoint(status.get("podIP") or "", settings.target_port) if ready else None
         if endpoint:
-            found.add(endpoint)
+            engine = ((pod.get("metadata") or {}).get("labels") or {}).get(ENGINE_LABEL)
+            found[endpoint] = engine if isinstance(engine, str) else ""
     return found
 
 
@@ -117,7 +133,8 @@ class KubeDiscovery:
         api = await asyncio.to_thread(build_api_client, kubeconfig=kubeconfig)
 
         def publish(found: Found) -> None:
-            loop.call_soon_threadsafe(self._publish, tuple(sorted(found)))
+            targets = dict(sorted(found))
+            loop.call_soon_threadsafe(self._publish, tuple(targets), targets)
 
         informer = self._informer(api, publish)
         informer.start()
@@ -132,7 +149,7 @@ class KubeDiscovery:
 
         settings = self._settings
         call: Callable[..., Any]
-        convert: Callable[[Iterable[Mapping[str, Any]], KubeDiscoverySettings], set[Endpoint]]
+        convert: Callable[[Iterable[Mapping[str, Any]], KubeDiscoverySettings], Targets]
         if settings.service is not None:
             selector = f"kubernetes.io/service-name={settings.service}"
             call = functools.partial(
@@ -140,20 +157,20 @@ class KubeDiscovery:
                 settings.namespace,
                 label_selector=selector,
             )
-            convert = endpoints_from_slices
+            convert = targets_from_slices
             what = f"endpointslices of service {settings.namespace}/{settings.service}"
         else:
             selector = settings.selector or ""
             call = functools.partial(
                 client.CoreV1Api(api).list_namespaced_pod, settings.namespace, label_selector=selector
             )
-            convert = endpoints_from_pods
+            convert = targets_from_pods
             what = f"pods {selector!r} in namespace {settings.namespace}"
 
         def decode(obj: Mapping[str, Any]) -> tuple[str, Found] | None:
             # Each object is kept as the endpoints it contributes, nothing more.
             name = (obj.get("metadata") or {}).get("name")
-            return (name, frozenset(convert([obj], settings))) if isinstance(name, str) else None
+            return (name, frozenset(convert([obj], settings).items())) if isinstance(name, str) else None
 
         published: Found | None = None
 

@@ -8,6 +8,10 @@ Where the decision is made depends on the body mode Envoy announces in the strea
 - FULL_DUPLEX_STREAMED: nothing is answered until the body ends (or trailers arrive); then the headers
   answer carries the decision and the body goes back unchanged.
 A request without a body (headers with end_of_stream) is decided on its headers in every mode.
+
+The GIE endpoint-picker protocol (`epp.protocol`): the request's subset hint (metadata on the request
+headers message) limits the decision; a decision may list fallbacks after the primary; the served endpoint
+the proxy reports on the response path is counted (`epp_served_total`) and logged with the stream.
 """
 
 from __future__ import annotations
@@ -20,12 +24,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
+from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 
 from epp import responses
 from epp.endpoints import Endpoint
-from epp.picker import Picker
+from epp.picker import PICKED, SHED, Picker
+from epp.protocol import Subset, SubsetReader, join_endpoints, read_served
 from epp.telemetry import MESSAGE_KINDS, EppMetrics
 from telemetry.logoutput import log_info
 
@@ -60,9 +66,12 @@ class ProcessStream:
         "method",
         "model",
         "path",
+        "pick",
         "request_id",
         "response_body_mode",
+        "served",
         "started",
+        "subset",
     )
 
     def __init__(self, serial: int) -> None:
@@ -71,6 +80,9 @@ class ProcessStream:
         self.method = "-"
         self.model = "-"
         self.endpoint = "-"
+        self.pick: tuple[Endpoint, ...] = ()
+        self.subset: Subset | None = None  # the request's subset hint, when it has one
+        self.served = "-"  # the endpoint the proxy reports it served the request from
         self.body_mode = _BodyMode.NONE
         self.response_body_mode = _BodyMode.NONE
         self.decided = False
@@ -86,8 +98,10 @@ class Processor:
         self._metrics = metrics
         self._settings = settings
         self._serial = 0
-        # the serialized answer and the endpoint's name, per endpoint and deciding phase
-        self._pick_cache: dict[tuple[Endpoint, bool], tuple[bytes, str]] = {}
+        # the serialized answer and the pick's text, per pick (headers answers; buffered-body answers)
+        self._pick_cache: dict[tuple[Endpoint, ...], tuple[bytes, str]] = {}
+        self._body_pick_cache: dict[tuple[Endpoint, ...], tuple[bytes, str]] = {}
+        self._subsets = SubsetReader()
         self._pass = {kind: responses.build_pass_through(kind).SerializeToString() for kind in MESSAGE_KINDS}
         self._tally = metrics.tally
 
@@ -146,8 +160,12 @@ class Processor:
             stream.body_mode = request.protocol_config.request_body_mode
             stream.response_body_mode = request.protocol_config.response_body_mode
         if kind in _RESPONSE_KINDS:
+            if stream.served == "-" and request.HasField("metadata_context"):
+                self._note_served(stream, request.metadata_context)
             return self._answer_response_phase(stream, request, kind, first=first)
         if kind == "request_headers":
+            if request.HasField("metadata_context"):
+                stream.subset = self._subsets.read(request.metadata_context)
             return self._answer_request_headers(stream, request.request_headers, arrived, first=first)
         if kind == "request_body":
             return self._answer_request_body(stream, request.request_body, arrived)
@@ -170,7 +188,7 @@ class Processor:
                     stream.request_id = value
         if headers.end_of_stream or stream.body_mode in _DECIDE_ON_HEADERS:
             answer = self._decide(stream, arrived, on_body=False)
-            stream.done = stream.endpoint == "-"  # an immediate response ends the exchange
+            stream.done = not stream.pick  # an immediate response ends the exchange
             return [answer]
         if stream.body_mode in _DECIDE_ON_BODY:
             return [self._pass["request_headers"]]
@@ -209,7 +227,8 @@ class Processor:
         the stream unless trailers follow it, answered last)."""
         self._read_model(stream)
         decision = self._decide(stream, arrived, on_body=False)
-        if stream.endpoint == "-":
+        if not stream.pick:
+            stream.done = True  # an immediate response ends the exchange
             return [decision]
         whole = b"".join(stream.body)
         stream.body = []
@@ -227,7 +246,7 @@ class Processor:
                 kind,
                 "stream began with a response phase: request_header_mode is not SEND for this route",
             )
-        elif not self._settings.expect_response_messages:
+        elif not self._settings.expect_response_messages and stream.response_body_mode == _BodyMode.NONE:
             self._note_unexpected(
                 stream, kind, "response phases are sent to the EPP: the processing mode leaves them at SEND"
             )
@@ -242,40 +261,71 @@ class Processor:
 
     def _decide(self, stream: ProcessStream, arrived: int, *, on_body: bool) -> bytes:
         stream.decided = True
-        endpoint = self._picker.pick()
-        if endpoint is None:
-            reason = "no healthy model-server endpoint"
-            answer: bytes = responses.build_unavailable(
-                reason, request_id=stream.request_id
-            ).SerializeToString()
-            outcome = "no_endpoint"
-        else:
-            key = (endpoint, on_body)
-            cached = self._pick_cache.get(key)
+        choice = self._picker.choose(stream.subset, None if stream.model == "-" else stream.model)
+        pick = choice.pick
+        if pick:
+            cache = self._body_pick_cache if on_body else self._pick_cache
+            cached = cache.get(pick)
             if cached is None:
-                if len(self._pick_cache) > 4096:
-                    self._pick_cache.clear()
+                if len(cache) > 4096:
+                    cache.clear()
                 build = responses.build_body_pick if on_body else responses.build_headers_pick
-                cached = (build(endpoint).SerializeToString(), str(endpoint))
-                self._pick_cache[key] = cached
+                cached = cache[pick] = (build(pick).SerializeToString(), join_endpoints(pick))
             answer, stream.endpoint = cached
-            outcome = "picked"
+            stream.pick = pick
+        elif choice.outcome == SHED:
+            answer = responses.build_shed(choice.reason, request_id=stream.request_id).SerializeToString()
+        else:
+            answer = responses.build_unavailable(
+                choice.reason, request_id=stream.request_id, error=choice.error
+            ).SerializeToString()
+        outcome = choice.outcome
         elapsed = time.perf_counter_ns() - arrived
         tally = self._tally
         tally.decisions[outcome] += 1
         tally.latency.observe(elapsed / 1e9)
-        log_info(
-            logger,
-            "decision request_id=%s method=%s path=%s model=%s endpoint=%s outcome=%s decision_us=%d",
-            stream.request_id,
-            stream.method,
-            stream.path,
-            stream.model,
-            stream.endpoint,
-            outcome,
-            elapsed // 1000,
-        )
+        if outcome == PICKED:
+            log_info(
+                logger,
+                "decision request_id=%s method=%s path=%s model=%s endpoint=%s outcome=%s decision_us=%d",
+                stream.request_id,
+                stream.method,
+                stream.path,
+                stream.model,
+                stream.endpoint,
+                outcome,
+                elapsed // 1000,
+            )
+        else:
+            log_info(
+                logger,
+                "decision request_id=%s method=%s path=%s model=%s endpoint=%s outcome=%s decision_us=%d"
+                " reason=%r",
+                stream.request_id,
+                stream.method,
+                stream.path,
+                stream.model,
+                stream.endpoint,
+                outcome,
+                elapsed // 1000,
+                choice.reason,
+            )
         return answer
+
+    def _note_served(self, stream: ProcessStream, metadata: base_pb2.Metadata) -> None:
+        """The proxy reports where it sent the request: the primary, a listed fallback, or elsewhere."""
+        served = read_served(metadata)
+        if served is None:
+            return
+        stream.served = served
+        listed = stream.endpoint  # the pick as the header carries it, "-" before a decision
+        if listed == served or listed.startswith(served + ","):
+            outcome = "primary"
+        elif served in listed.split(","):
+            outcome = "fallback"
+        else:
+            outcome = "other"
+        self._tally.served[outcome] += 1
 
     def _keep_body(self, stream: ProcessStream, chunk: bytes) -> None:
         if chunk:
@@ -303,13 +353,14 @@ class Processor:
         tally.streams[outcome] += 1
         log_info(
             logger,
-            "stream request_id=%s method=%s path=%s model=%s endpoint=%s outcome=%s messages=%s"
+            "stream request_id=%s method=%s path=%s model=%s endpoint=%s served=%s outcome=%s messages=%s"
             " duration_us=%d",
             stream.request_id,
             stream.method,
             stream.path,
             stream.model,
             stream.endpoint,
+            stream.served,
             outcome,
             ",".join(stream.kinds) or "-",
             (time.perf_counter_ns() - stream.started) // 1000,

@@ -9,14 +9,15 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 from envoy.type.v3 import http_status_pb2
 
 from epp.endpoints import Endpoint
+from epp.protocol import DESTINATION_HEADER, METADATA_NAMESPACE, join_endpoints
 
-DESTINATION_HEADER = "x-gateway-destination-endpoint"
-METADATA_NAMESPACE = "envoy.lb"
+Pick = tuple[Endpoint, ...]
+"""The endpoints of one decision: the primary first, then fallbacks in order of preference."""
 
 
-def build_pick_mutation(endpoint: Endpoint) -> ext_proc.CommonResponse:
-    """Route to `endpoint`: set the destination header and ask Envoy to recompute the route."""
-    header = base_pb2.HeaderValue(key=DESTINATION_HEADER, raw_value=str(endpoint).encode())
+def build_pick_mutation(pick: Pick) -> ext_proc.CommonResponse:
+    """Route to the pick: set the destination header and ask Envoy to recompute the route."""
+    header = base_pb2.HeaderValue(key=DESTINATION_HEADER, raw_value=join_endpoints(pick).encode())
     return ext_proc.CommonResponse(
         header_mutation=ext_proc.HeaderMutation(
             set_headers=[
@@ -29,26 +30,26 @@ def build_pick_mutation(endpoint: Endpoint) -> ext_proc.CommonResponse:
     )
 
 
-def add_pick_metadata(answer: ext_proc.ProcessingResponse, endpoint: Endpoint) -> None:
-    """The same destination as dynamic metadata, namespace `envoy.lb` (for LB policies that read it)."""
-    answer.dynamic_metadata.update({METADATA_NAMESPACE: {DESTINATION_HEADER: str(endpoint)}})
+def add_pick_metadata(answer: ext_proc.ProcessingResponse, pick: Pick) -> None:
+    """The same value as dynamic metadata, namespace `envoy.lb` (what override_host LB policies read)."""
+    answer.dynamic_metadata.update({METADATA_NAMESPACE: {DESTINATION_HEADER: join_endpoints(pick)}})
 
 
-def build_headers_pick(endpoint: Endpoint) -> ext_proc.ProcessingResponse:
+def build_headers_pick(pick: Pick) -> ext_proc.ProcessingResponse:
     """The answer to `request_headers` that carries the decision."""
     answer = ext_proc.ProcessingResponse(
-        request_headers=ext_proc.HeadersResponse(response=build_pick_mutation(endpoint))
+        request_headers=ext_proc.HeadersResponse(response=build_pick_mutation(pick))
     )
-    add_pick_metadata(answer, endpoint)
+    add_pick_metadata(answer, pick)
     return answer
 
 
-def build_body_pick(endpoint: Endpoint) -> ext_proc.ProcessingResponse:
+def build_body_pick(pick: Pick) -> ext_proc.ProcessingResponse:
     """The answer to a buffered `request_body` that carries the decision (headers are still held)."""
     answer = ext_proc.ProcessingResponse(
-        request_body=ext_proc.BodyResponse(response=build_pick_mutation(endpoint))
+        request_body=ext_proc.BodyResponse(response=build_pick_mutation(pick))
     )
-    add_pick_metadata(answer, endpoint)
+    add_pick_metadata(answer, pick)
     return answer
 
 
@@ -68,16 +69,27 @@ def build_streamed_body(
     return ext_proc.ProcessingResponse(request_body=answer)
 
 
-def build_unavailable(reason: str, *, request_id: str) -> ext_proc.ProcessingResponse:
+def build_unavailable(
+    reason: str, *, request_id: str, error: str = "no_healthy_endpoint"
+) -> ext_proc.ProcessingResponse:
     """No endpoint can take the request: answer the client 503 with a JSON reason, now."""
-    body = json.dumps({"error": "no_healthy_endpoint", "reason": reason, "request_id": request_id})
+    return _build_refusal(http_status_pb2.ServiceUnavailable, error, reason, request_id)
+
+
+def build_shed(reason: str, *, request_id: str) -> ext_proc.ProcessingResponse:
+    """Every candidate is over the queue threshold: answer the client 429 (shed), now."""
+    return _build_refusal(http_status_pb2.TooManyRequests, "request_shed", reason, request_id)
+
+
+def _build_refusal(status: int, error: str, reason: str, request_id: str) -> ext_proc.ProcessingResponse:
+    body = json.dumps({"error": error, "reason": reason, "request_id": request_id})
     content_type = base_pb2.HeaderValue(key="content-type", raw_value=b"application/json")
     return ext_proc.ProcessingResponse(
         immediate_response=ext_proc.ImmediateResponse(
-            status=http_status_pb2.HttpStatus(code=http_status_pb2.ServiceUnavailable),
+            status=http_status_pb2.HttpStatus(code=status),
             headers=ext_proc.HeaderMutation(set_headers=[base_pb2.HeaderValueOption(header=content_type)]),
             body=body.encode(),
-            details="epp_no_healthy_endpoint",
+            details=f"epp_{error}",
         )
     )
 

@@ -20,6 +20,12 @@ class LoadSample:
     waiting: float
     running: float
     kv_cache_usage: float
+    running_adapters: frozenset[str] = frozenset()  # LoRA adapters loaded and serving
+    waiting_adapters: frozenset[str] = frozenset()  # LoRA adapters requests wait for
+    max_lora: int | None = None
+
+    def has_adapter(self, model: str) -> bool:
+        return model in self.running_adapters or model in self.waiting_adapters
 
 
 @dataclass(frozen=True, slots=True)

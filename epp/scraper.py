@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from epp.endpoints import Endpoint
+from epp.engines import DEFAULT_ENGINE, ENGINES, EngineMetrics, engine_metrics
 from epp.exposition import parse_load_sample
 from epp.picker import Picker
 
@@ -25,12 +26,33 @@ logger = logging.getLogger(__name__)
 class ScrapeSettings:
     interval: float = 0.5  # seconds; 0 turns scraping off (endpoints then take turns)
     timeout: float = 1.0  # seconds one scrape may take, whatever the interval
+    default_engine: str = DEFAULT_ENGINE  # metric names for endpoints without an engine-type label
 
 
 class Scraper:
     def __init__(self, picker: Picker, settings: ScrapeSettings) -> None:
         self._picker = picker
         self._settings = settings
+        self._default = engine_metrics(settings.default_engine)
+        self._unknown: set[str] = set()  # engine labels already warned about
+
+    def _engine(self, endpoint: Endpoint) -> EngineMetrics:
+        label = self._picker.engine_of(endpoint)
+        if not label:
+            return self._default
+        engine = ENGINES.get(label)
+        if engine is None:
+            if label not in self._unknown:
+                self._unknown.add(label)
+                logger.warning(
+                    "unknown engine type engine=%r endpoint=%s using=%s known=%s",
+                    label,
+                    endpoint,
+                    self._default.name,
+                    ",".join(sorted(ENGINES)),
+                )
+            return self._default
+        return engine
 
     async def run(self) -> None:
         """Scrape until cancelled. The caller owns the task."""
@@ -79,4 +101,4 @@ class Scraper:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             self._picker.record_failure(endpoint, f"scrape failed: {type(exc).__name__}: {exc}".rstrip(": "))
             return
-        self._picker.record_sample(endpoint, parse_load_sample(text))
+        self._picker.record_sample(endpoint, parse_load_sample(text, self._engine(endpoint)))

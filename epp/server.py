@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING
 
 import grpc
 from aiohttp import web
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from epp.discovery import KubeDiscovery
+from epp.endpoints import Endpoint
+from epp.health import EppHealth
 from epp.picker import Picker
-from epp.processor import SERVICE_NAME, Processor
+from epp.processor import Processor
 from epp.scraper import Scraper
 from epp.settings import EppSettings
 from epp.telemetry import EppMetrics
@@ -37,9 +39,12 @@ class EppServer:
         self.metrics = EppMetrics()
         self.picker = Picker(settings.picker, metrics=self.metrics)
         self.processor = Processor(self.picker, self.metrics, settings.processor)
+        self.health = EppHealth(lambda: self.picker.synced)
         self.port = 0
         self.metrics_port = 0
+        self.health_port = 0
         self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
         self._h2: H2GrpcServerType | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -47,9 +52,13 @@ class EppServer:
     async def start(self) -> None:
         settings = self.settings
         if settings.discovery is None:
-            self.picker.set_endpoints(settings.endpoints)
+            self.picker.set_endpoints(settings.endpoints, engines=settings.engines)
         else:
-            discovery = KubeDiscovery(settings.discovery, self.picker.set_endpoints)
+
+            def publish(endpoints: tuple[Endpoint, ...], engines: dict[Endpoint, str]) -> None:
+                self.picker.set_endpoints(endpoints, engines=engines)
+
+            discovery = KubeDiscovery(settings.discovery, publish)
             self._tasks.append(asyncio.create_task(discovery.run(), name="epp-discovery"))
         self._tasks.append(
             asyncio.create_task(Scraper(self.picker, settings.scrape).run(), name="epp-scraper")
@@ -62,14 +71,20 @@ class EppServer:
             await self._start_grpcio()
         if settings.metrics_port is not None:
             await self._start_metrics()
+        if settings.health_port is not None:
+            await self._start_health()
         logger.info(
-            "epp listening address=%s:%d transport=%s tls=%s endpoints=%s metrics_port=%s",
+            "epp listening address=%s:%d transport=%s tls=%s endpoints=%s metrics_port=%s health_port=%s"
+            " fallbacks=%d shed_queue_depth=%s",
             settings.host,
             self.port,
             "h2" if self._h2 else "grpcio",
             "on" if settings.tls else "off",
             ",".join(map(str, self.picker.endpoints)) or ("kubernetes" if settings.discovery else "-"),
             self.metrics_port or "off",
+            self.health_port or "off",
+            settings.picker.fallbacks,
+            "off" if settings.picker.shed_queue_depth is None else f"{settings.picker.shed_queue_depth:g}",
         )
 
     async def _start_grpcio(self) -> None:
@@ -81,8 +96,7 @@ class EppServer:
             ]
         )
         server.add_generic_rpc_handlers((self.processor.rpc_handler(),))
-        health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         address = f"{settings.host}:{settings.port}"
         if settings.tls is None:
             self.port = server.add_insecure_port(address)
@@ -93,8 +107,14 @@ class EppServer:
             self.port = server.add_secure_port(address, credentials)
         await server.start()
         self._server = server
-        for service in ("", SERVICE_NAME):
-            await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    async def _start_health(self) -> None:
+        """gRPC health alone on its own plaintext port (the GIE EPP's 9003), whatever the main transport."""
+        server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        self.health_port = server.add_insecure_port(f"{self.settings.host}:{self.settings.health_port or 0}")
+        await server.start()
+        self._health_server = server
 
     async def stop(self) -> None:
         if self._h2 is not None:
@@ -103,6 +123,9 @@ class EppServer:
         if self._server is not None:
             await self._server.stop(self.settings.grace)
             self._server = None
+        if self._health_server is not None:
+            await self._health_server.stop(None)
+            self._health_server = None
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

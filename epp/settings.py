@@ -23,7 +23,9 @@ class EppSettings:
     host: str = "0.0.0.0"
     port: int = 9002
     metrics_port: int | None = None  # a plain-HTTP /metrics and /healthz; None = off
+    health_port: int | None = None  # gRPC health alone, plaintext (the GIE EPP's 9003); None = off
     endpoints: tuple[Endpoint, ...] = ()
+    engines: dict[Endpoint, str] = field(default_factory=dict)  # engine-type labels of static endpoints
     discovery: KubeDiscoverySettings | None = None
     scrape: ScrapeSettings = field(default_factory=ScrapeSettings)
     picker: PickerSettings = field(default_factory=PickerSettings)

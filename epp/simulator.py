@@ -2,12 +2,15 @@
 
 Each request waits for one of `concurrency` slots (counted as waiting), holds it for `latency` seconds
 (counted as running), then answers. KV-cache usage is the share of slots in use. Every answer names the
-server in `x-served-by`, so a caller can see where the gateway sent it.
+server in `x-served-by`, so a caller can see where the gateway sent it. The gauges carry the metric names
+of the simulated engine (`vllm`, or `sglang`); with LoRA adapters set, vLLM's `lora_requests_info` lists
+them as running.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import logging
@@ -27,6 +30,8 @@ class SimulatorSettings:
     model: str = "sim-model"
     latency: float = 0.005  # seconds each request holds a slot
     concurrency: int = 8
+    engine: str = "vllm"  # whose metric names /metrics uses: "vllm" or "sglang"
+    lora_adapters: tuple[str, ...] = ()  # reported as running LoRA adapters (vllm only)
 
 
 class _Queue:
@@ -124,6 +129,21 @@ class Simulator:
     async def _metrics(self, _: web.Request) -> web.Response:
         queue = self.queue
         label = f'{{model_name="{self.settings.model}"}}'
+        usage = queue.running / queue.concurrency
+        if self.settings.engine == "sglang":
+            lines = [
+                "# HELP sglang:num_running_reqs The number of running requests.",
+                "# TYPE sglang:num_running_reqs gauge",
+                f"sglang:num_running_reqs{label} {queue.running}",
+                "# HELP sglang:num_queue_reqs The number of requests in the waiting queue.",
+                "# TYPE sglang:num_queue_reqs gauge",
+                f"sglang:num_queue_reqs{label} {queue.waiting}",
+                "# HELP sglang:token_usage The token usage.",
+                "# TYPE sglang:token_usage gauge",
+                f"sglang:token_usage{label} {usage}",
+                "",
+            ]
+            return web.Response(text="\n".join(lines), content_type="text/plain", charset="utf-8")
         lines = [
             "# HELP vllm:num_requests_running Number of requests currently running.",
             "# TYPE vllm:num_requests_running gauge",
@@ -133,12 +153,20 @@ class Simulator:
             f"vllm:num_requests_waiting{label} {queue.waiting}",
             "# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.",
             "# TYPE vllm:kv_cache_usage_perc gauge",
-            f"vllm:kv_cache_usage_perc{label} {queue.running / queue.concurrency}",
+            f"vllm:kv_cache_usage_perc{label} {usage}",
             "# HELP vllm:request_success_total Count of successfully processed requests.",
             "# TYPE vllm:request_success_total counter",
             f"vllm:request_success_total{label} {queue.served}",
-            "",
         ]
+        if self.settings.lora_adapters:
+            adapters = ",".join(self.settings.lora_adapters)
+            lines += [
+                "# HELP vllm:lora_requests_info Running stats on lora requests.",
+                "# TYPE vllm:lora_requests_info gauge",
+                f'vllm:lora_requests_info{{max_lora="{len(self.settings.lora_adapters)}",'
+                f'running_lora_adapters="{adapters}",waiting_lora_adapters=""}} {time.time()}',
+            ]
+        lines.append("")
         return web.Response(text="\n".join(lines), content_type="text/plain", charset="utf-8")
 
     def _error(self, status: int, message: str) -> web.Response:
@@ -172,11 +200,4 @@ async def serve_simulator(settings: SimulatorSettings, *, ready: asyncio.Event |
 
 
 def _named(settings: SimulatorSettings, name: str) -> SimulatorSettings:
-    return SimulatorSettings(
-        host=settings.host,
-        port=settings.port,
-        name=name,
-        model=settings.model,
-        latency=settings.latency,
-        concurrency=settings.concurrency,
-    )
+    return dataclasses.replace(settings, name=name)

@@ -21,7 +21,8 @@ from telemetry.tally import LatencyTally
 
 DECISION_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
 
-DECISION_OUTCOMES = ("picked", "no_endpoint")
+DECISION_OUTCOMES = ("picked", "no_endpoint", "shed")
+SERVED_OUTCOMES = ("primary", "fallback", "other")
 MESSAGE_KINDS = (
     "request_headers",
     "response_headers",
@@ -46,13 +47,14 @@ class StreamTally(Collector):
         self.decisions: dict[str, int] = dict.fromkeys(DECISION_OUTCOMES, 0)
         self.messages: dict[str, int] = dict.fromkeys(MESSAGE_KINDS, 0)
         self.streams: Counter_[str] = Counter_()
+        self.served: dict[str, int] = dict.fromkeys(SERVED_OUTCOMES, 0)
         self.open = 0
         self.latency = LatencyTally(buckets)
 
     def collect(self) -> Iterator[Metric]:
         yield self._counter(
             "epp_decisions",
-            "Routing decisions by outcome (picked, no_endpoint).",
+            "Routing decisions by outcome (picked, no_endpoint, shed).",
             "outcome",
             self.decisions.items(),
         )
@@ -72,6 +74,13 @@ class StreamTally(Collector):
         yield GaugeMetricFamily("epp_streams_open", "ext_proc streams in progress.", value=self.open)
         yield self._counter(
             "epp_messages", "ext_proc messages received by kind.", "kind", self.messages.items()
+        )
+        yield self._counter(
+            "epp_served",
+            "Responses whose served endpoint the proxy reported (envoy.lb"
+            " x-gateway-destination-endpoint-served): the picked primary, a listed fallback, or another.",
+            "outcome",
+            self.served.items(),
         )
 
     def _counter(

@@ -3,18 +3,38 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cli.settings import SettingsError, add_policy_argument, load_policy_file
-from policies import ProfileName
+from policies import CATALOG, ProfileName
+from policies.doctor import (
+    DEFAULT_EPP_CLUSTER,
+    ClustersView,
+    Diagnosis,
+    DoctorSettings,
+    EnvoyStats,
+    Evidence,
+    FilterFacts,
+    StatsFormatError,
+    Verdict,
+    diagnose,
+    is_config_dump,
+    parse_clusters,
+    parse_stats,
+    read_config_dump_facts,
+    read_filter_facts,
+    subtract_stats,
+)
 
 if TYPE_CHECKING:
     from cli.envoyadmin import AdminSource
-    from policies.doctor import ClustersView, Diagnosis, DoctorSettings, EnvoyStats, Evidence, FilterFacts
 
 logger = logging.getLogger(__name__)
 
@@ -22,14 +42,16 @@ EXIT_HEALTHY = 0
 EXIT_CAUSE = 1
 EXIT_UNREADABLE = 2
 EXIT_UNKNOWN = 3
-# `policies.doctor.DEFAULT_EPP_CLUSTER`, spelled out so that listing the flags loads none of the doctor's
-# engine (a test keeps the two equal).
-DEFAULT_EPP_CLUSTER = "epp-cluster"
 
 _EPILOG = """\
 input: --stats FILE|- (once: counters since Envoy started; twice: the delta between two snapshots),
   or --admin URL, or --pod NAMESPACE/NAME (runs `pilot-agent request GET stats` in the proxy container);
   with --admin or --pod, --watch SECONDS reads two snapshots that far apart and diagnoses the delta.
+
+the EPP cluster: --epp-cluster, else --filter (an EnvoyFilter, or Envoy's /config_dump JSON as
+  `istioctl proxy-config all -o json` prints it), else the policy's. With --admin or --pod and neither
+  flag, when the stats have no cluster of that name, the gateway's own /config_dump names it: the cluster
+  of the ext_proc filter, or of the per-route override (Istio's InferencePool routes name the EPP there).
 
 exit codes:
   0  healthy: ext_proc streams start and none fail
@@ -37,6 +59,9 @@ exit codes:
   2  usage error or unreadable input
   3  unknown: too little evidence (e.g. no requests in the window); send traffic and look again
 """
+
+
+_SLUGS = {info.id: info.slug for info in CATALOG}
 
 
 class _InputError(Exception):
@@ -48,6 +73,7 @@ class _Inputs:
     stats: EnvoyStats
     clusters: ClustersView | None
     source: str
+    live: AdminSource | None = None
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -74,7 +100,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--kubeconfig", help="kubeconfig for --pod (default: in-cluster, then ~/.kube/config)"
     )
     parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="per read (10)")
-    parser.add_argument("--filter", metavar="FILE", help="the EnvoyFilter: gives the EPP cluster and profile")
+    parser.add_argument(
+        "--filter",
+        metavar="FILE",
+        help="the EnvoyFilter, or an Envoy config dump (JSON): gives the EPP cluster and profile",
+    )
     parser.add_argument(
         "--epp-cluster",
         metavar="NAME",
@@ -94,22 +124,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run_doctor(args: argparse.Namespace) -> int:
-    # The doctor's engine and the admin/exec readers load here, not when the CLI lists its commands.
-    import json
-
-    from policies.doctor import Verdict, diagnose
-
     try:
         settings = _build_settings(args)
         inputs = _read_inputs(args)
     except _InputError as error:
         print(f"extproc-guard doctor: {error}", file=sys.stderr)
         return EXIT_UNREADABLE
+    notes: list[str] = []
+    if inputs.live is not None and _may_look_up_cluster(args, settings, inputs.stats):
+        settings = _settings_from_config_dump(args, settings, inputs.live, notes)
     diagnosis = diagnose(inputs.stats, settings=settings, clusters=inputs.clusters)
     if args.output == "json":
         print(json.dumps(diagnosis.to_json(), indent=2))
     else:
-        print(render_text(diagnosis, source=inputs.source, settings=settings))
+        text = render_text(diagnosis, source=inputs.source, settings=settings)
+        print("\n".join([text, *(f"note: {note}" for note in notes)]))
     return {
         Verdict.HEALTHY: EXIT_HEALTHY,
         Verdict.BROKEN: EXIT_CAUSE,
@@ -117,15 +146,14 @@ def run_doctor(args: argparse.Namespace) -> int:
     }[diagnosis.verdict]
 
 
-def _build_settings(args: argparse.Namespace) -> DoctorSettings:
-    """Flags first, then the EnvoyFilter (`--filter`), then the policy (`--policy` or the built-in one)."""
-    from policies.doctor import DoctorSettings
-
+def _build_settings(args: argparse.Namespace, found: FilterFacts | None = None) -> DoctorSettings:
+    """Flags first, then the EnvoyFilter or config dump (`--filter`, or `found` in the gateway's own
+    config_dump), then the policy (`--policy` or the built-in one)."""
     try:
         policy = load_policy_file(args.policy)
     except SettingsError as error:
         raise _InputError(str(error)) from None
-    facts = _read_filter(args.filter) if args.filter else None
+    facts = found or (_read_filter(args.filter) if args.filter else None)
     cluster = args.epp_cluster or (facts.cluster_name if facts else None) or policy.epp_cluster
     if args.profile:
         profile = ProfileName(args.profile)
@@ -137,22 +165,61 @@ def _build_settings(args: argparse.Namespace) -> DoctorSettings:
 
 
 def _read_filter(path: str) -> FilterFacts:
-    import yaml
-
-    from policies.doctor import read_filter_facts
-
     text = _read_text(path)
     try:
+        import yaml
+
         documents = [doc for doc in yaml.safe_load_all(text) if isinstance(doc, dict)]
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise _InputError(f"{path}: not valid YAML{where}") from None
     for document in documents:
-        facts = read_filter_facts(document)
+        facts = _facts_of(document)
         if facts is not None:
             return facts
-    raise _InputError(f"{path}: no EnvoyFilter with an ext_proc filter patch")
+    raise _InputError(
+        f"{path}: no EnvoyFilter with an ext_proc filter patch, nor a config dump with ext_proc"
+    )
+
+
+def _facts_of(document: Mapping[str, Any]) -> FilterFacts | None:
+    if is_config_dump(document):
+        return read_config_dump_facts(document)
+    return read_filter_facts(document)
+
+
+def _may_look_up_cluster(args: argparse.Namespace, settings: DoctorSettings, stats: EnvoyStats) -> bool:
+    """Nothing named the EPP cluster and the stats have no cluster of the default name."""
+    if args.epp_cluster or args.filter:
+        return False
+    prefix = f"cluster.{settings.epp_cluster}."
+    return not any(name.startswith(prefix) for name in stats)
+
+
+def _settings_from_config_dump(
+    args: argparse.Namespace, settings: DoctorSettings, source: AdminSource, notes: list[str]
+) -> DoctorSettings:
+    from cli.envoyadmin import AdminReadError
+
+    """The EPP cluster (and profile) the gateway's own configuration names; the settings as they were when
+    the config dump cannot be read or names none."""
+    try:
+        document = json.loads(source.read("config_dump"))
+    except (AdminReadError, ValueError) as error:
+        notes.append(f"could not read the gateway's config_dump to find the EPP cluster ({error})")
+        return settings
+    facts = read_config_dump_facts(document) if is_config_dump(document) else None
+    if facts is None or facts.cluster_name is None:
+        notes.append("the gateway's config_dump has no ext_proc filter naming a cluster")
+        return settings
+    where = "a per-route ExtProcPerRoute override" if facts.route_override else f"the {facts.name} filter"
+    notes.append(
+        f"the EPP cluster {facts.cluster_name!r} is the one {where} names in the gateway's config_dump"
+    )
+    if facts.other_clusters:
+        notes.append("other routes name further EPP clusters: " + ", ".join(facts.other_clusters))
+    return _build_settings(args, facts)
 
 
 def _read_text(path: str) -> str:
@@ -167,8 +234,6 @@ def _read_text(path: str) -> str:
 
 
 def _parse_stats_text(text: str, origin: str) -> EnvoyStats:
-    from policies.doctor import StatsFormatError, parse_stats
-
     try:
         return parse_stats(text)
     except StatsFormatError as error:
@@ -176,8 +241,6 @@ def _parse_stats_text(text: str, origin: str) -> EnvoyStats:
 
 
 def _parse_clusters_text(text: str, origin: str) -> ClustersView:
-    from policies.doctor import StatsFormatError, parse_clusters
-
     try:
         return parse_clusters(text)
     except StatsFormatError as error:
@@ -185,8 +248,6 @@ def _parse_clusters_text(text: str, origin: str) -> ClustersView:
 
 
 def _read_inputs(args: argparse.Namespace) -> _Inputs:
-    from policies.doctor import subtract_stats
-
     if not 0 < args.timeout <= 600:
         raise _InputError("--timeout takes 0 < SECONDS <= 600")
     if args.stats is not None:
@@ -218,10 +279,7 @@ def _build_source(args: argparse.Namespace) -> AdminSource:
 
 
 def _read_live(source: AdminSource, watch: float | None) -> _Inputs:
-    import time
-
     from cli.envoyadmin import AdminReadError
-    from policies.doctor import subtract_stats
 
     if watch is not None and not 0 < watch <= 3600:
         raise _InputError("--watch takes 0 < SECONDS <= 3600")
@@ -237,21 +295,18 @@ def _read_live(source: AdminSource, watch: float | None) -> _Inputs:
     except AdminReadError as error:
         raise _InputError(str(error)) from None
     window = f" (delta over {watch:g} s)" if watch is not None else ""
-    return _Inputs(stats, clusters, source.describe() + window)
+    return _Inputs(stats, clusters, source.describe() + window, live=source)
 
 
 def render_text(diagnosis: Diagnosis, *, source: str, settings: DoctorSettings) -> str:
     """The report for people: verdict, causes best first with evidence and fix, notes."""
-    from policies import CATALOG
-
-    slugs = {info.id: info.slug for info in CATALOG}
     lines = [
         f"doctor: {source} (epp cluster {settings.epp_cluster!r}, profile {settings.profile.value})",
         f"verdict: {diagnosis.summary}",
     ]
     if diagnosis.causes:
         for number, cause in enumerate(diagnosis.causes, start=1):
-            rule = f"{cause.rule} {slugs.get(cause.rule, '')}".strip() if cause.rule else "(no rule)"
+            rule = f"{cause.rule} {_SLUGS.get(cause.rule, '')}".strip() if cause.rule else "(no rule)"
             lines.append(f"{number}. {rule}: {cause.cause}")
             lines.extend(_evidence_lines(cause.evidence, indent="     "))
             lines.append(f"   fix: {cause.fix}")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from epp.endpoints import EndpointSyntaxError, parse_endpoints
+from epp.endpoints import EndpointSyntaxError, parse_endpoint, parse_endpoints
 
 if TYPE_CHECKING:
     from epp.settings import EppSettings
@@ -51,6 +51,39 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--stale-after", type=float, default=None, help="seconds (default 3 x interval)")
     parser.add_argument("--metrics-port", type=int, default=None, help="serve /metrics on this port")
+    parser.add_argument(
+        "--health-port",
+        type=int,
+        default=None,
+        help="serve gRPC health (liveness, readiness, the ext_proc service) alone on this plaintext port",
+    )
+    parser.add_argument(
+        "--fallbacks",
+        type=int,
+        default=0,
+        help="endpoints listed after the picked one, for the proxy to retry (default 0; ORIGINAL_DST"
+        " clusters read one endpoint only, override_host clusters walk the list)",
+    )
+    parser.add_argument(
+        "--shed-queue-depth",
+        type=float,
+        default=None,
+        metavar="N",
+        help="answer 429 when every candidate endpoint has N or more requests waiting (default: never)",
+    )
+    parser.add_argument(
+        "--engine-type",
+        default="vllm",
+        help="model-server engine (metric names) for endpoints without an llm-d.ai/engine-type label"
+        " (default vllm)",
+    )
+    parser.add_argument(
+        "--endpoint-engine",
+        action="append",
+        default=[],
+        metavar="IP:PORT=ENGINE",
+        help="the engine type of one static endpoint (repeatable)",
+    )
     parser.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate (PEM)")
     parser.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
     parser.add_argument(
@@ -80,6 +113,7 @@ def build_settings(args: argparse.Namespace) -> EppSettings:
     """Turn the flags into settings; raises ValueError with a one-line reason."""
     # The EPP's server modules (gRPC, aiohttp) load here, not when the CLI lists its commands.
     from epp.discovery import KubeDiscoverySettings
+    from epp.engines import engine_metrics
     from epp.picker import PickerSettings
     from epp.processor import ProcessorSettings
     from epp.scraper import ScrapeSettings
@@ -123,14 +157,34 @@ def build_settings(args: argparse.Namespace) -> EppSettings:
     if args.scrape_timeout <= 0:
         raise ValueError("--scrape-timeout must be more than 0 seconds")
     stale = args.stale_after if args.stale_after is not None else 3 * interval
+    if args.fallbacks < 0:
+        raise ValueError("--fallbacks must be 0 or more")
+    if args.shed_queue_depth is not None and args.shed_queue_depth <= 0:
+        raise ValueError("--shed-queue-depth must be more than 0")
+    if args.health_port is not None and not 0 <= args.health_port < 65536:
+        raise ValueError(f"--health-port {args.health_port} is not in 0..65535")
+    engine_metrics(args.engine_type)  # raises UnknownEngine (a ValueError) naming the known ones
+    engines = {}
+    for item in args.endpoint_engine:
+        address, sep, engine = item.rpartition("=")
+        if not sep or not address:
+            raise ValueError(f"--endpoint-engine {item!r} is not IP:PORT=ENGINE")
+        engine_metrics(engine)
+        engines[parse_endpoint(address)] = engine
     return EppSettings(
         host=args.host,
         port=args.port,
         metrics_port=args.metrics_port,
+        health_port=args.health_port,
         endpoints=endpoints,
+        engines=engines,
         discovery=discovery,
-        scrape=ScrapeSettings(interval=interval, timeout=args.scrape_timeout),
-        picker=PickerSettings(stale_after=stale),
+        scrape=ScrapeSettings(
+            interval=interval, timeout=args.scrape_timeout, default_engine=args.engine_type
+        ),
+        picker=PickerSettings(
+            stale_after=stale, fallbacks=args.fallbacks, shed_queue_depth=args.shed_queue_depth
+        ),
         processor=ProcessorSettings(expect_response_messages=args.expect_response_messages),
         tls=TlsFiles(args.tls_cert, args.tls_key) if args.tls_cert else None,
         workers=args.workers,

@@ -23,6 +23,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--model", default="sim-model", help="model name in metrics labels")
     parser.add_argument("--latency-ms", type=float, default=5.0, help="time each request holds a slot")
     parser.add_argument("--concurrency", type=int, default=8, help="requests served at once; others wait")
+    parser.add_argument(
+        "--engine", choices=["vllm", "sglang"], default="vllm", help="engine whose metric names to serve"
+    )
+    parser.add_argument(
+        "--lora-adapters", default="", help="LoRA adapters to report as running (vllm), comma-separated"
+    )
     parser.set_defaults(handler=run_sim_model)
 
 
@@ -46,6 +52,8 @@ def run_sim_model(args: argparse.Namespace) -> int:
         model=args.model,
         latency=args.latency_ms / 1000,
         concurrency=args.concurrency,
+        engine=args.engine,
+        lora_adapters=tuple(a.strip() for a in args.lora_adapters.split(",") if a.strip()),
     )
     try:
         asyncio.run(_serve_until_signal(settings))

@@ -6,6 +6,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from policies.doctor.configdump import is_config_dump, read_config_dump_facts
     from policies.doctor.diagnosis import DEFAULT_EPP_CLUSTER, Evidence, diagnose
     from policies.doctor.filter import FilterFacts, read_filter_facts
     from policies.doctor.model import Diagnosis, DoctorSettings, Verdict
@@ -27,8 +28,10 @@ _HOMES: dict[str, str] = {
     "EnvoyStats": "policies.doctor.stats",
     "Evidence": "policies.doctor.diagnosis",
     "FilterFacts": "policies.doctor.filter",
+    "is_config_dump": "policies.doctor.configdump",
     "parse_clusters": "policies.doctor.stats",
     "parse_stats": "policies.doctor.stats",
+    "read_config_dump_facts": "policies.doctor.configdump",
     "read_filter_facts": "policies.doctor.filter",
     "StatsFormatError": "policies.doctor.stats",
     "subtract_stats": "policies.doctor.stats",
@@ -46,8 +49,10 @@ __all__ = [
     "StatsFormatError",
     "Verdict",
     "diagnose",
+    "is_config_dump",
     "parse_clusters",
     "parse_stats",
+    "read_config_dump_facts",
     "read_filter_facts",
     "subtract_stats",
 ]

@@ -38,6 +38,27 @@ HEADERS_BODY_FIX = (
     "use an EPP that decides on request headers with body mode NONE, or, for the GIE EPP, set"
     " request_body_mode: FULL_DUPLEX_STREAMED with request_trailer_mode: SEND"
 )
+OVERFLOW_FIX = (
+    "raise the EPP cluster's circuit breakers (circuit_breakers.thresholds max_requests and"
+    " max_pending_requests; for Istio's outbound cluster, a DestinationRule on the EPP Service with"
+    " trafficPolicy.connectionPool.http.http2MaxRequests and http1MaxPendingRequests): every request in"
+    " flight holds one ext_proc stream, so the limit must cover the gateway's concurrent requests"
+)
+SPURIOUS_FIX = (
+    "make the EPP answer each message once and in order: request headers first, then each body chunk (in"
+    " FULL_DUPLEX_STREAMED no streamed body before the headers answer; with body NONE no body answer at"
+    " all); and make the EPP and the filter agree on the processing mode (EPX013)"
+)
+FAIL_OPEN_FIX = (
+    "bring the EPP back (its Service has no ready endpoint, or the address does not answer: check the EPP"
+    " pods and their gRPC health `readiness`); until then requests go where the cluster's fallback load"
+    " balancing sends them. Set failure_mode_allow: false (InferencePool failureMode: FailClose) to see a"
+    " dead EPP as 5xx instead"
+)
+NO_HEALTHY_FIX = (
+    "check that the EPP pods are ready (the GIE EPP's gRPC health `readiness` is NOT_SERVING until it has"
+    " listed its endpoints) and that the EPP Service's selector and port match them"
+)
 
 
 def match_no_http2(window: Window, counts: Counts, found: Sequence[Cause]) -> list[Cause]:
@@ -81,7 +102,7 @@ def match_unreachable_epp(window: Window, counts: Counts, found: Sequence[Cause]
         return []
     where = window.pinned_addresses()
     causes = []
-    if counts.allowed > 0:
+    if counts.allowed > 0 and not any(cause.rule == "EPX009" for cause in found):
         cause = (
             f"failure_mode_allow: true hides an unreachable EPP: {counts.allowed} requests passed ext_proc"
             f" without a pick while {counts.unreachable} connects to {where} failed"
@@ -127,6 +148,8 @@ def match_plaintext_cluster_tls_epp(window: Window, counts: Counts, found: Seque
         and counts.protocol_errors == 0
         and counts.unreachable == 0
         and counts.ssl_errors == 0
+        and counts.overflow == 0  # streams the circuit breakers refuse count as 503s too
+        and counts.no_healthy == 0
         and (counts.rq_503 > 0 or counts.remote_resets > 0)
     ):
         return []
@@ -148,6 +171,91 @@ def match_plaintext_cluster_tls_epp(window: Window, counts: Counts, found: Seque
     )
     strong = window.settings.profile is ProfileName.GIE_EPP or counts.rq_503 >= counts.failed
     return [Cause("EPX010", cause, evidence, ADD_TLS_FIX, 0.85 if strong else 0.7)]
+
+
+def match_fail_open_traffic_flows(window: Window, counts: Counts, found: Sequence[Cause]) -> list[Cause]:
+    """Fail-open with traffic still served: nobody notices the EPP is gone (the Istio InferencePool shape,
+    where the pool cluster's override_host policy falls back to round robin without a pick)."""
+    if counts.allowed == 0 or counts.two_xx == 0:
+        return []
+    if counts.no_healthy:
+        why = f"the EPP cluster had no healthy endpoint for {counts.no_healthy} streams"
+    elif counts.unreachable:
+        why = f"{counts.unreachable} connects to {window.pinned_addresses()} failed"
+    else:
+        why = f"{counts.failed} ext_proc streams failed"
+    cause = (
+        f"failure_mode_allow (fail-open) hides a dead EPP: {counts.allowed} requests passed ext_proc without"
+        f" a pick while the gateway answered {counts.two_xx} of {counts.requests} with 2xx ({why}); the"
+        " pool's fallback load balancing routed them, not the EPP"
+    )
+    evidence = (
+        window.evidence()
+        .ext_proc("failure_mode_allowed", "streams_started", "streams_failed")
+        .requests("downstream_rq_2xx")
+        .cluster("upstream_cx_none_healthy", "upstream_cx_connect_fail", "upstream_rq_503")
+        .other_clusters("upstream_rq_total")
+        .build()
+    )
+    return [Cause("EPX009", cause, evidence, FAIL_OPEN_FIX, 0.97)]
+
+
+def match_no_healthy_epp_endpoint(window: Window, counts: Counts, found: Sequence[Cause]) -> list[Cause]:
+    if counts.no_healthy == 0:
+        return []
+    cause = (
+        f"the EPP cluster {window.settings.epp_cluster!r} has no healthy endpoint: {counts.no_healthy}"
+        " ext_proc streams found none (the EPP Service has no ready pod, or every endpoint fails its health"
+        " checks)"
+    )
+    evidence = (
+        window.evidence()
+        .cluster("upstream_cx_none_healthy", "membership_healthy", "membership_total", "upstream_rq_503")
+        .ext_proc("streams_started", "streams_failed", "failure_mode_allowed")
+        .build()
+    )
+    score = 0.9 if counts.failed > 0 and counts.allowed == 0 else 0.6
+    return [Cause(None, cause, evidence, NO_HEALTHY_FIX, score)]
+
+
+def match_epp_cluster_overflow(window: Window, counts: Counts, found: Sequence[Cause]) -> list[Cause]:
+    """The EPP cluster's circuit breakers refuse streams: gRPC UNAVAILABLE "overflow" at the filter."""
+    if counts.overflow == 0:
+        return []
+    outcome = f", and {counts.five_xx} of {counts.requests} requests failed" if counts.five_xx else ""
+    cause = (
+        f"the EPP cluster {window.settings.epp_cluster!r} refused {counts.overflow} ext_proc streams at its"
+        " circuit breakers (more requests in flight than max_requests and max_pending_requests allow)"
+        f"{outcome}"
+    )
+    evidence = (
+        window.evidence()
+        .cluster("upstream_rq_pending_overflow", "upstream_rq_active_overflow", "upstream_rq_total")
+        .ext_proc("streams_started", "streams_failed", "failure_mode_allowed")
+        .requests("downstream_rq_5xx")
+        .build()
+    )
+    score = 0.95 if counts.failed + counts.allowed > 0 else 0.7
+    return [Cause(None, cause, evidence, OVERFLOW_FIX, score)]
+
+
+def match_spurious_messages(window: Window, counts: Counts, found: Sequence[Cause]) -> list[Cause]:
+    """The EPP sent answers Envoy did not ask for: Envoy gives up on the stream at the first one."""
+    if counts.spurious == 0:
+        return []
+    outcome = f"; {counts.five_xx} of {counts.requests} requests failed" if counts.five_xx else ""
+    cause = (
+        f"the EPP answered out of turn on {counts.spurious} streams (messages Envoy did not ask for, or not"
+        f" yet): Envoy drops the stream at the first such answer{outcome}"
+    )
+    evidence = (
+        window.evidence()
+        .ext_proc("spurious_msgs_received", "streams_started", "stream_msgs_sent", "immediate_responses_sent")
+        .requests("downstream_rq_5xx")
+        .build()
+    )
+    score = 0.9 if counts.five_xx or counts.failed else 0.6
+    return [Cause(None, cause, evidence, SPURIOUS_FIX, score)]
 
 
 def match_body_wait(window: Window, counts: Counts, found: Sequence[Cause]) -> list[Cause]:
@@ -204,6 +312,8 @@ def match_partial_override(window: Window, counts: Counts, found: Sequence[Cause
 def match_ext_proc_never_runs(window: Window, counts: Counts, found: Sequence[Cause]) -> list[Cause]:
     """Requests and no stream: no per-route SEND (EPX004), or no ext_proc filter at all (EPX012)."""
     if counts.started > 0 or counts.requests == 0:
+        return []
+    if counts.failed > 0 or counts.allowed > 0:  # streams that failed to open are not counted as started
         return []
     no_filter = not window.has_ext_proc
     evidence = (
@@ -301,7 +411,11 @@ def match_unexplained_failures(window: Window, counts: Counts, found: Sequence[C
 SIGNATURES: tuple[Matcher, ...] = (
     match_no_http2,
     match_tls_cluster_plaintext_epp,
+    match_fail_open_traffic_flows,
     match_unreachable_epp,
+    match_no_healthy_epp_endpoint,
+    match_epp_cluster_overflow,
+    match_spurious_messages,
     match_plaintext_cluster_tls_epp,
     match_body_wait,
     match_failure_mode_allow,

@@ -144,16 +144,27 @@ class Counts:
     rq_503: int
     ssl_errors: int
     remote_resets: int
+    two_xx: int = 0  # requests the gateway answered 2xx
+    spurious: int = 0  # answers the EPP sent that Envoy had not asked for
+    overflow: int = 0  # ext_proc streams the EPP cluster's circuit breakers refused
+    no_healthy: int = 0  # ext_proc streams that found no healthy endpoint in the EPP cluster
 
     @property
     def clean_streams(self) -> bool:
-        return self.started > 0 and self.failed == 0 and self.timeouts == 0 and self.allowed == 0
+        return (
+            self.started > 0
+            and self.failed == 0
+            and self.timeouts == 0
+            and self.allowed == 0
+            and self.spurious == 0
+        )
 
 
 def count_window(window: Window) -> Counts:
     failed = window.ext_proc("streams_failed").total
     timeouts = window.ext_proc("message_timeouts").total
     immediate = window.ext_proc("immediate_responses_sent").total
+    spurious = window.ext_proc("spurious_msgs_received").total
     return Counts(
         requests=window.gateway("downstream_rq_total").total,
         five_xx=window.gateway("downstream_rq_5xx").total,
@@ -162,7 +173,7 @@ def count_window(window: Window) -> Counts:
         timeouts=timeouts,
         allowed=window.ext_proc("failure_mode_allowed").total,
         sent=window.ext_proc("stream_msgs_sent").total,
-        epp_immediate=max(immediate - failed - timeouts, 0),
+        epp_immediate=max(immediate - failed - timeouts - spurious, 0),
         protocol_errors=window.epp_cluster("upstream_cx_protocol_error"),
         unreachable=window.epp_cluster("upstream_cx_connect_fail")
         + window.epp_cluster("upstream_cx_connect_timeout"),
@@ -170,6 +181,11 @@ def count_window(window: Window) -> Counts:
         rq_503=window.epp_cluster("upstream_rq_503"),
         ssl_errors=window.epp_cluster("ssl.connection_error"),
         remote_resets=window.epp_cluster("upstream_cx_destroy_remote_with_active_rq"),
+        two_xx=window.gateway("downstream_rq_2xx").total,
+        spurious=spurious,
+        overflow=window.epp_cluster("upstream_rq_pending_overflow")
+        + window.epp_cluster("upstream_rq_active_overflow"),
+        no_healthy=window.epp_cluster("upstream_cx_none_healthy"),
     )
 
 

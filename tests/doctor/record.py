@@ -3,7 +3,9 @@
     python -m tests.doctor.record [CASE ...]
 
 Each case boots the real rig of `tests.doctor.rig`, sends five requests and saves `/stats` and `/clusters`
-as Envoy printed them, with what the client and the EPP saw in `<case>.meta.json`.
+as Envoy printed them, with what the client and the EPP saw in `<case>.meta.json`. For the Istio-native
+healthy gateway it saves `/config_dump` too, less its bootstrap part (84 KB of extension names; the
+static resources it repeats are in the other parts).
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ async def record(names: set[str]) -> None:
             (DATA / f"{case.name}.clusters.txt").write_text(rig.read_admin("clusters"))
             if case.name == "healthy":
                 (DATA / "healthy.stats.json").write_text(rig.read_admin("stats?format=json"))
+            if case.name == "istio-native-healthy":
+                (DATA / f"{case.name}.config_dump.json").write_text(
+                    _without_bootstrap(rig.read_admin("config_dump"))
+                )
             meta = {
                 "case": case.name,
                 "client_statuses": rig.statuses,
@@ -32,9 +38,16 @@ async def record(names: set[str]) -> None:
                 "model_server_hits": len(rig.model.hits),
                 "epp_cluster": case.epp_cluster,
                 "stat_prefix": case.stat_prefix,
+                "profile": case.profile,
             }
             (DATA / f"{case.name}.meta.json").write_text(json.dumps(meta, indent=2) + "\n")
             print(json.dumps(meta))
+
+
+def _without_bootstrap(text: str) -> str:
+    dump = json.loads(text)
+    dump["configs"] = [c for c in dump["configs"] if not c["@type"].endswith("BootstrapConfigDump")]
+    return json.dumps(dump, indent=1) + "\n"
 
 
 if __name__ == "__main__":

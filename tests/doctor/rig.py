@@ -1,13 +1,16 @@
 """A real gateway for each row of the failure-signature table: Envoy, an EPP variant, a model server.
 
-`booted_case(case)` renders the corrected EnvoyFilter (edited for the case) with the engine's renderer,
-boots a real Envoy on loopback, starts the EPP variant the case needs (plaintext h2c, TLS, one that waits
-for the request body like the GIE EPP, or none at all), sends five requests and yields the running rig, so
-a test can ask `doctor --admin` about it while Envoy is still up.
+`booted_case(case)` renders the corrected EnvoyFilter (edited for the case) with the engine's renderer, or
+builds the gateway istiod generates for an InferencePool (`tests.istio_gateway`, for the Istio-native
+cases), boots a real Envoy on loopback, starts the EPP variant the case needs (plaintext h2c, TLS, one that
+waits for the request body like the GIE EPP, a slow one, one that answers out of turn, or none at all),
+sends five requests (one after the other, or all at once) and yields the running rig, so a test can ask
+`doctor --admin` about it while Envoy is still up.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import socket
@@ -23,6 +26,7 @@ import grpc
 import yaml
 from aiohttp import ClientSession, ClientTimeout, web
 from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
 from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, ProcessingResponse
@@ -32,6 +36,8 @@ from certs.pki import generate_ca, issue_serving_cert
 from policies.render.gateway import RenderOptions, SocketAddress, render_gateway
 from tests.doctor.loopback import serving
 from tests.envoy_rig import EnvoyRig, run_envoy
+from tests.istio_gateway import EPP_CLUSTER as ISTIO_EPP_CLUSTER
+from tests.istio_gateway import IstioGatewayOptions, build_istio_gateway
 
 DATA = Path(__file__).parent / "data"
 CORRECTED = Path(__file__).parents[2] / "manifests" / "examples" / "seed-corrected.yaml"
@@ -53,12 +59,26 @@ class PickingEpp(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[misc]
 
     With `wait_for_body` it answers request headers only after the request body ends, as the GIE EPP does.
     With `refuse` it has no endpoint to pick and answers every request with an immediate 503.
+    With `delay` it takes that long (seconds) to answer request headers. In FULL_DUPLEX_STREAMED mode
+    (announced by Envoy) it holds the body until it ends, then answers the headers and hands the body back
+    as a streamed response; with `eager` it hands each body chunk back at once, before it has answered the
+    headers: out of turn.
     """
 
-    def __init__(self, destination: str, *, wait_for_body: bool = False, refuse: bool = False) -> None:
+    def __init__(
+        self,
+        destination: str,
+        *,
+        wait_for_body: bool = False,
+        refuse: bool = False,
+        delay: float = 0.0,
+        eager: bool = False,
+    ) -> None:
         self.destination = destination
         self.wait_for_body = wait_for_body
         self.refuse = refuse
+        self.delay = delay
+        self.eager = eager
         self.streams = 0
         self.messages: list[str] = []
 
@@ -71,25 +91,50 @@ class PickingEpp(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             ]
         )
         common = ext_proc_pb2.CommonResponse(header_mutation=mutation, clear_route_cache=True)
-        return ProcessingResponse(request_headers=ext_proc_pb2.HeadersResponse(response=common))
+        answer = ProcessingResponse(request_headers=ext_proc_pb2.HeadersResponse(response=common))
+        answer.dynamic_metadata.update({"envoy.lb": {DESTINATION_HEADER: self.destination}})
+        return answer
 
     async def Process(  # noqa: N802 (gRPC method name)
         self, request_iterator: AsyncIterator[ProcessingRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[ProcessingResponse]:
         self.streams += 1
+        duplex = {"request": False, "response": False}
+        held: list[bytes] = []
         async for request in request_iterator:
             kind = request.WhichOneof("request")
             self.messages.append(kind)
+            if request.HasField("protocol_config"):
+                mode = request.protocol_config
+                duplex["request"] = (
+                    mode.request_body_mode == processing_mode_pb2.ProcessingMode.FULL_DUPLEX_STREAMED
+                )
+                duplex["response"] = (
+                    mode.response_body_mode == processing_mode_pb2.ProcessingMode.FULL_DUPLEX_STREAMED
+                )
             if kind == "request_headers" and self.refuse:
                 yield _no_endpoint()
             elif kind == "request_headers":
-                if self.wait_for_body and not request.request_headers.end_of_stream:
+                if (self.wait_for_body or duplex["request"]) and not request.request_headers.end_of_stream:
                     continue
+                if self.delay:
+                    await asyncio.sleep(self.delay)
                 yield self._pick()
+            elif kind == "request_body" and duplex["request"]:
+                body = request.request_body
+                held.append(body.body)
+                if self.eager:  # out of turn: the headers are not answered yet
+                    yield _streamed(body.body, body.end_of_stream, response=False)
+                elif body.end_of_stream:
+                    yield self._pick()
+                    yield _streamed(b"".join(held), True, response=False)
             elif kind == "request_body":
                 if self.wait_for_body and request.request_body.end_of_stream:
                     yield self._pick()
                 yield ProcessingResponse(request_body=ext_proc_pb2.BodyResponse())
+            elif kind == "response_body" and duplex["response"]:
+                body = request.response_body
+                yield _streamed(body.body, body.end_of_stream, response=True)
             elif kind == "response_headers":
                 yield ProcessingResponse(response_headers=ext_proc_pb2.HeadersResponse())
             elif kind == "response_body":
@@ -98,6 +143,16 @@ class PickingEpp(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 yield ProcessingResponse(request_trailers=ext_proc_pb2.TrailersResponse())
             elif kind == "response_trailers":
                 yield ProcessingResponse(response_trailers=ext_proc_pb2.TrailersResponse())
+
+
+def _streamed(data: bytes, end: bool, *, response: bool) -> ProcessingResponse:
+    streamed = ext_proc_pb2.StreamedBodyResponse(body=data, end_of_stream=end)
+    body = ext_proc_pb2.BodyResponse(
+        response=ext_proc_pb2.CommonResponse(
+            body_mutation=ext_proc_pb2.BodyMutation(streamed_response=streamed)
+        )
+    )
+    return ProcessingResponse(response_body=body) if response else ProcessingResponse(request_body=body)
 
 
 def _no_endpoint() -> ProcessingResponse:
@@ -127,11 +182,18 @@ class RunningEpp:
 
 @contextlib.asynccontextmanager
 async def running_epp(kind: str, destination: str) -> AsyncIterator[RunningEpp]:
-    """`plain`, `tls`, `body` (waits for the body), `refuse` (no endpoint), or `stopped` (nothing listens)."""
+    """`plain`, `tls`, `body` (waits for the body), `refuse` (no endpoint), `slow` (half a second per
+    answer), `eager` (streams bodies back before the headers answer), or `stopped` (nothing listens)."""
     if kind == "stopped":
         yield RunningEpp(port=_unused_port(), servicer=None, server=None)
         return
-    servicer = PickingEpp(destination, wait_for_body=kind == "body", refuse=kind == "refuse")
+    servicer = PickingEpp(
+        destination,
+        wait_for_body=kind == "body",
+        refuse=kind == "refuse",
+        delay=0.5 if kind == "slow" else 0.0,
+        eager=kind == "eager",
+    )
     server = grpc.aio.server()
     ext_proc_grpc.add_ExternalProcessorServicer_to_server(servicer, server)
     if kind == "tls":
@@ -242,6 +304,13 @@ def rename_for_istio(document: dict[str, Any]) -> None:
     cluster["load_assignment"]["cluster_name"] = istio_name
 
 
+def limit_epp_requests(document: dict[str, Any]) -> None:
+    """Circuit breakers that let one ext_proc stream at a time through to the EPP, and none wait."""
+    _patch_value(document, "CLUSTER")["circuit_breakers"] = {
+        "thresholds": [{"max_requests": 1, "max_pending_requests": 1}]
+    }
+
+
 def remove_ext_proc_filter(bootstrap: dict[str, Any]) -> None:
     """The gateway has no ext_proc filter at all: what REPLACE leaves when there was nothing to replace."""
     for listener in bootstrap["static_resources"]["listeners"]:
@@ -264,6 +333,9 @@ class Case:
     stat_prefix: str = "outbound_0.0.0.0_80"
     epp_cluster: str = "epp-cluster"
     picks_dead_endpoint: bool = False
+    concurrent: bool = False  # send the five requests at once
+    istio: dict[str, Any] | None = None  # the Istio-native gateway (tests.istio_gateway) with these options
+    profile: str | None = None  # the profile to tell the doctor (None: the policy's)
 
 
 CASES = (
@@ -319,6 +391,42 @@ CASES = (
         stat_prefix="gateway.inference_8443",
         epp_cluster="outbound|9002||gaie-epp.llm-d.svc.cluster.local",
     ),
+    Case(
+        "epp-cluster-overflow",
+        epp="slow",
+        verdict="broken",
+        first_rule=None,
+        edits=(limit_epp_requests,),
+        concurrent=True,
+    ),
+    # The gateway istiod builds for an InferencePool: the EPP is named in the route's override.
+    Case(
+        "istio-native-healthy",
+        epp="plain",
+        verdict="healthy",
+        first_rule=None,
+        istio={},
+        epp_cluster=ISTIO_EPP_CLUSTER,
+        profile="gie-epp",
+    ),
+    Case(
+        "epp-answers-out-of-turn",
+        epp="eager",
+        verdict="broken",
+        first_rule=None,
+        istio={},
+        epp_cluster=ISTIO_EPP_CLUSTER,
+        profile="gie-epp",
+    ),
+    Case(
+        "fail-open-hides-dead-epp",
+        epp="stopped",
+        verdict="broken",
+        first_rule="EPX009",
+        istio={"epp_ready": False},
+        epp_cluster=ISTIO_EPP_CLUSTER,
+        profile="gie-epp",
+    ),
 )
 
 
@@ -336,16 +444,35 @@ class Rig:
         return _http_get(f"{self.admin_url}/{endpoint}")
 
 
-async def send_requests(port: int, count: int = REQUESTS) -> list[int]:
-    statuses = []
+async def send_requests(port: int, count: int = REQUESTS, *, concurrent: bool = False) -> list[int]:
     timeout = ClientTimeout(total=15)
     async with ClientSession(timeout=timeout) as session:
-        for number in range(count):
+
+        async def send(number: int) -> int:
             body = {"model": "random", "prompt": f"test {number}", "max_tokens": 5}
             async with session.post(f"http://127.0.0.1:{port}/v1/completions", json=body) as response:
                 await response.read()
-                statuses.append(response.status)
-    return statuses
+                return response.status
+
+        if concurrent:
+            return list(await asyncio.gather(*(send(number) for number in range(count))))
+        return [await send(number) for number in range(count)]
+
+
+def _bootstrap(case: Case, document: dict[str, Any], epp_port: int, model_port: int) -> dict[str, Any]:
+    if case.istio is not None:
+        options = IstioGatewayOptions(
+            epp=("127.0.0.1", epp_port), pool=[("127.0.0.1", model_port)], **case.istio
+        )
+        return build_istio_gateway(options)
+    options = RenderOptions(
+        listen_address="127.0.0.1",
+        listen_port=0,
+        admin_port=0,
+        stat_prefix=case.stat_prefix,
+        endpoint_overrides={case.epp_cluster: (SocketAddress("127.0.0.1", epp_port),)},
+    )
+    return copy.deepcopy(render_gateway(document, options=options).bootstrap)
 
 
 @contextlib.asynccontextmanager
@@ -356,19 +483,12 @@ async def booted_case(case: Case) -> AsyncIterator[Rig]:
     async with running_model_server() as model:
         pick = _unused_port() if case.picks_dead_endpoint else model.port
         async with running_epp(case.epp, f"127.0.0.1:{pick}") as epp:
-            options = RenderOptions(
-                listen_address="127.0.0.1",
-                listen_port=0,
-                admin_port=0,
-                stat_prefix=case.stat_prefix,
-                endpoint_overrides={case.epp_cluster: (SocketAddress("127.0.0.1", epp.port),)},
-            )
-            bootstrap = copy.deepcopy(render_gateway(document, options=options).bootstrap)
+            bootstrap = _bootstrap(case, document, epp.port, model.port)
             for bootstrap_edit in case.bootstrap_edits:
                 bootstrap_edit(bootstrap)
             with (
                 tempfile.TemporaryDirectory(prefix="doctor-") as workdir,
                 run_envoy(bootstrap, workdir=Path(workdir), log_level="warning") as envoy,
             ):
-                statuses = await send_requests(envoy.listener_port())
+                statuses = await send_requests(envoy.listener_port(), concurrent=case.concurrent)
                 yield Rig(case, envoy.admin_url, statuses, epp, model, envoy, document)

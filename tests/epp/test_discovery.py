@@ -19,7 +19,13 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from epp.discovery import KubeDiscovery, KubeDiscoverySettings, endpoints_from_pods, endpoints_from_slices
+from epp.discovery import (
+    KubeDiscovery,
+    KubeDiscoverySettings,
+    endpoints_from_pods,
+    endpoints_from_slices,
+    targets_from_pods,
+)
 from epp.endpoints import Endpoint
 
 WAIT = 30.0
@@ -43,7 +49,10 @@ def endpoint_slice(
     }
 
 
-def pod(name: str, version: str, ip: str, *, ready: bool = True, phase: str = "Running") -> dict[str, Any]:
+def pod(
+    name: str, version: str, ip: str, *, ready: bool = True, phase: str = "Running", engine: str | None = None
+) -> dict[str, Any]:
+    labels = {"app": "vllm"} | ({"llm-d.ai/engine-type": engine} if engine else {})
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -51,7 +60,7 @@ def pod(name: str, version: str, ip: str, *, ready: bool = True, phase: str = "R
             "name": name,
             "namespace": "models",
             "resourceVersion": version,
-            "labels": {"app": "vllm"},
+            "labels": labels,
         },
         "spec": {"containers": [{"name": "vllm", "image": "vllm"}]},
         "status": {
@@ -121,7 +130,7 @@ async def next_set(updates: asyncio.Queue[tuple[Endpoint, ...]]) -> set[str]:
 @contextlib.asynccontextmanager
 async def discovering(settings: KubeDiscoverySettings) -> AsyncIterator[asyncio.Queue[tuple[Endpoint, ...]]]:
     updates: asyncio.Queue[tuple[Endpoint, ...]] = asyncio.Queue()
-    task = asyncio.create_task(KubeDiscovery(settings, updates.put_nowait).run())
+    task = asyncio.create_task(KubeDiscovery(settings, lambda found, _: updates.put_nowait(found)).run())
     try:
         yield updates
     finally:
@@ -190,7 +199,7 @@ async def test_an_expired_watch_lists_again_and_publishes_what_changed_meanwhile
 )
 def test_discovery_settings_that_cannot_work_are_refused(settings: KubeDiscoverySettings, says: str) -> None:
     with pytest.raises(ValueError, match=says):
-        KubeDiscovery(settings, lambda _: None)
+        KubeDiscovery(settings, lambda *_: None)
 
 
 def test_slice_ports_are_chosen_by_name_and_ipv6_addresses_are_kept() -> None:
@@ -199,3 +208,27 @@ def test_slice_ports_are_chosen_by_name_and_ipv6_addresses_are_kept() -> None:
     settings = KubeDiscoverySettings(namespace="n", service="s", port_name="http")
     assert endpoints_from_slices([item], settings) == {Endpoint("fd00::1", 8000)}
     assert endpoints_from_pods([pod("p", "1", "10.0.0.1")], KubeDiscoverySettings(namespace="n")) == set()
+
+
+async def test_pods_give_each_endpoint_the_engine_type_of_their_label(tmp_path: Path) -> None:
+    pods = [pod("v", "10", "10.2.0.1"), pod("s", "10", "10.2.0.2", engine="sglang")]
+    settings = KubeDiscoverySettings(namespace="models", selector="app=vllm", target_port=8000)
+    assert targets_from_pods(pods, settings) == {
+        Endpoint("10.2.0.1", 8000): "",
+        Endpoint("10.2.0.2", 8000): "sglang",
+    }
+    fake = FakeApiServer("Pod", pods)
+    published: asyncio.Queue[dict[Endpoint, str]] = asyncio.Queue()
+    async with serve_fake(fake, "/api/v1/namespaces/models/pods", tmp_path) as kubeconfig:
+        live = KubeDiscoverySettings(
+            namespace="models", selector="app=vllm", target_port=8000, kubeconfig=str(kubeconfig)
+        )
+        task = asyncio.create_task(
+            KubeDiscovery(live, lambda _, engines: published.put_nowait(engines)).run()
+        )
+        try:
+            engines = await asyncio.wait_for(published.get(), timeout=WAIT)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    assert engines == {Endpoint("10.2.0.1", 8000): "", Endpoint("10.2.0.2", 8000): "sglang"}

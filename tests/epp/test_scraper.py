@@ -162,3 +162,26 @@ async def test_the_scrape_loops_follow_the_endpoint_set() -> None:
             await asyncio.sleep(0.3)
             assert first.hits == settled
             assert health(picker, two) is Health.HEALTHY
+
+
+async def test_each_endpoint_is_read_with_its_engine_metric_names_and_unknown_labels_use_the_default() -> (
+    None
+):
+    vllm_app = Simulator(SimulatorSettings(name="v", lora_adapters=("sql-lora",))).make_app()
+    sglang_app = Simulator(SimulatorSettings(name="s", engine="sglang")).make_app()
+    async with serving(vllm_app) as vllm_port, serving(sglang_app) as sglang_port:
+        vllm, sglang = Endpoint("127.0.0.1", vllm_port), Endpoint("127.0.0.1", sglang_port)
+        picker = Picker(PickerSettings(stale_after=0))
+        scraper = Scraper(picker, ScrapeSettings(interval=0.1, timeout=1.0))
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+            picker.set_endpoints([vllm, sglang], engines={sglang: "sglang"})
+            await scraper.scrape_all(session)
+            read = {s.endpoint: s.sample for s in picker.statuses()}
+            picker.set_endpoints([vllm, sglang], engines={vllm: "tgi", sglang: ""})
+            await scraper.scrape_all(session)
+            default = {s.endpoint: s.sample for s in picker.statuses()}
+    assert read[vllm] is not None
+    assert read[vllm].running_adapters == {"sql-lora"}
+    assert read[sglang] is not None  # SGLang's names, read because of the label
+    assert default[vllm] is not None  # an unknown label falls back to the default engine (vLLM)
+    assert default[sglang] is None  # without the label, vLLM names: nothing to read

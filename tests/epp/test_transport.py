@@ -95,6 +95,23 @@ async def test_tls_serves_ext_proc_with_a_certificate_from_the_certs_package(tmp
         pytest.param(
             ["--endpoints", "10.0.0.1:80", "--scrape-timeout", "0"], "--scrape-timeout", id="scrape-timeout"
         ),
+        pytest.param(["--endpoints", "10.0.0.1:80", "--fallbacks", "-1"], "--fallbacks", id="fallbacks"),
+        pytest.param(
+            ["--endpoints", "10.0.0.1:80", "--shed-queue-depth", "0"], "--shed-queue-depth", id="shed-depth"
+        ),
+        pytest.param(
+            ["--endpoints", "10.0.0.1:80", "--engine-type", "llamacpp"], "known: sglang", id="engine-type"
+        ),
+        pytest.param(
+            ["--endpoints", "10.0.0.1:80", "--endpoint-engine", "10.0.0.1:80"],
+            "IP:PORT=ENGINE",
+            id="endpoint-engine-form",
+        ),
+        pytest.param(
+            ["--endpoints", "10.0.0.1:80", "--endpoint-engine", "10.0.0.1:80=tgi"],
+            "unknown engine type 'tgi'",
+            id="endpoint-engine-unknown",
+        ),
     ],
 )
 def test_the_epp_command_refuses_bad_arguments_in_one_line(argv: list[str], says: str) -> None:
