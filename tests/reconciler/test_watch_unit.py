@@ -24,10 +24,10 @@ from reconciler.api import build_api_client
 from reconciler.core import Action
 from reconciler.watch import ChangeQueue, FilterChange, FilterWatch, WatchSettings
 from tests.documents import load_document
+from tests.kube.kubefake import FakeServiceAPI
 from tests.polling import wait_until_async
 from tests.reconciler.conftest import NAMESPACE, OPERATOR, ReconcilerFactory
 from tests.reconciler.fakeapi import POLICY_REPORTS, FakeKubeAPI
-from tests.webhook.kubefake import FakeServiceAPI
 
 WAIT_SECONDS = 10.0
 FAST = WatchSettings(timeout_seconds=60, backoff_initial_seconds=0.05, backoff_max_seconds=0.2)

@@ -18,8 +18,8 @@ import pytest
 
 from kube.settings import KubeSettings
 from tests.documents import load_document
+from tests.kube.kubefake import FakeServiceAPI
 from tests.polling import wait_until_async
-from tests.webhook.kubefake import FakeServiceAPI
 from tests.webhook.webhookrig import (
     EPP,
     Pki,

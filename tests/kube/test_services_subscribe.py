@@ -17,9 +17,9 @@ import pytest
 
 from kube.services import ServiceCache, build_core_api
 from policies.resolver import ServiceAddress, ServiceRef
+from tests.kube.kubefake import FakeServiceAPI
+from tests.kube.test_services import FAST
 from tests.polling import wait_until_async
-from tests.webhook.kubefake import FakeServiceAPI
-from tests.webhook.test_services import FAST
 
 EPP = ServiceRef("llm-d-inference-scheduler", "gaie-inference-scheduling-epp")
 HEADLESS = ServiceRef("llm-d-inference-scheduler", "epp-headless")

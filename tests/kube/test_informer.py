@@ -20,8 +20,8 @@ import pytest
 
 from kube.informer import Change, Informer, InformerLog, InformerSettings, diff_items
 from kube.services import build_core_api
+from tests.kube.kubefake import FakeServiceAPI
 from tests.polling import wait_until_async
-from tests.webhook.kubefake import FakeServiceAPI
 
 logger = logging.getLogger(__name__)
 

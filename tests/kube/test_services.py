@@ -18,8 +18,8 @@ import pytest
 from kube.services import KubeConfigError, ServiceCache, build_core_api
 from kube.settings import KubeSettings
 from policies.resolver import ServiceAddress, ServiceNotFound, ServiceRef, ServiceUnknown
+from tests.kube.kubefake import FakeServiceAPI
 from tests.polling import wait_until_async
-from tests.webhook.kubefake import FakeServiceAPI
 
 EPP = ServiceRef("llm-d-inference-scheduler", "gaie-inference-scheduling-epp")
 

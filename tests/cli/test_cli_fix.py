@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from cli.main import main
+from tests.cli.clirun import SCRIPT, SERVICE, run
 from tests.documents import EXAMPLES, SEED_BAD, SEED_CORRECTED
-from tests.webhook.clirun import SCRIPT, SERVICE, run
 
 BROKEN = ("seed-bad.yaml", "camelcase-no-http2.yaml", "failure-mode-allow.yaml")
 

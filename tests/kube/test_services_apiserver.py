@@ -18,8 +18,8 @@ from kube.settings import KubeSettings
 from policies.resolver import ServiceAddress, ServiceNotFound, ServiceRef, ServiceUnknown
 from tests.e2e.cluster import ControlPlaneInfo
 from tests.e2e.objects import create_namespace
+from tests.kube.test_services import answers
 from tests.polling import wait_until
-from tests.webhook.test_services import answers
 
 pytestmark = pytest.mark.e2e
 

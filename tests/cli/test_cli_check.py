@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.cli.clirun import SCRIPT, SERVICE, run
 from tests.documents import EXAMPLES, ROOT, SEED_BAD, SEED_CORRECTED
-from tests.webhook.clirun import SCRIPT, SERVICE, run
 
 
 def run_script(
