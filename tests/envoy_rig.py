@@ -27,8 +27,8 @@ API::
 - Ports: give the bootstrap port 0 for the admin and the listener; the rig reads the real ports back from
   Envoy, so there is no window in which another process can take them.
 
-Synchronous (stdlib and `epp.children` only). From async tests, enter it in a module-scoped fixture or wrap
-calls in ``asyncio.to_thread``.
+Synchronous (stdlib, `epp.children` and `tests.polling` only). From async tests, enter it in a
+module-scoped fixture or wrap calls in ``asyncio.to_thread``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ import json
 import signal
 import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
@@ -47,6 +46,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from epp.children import ChildError, find_envoy_binary
+from tests.polling import WaitFailed, wait_until
 
 _STOP_TIMEOUT = 10.0
 _POLL_INTERVAL = 0.05
@@ -151,18 +151,23 @@ def run_envoy(
 
 
 def _wait_ready(process: subprocess.Popen[bytes], admin_path: Path, log_path: Path, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
     admin_url = ""
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise EnvoyStartError(f"Envoy exited with {process.returncode}:\n{_tail(log_path)}")
+
+    def ready() -> bool:
+        nonlocal admin_url
         if not admin_url and admin_path.exists():
             address = admin_path.read_text("utf-8").strip()
             admin_url = f"http://{address}" if address else ""
-        if admin_url and _is_live(admin_url):
-            return admin_url
-        time.sleep(_POLL_INTERVAL)
-    raise EnvoyStartError(f"Envoy not ready within {timeout:.0f}s:\n{_tail(log_path)}")
+        return bool(admin_url) and _is_live(admin_url)
+
+    def running() -> str | None:
+        return None if process.poll() is None else f"Envoy exited with {process.returncode}"
+
+    try:
+        wait_until(ready, "Envoy's admin /ready", timeout=timeout, interval=_POLL_INTERVAL, alive=running)
+    except WaitFailed as error:
+        raise EnvoyStartError(f"{error}:\n{_tail(log_path)}") from error
+    return admin_url
 
 
 def _is_live(admin_url: str) -> bool:

@@ -19,10 +19,9 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from typing import Any
 import yaml
 
 from tests.e2e import pki
+from tests.polling import WaitFailed, wait_until
 
 logger = logging.getLogger(__name__)
 
@@ -80,24 +80,42 @@ def missing_crd_files(bin_dir: Path) -> list[str]:
     return [name for name in CRD_FILES if not (bin_dir / name).is_file()]
 
 
-def find_cli() -> Path | None:
-    """The installed `extproc-guard` command: beside this Python first, then on PATH."""
+def find_cli() -> Path:
+    """The installed `extproc-guard` command: beside this Python first, then on PATH. Its absence is a
+    broken installation, so it fails the test that asked (never a reason to skip)."""
     beside_python = Path(sys.executable).parent / "extproc-guard"
     if beside_python.exists():
         return beside_python
     found = shutil.which("extproc-guard")
-    return Path(found) if found else None
+    if found is None:
+        raise AssertionError("the extproc-guard command is not installed (pip install -e .)")
+    return Path(found)
 
 
-def cli_help(command: str) -> str | None:
-    """`extproc-guard COMMAND --help`, or None when the CLI is not installed or lacks the command."""
-    cli = find_cli()
-    if cli is None:
-        return None
+def cli_help(command: str) -> str:
+    """`extproc-guard COMMAND --help`. A command that cannot print it is broken: that fails the test that
+    asked (never a reason to skip)."""
     result = subprocess.run(
-        [str(cli), command, "--help"], capture_output=True, text=True, timeout=60, check=False
+        [str(find_cli()), command, "--help"], capture_output=True, text=True, timeout=60, check=False
     )
-    return result.stdout if result.returncode == 0 else None
+    if result.returncode != 0:
+        raise AssertionError(
+            f"`extproc-guard {command} --help` exited with {result.returncode}: {result.stderr.strip()}"
+        )
+    return result.stdout
+
+
+def reconcile_argv(control_plane: ControlPlaneInfo, namespace: str, *extra: str) -> list[str]:
+    """`extproc-guard reconcile` against the control plane, for one namespace, with `extra` flags."""
+    return [
+        str(find_cli()),
+        "reconcile",
+        "--kubeconfig",
+        str(control_plane.kubeconfig),
+        "--namespace",
+        namespace,
+        *extra,
+    ]
 
 
 def pick_free_port() -> int:
@@ -105,23 +123,6 @@ def pick_free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])
-
-
-def wait_until(
-    check: Callable[[], bool], *, timeout: float, what: str, alive: Callable[[], str | None] | None = None
-) -> None:
-    """Poll `check` until it is true; raise after `timeout` seconds or as soon as `alive` reports death."""
-    deadline = time.monotonic() + timeout
-    delay = 0.05
-    while True:
-        if check():
-            return
-        if alive is not None and (reason := alive()) is not None:
-            raise ControlPlaneError(f"{what}: {reason}")
-        if time.monotonic() > deadline:
-            raise ControlPlaneError(f"{what}: not ready after {timeout:.0f}s")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.5)
 
 
 @dataclass
@@ -269,7 +270,7 @@ class ControlPlane:
         for attempt in range(1, attempts + 1):
             try:
                 server = self._start_once(files, attempt)
-            except ControlPlaneError as error:
+            except (ControlPlaneError, WaitFailed) as error:
                 logger.warning("control plane start attempt %d failed: %s", attempt, error)
                 last_error = ControlPlaneError(f"{error}\n{self.log_tails()}")
                 self.stop_processes()
@@ -301,9 +302,10 @@ class ControlPlane:
         self.processes.append(etcd)
         etcd.start()
         wait_until(
-            lambda: _http_ok(f"http://{LOOPBACK}:{etcd_client}/health"),
+            lambda: http_ok(f"http://{LOOPBACK}:{etcd_client}/health"),
+            "etcd /health",
             timeout=START_TIMEOUT_S,
-            what="etcd /health",
+            interval=0.1,
             alive=etcd.death,
         )
         server = f"https://{LOOPBACK}:{secure_port}"
@@ -337,9 +339,10 @@ class ControlPlane:
         apiserver.start()
         context = _tls_context(files["ca"], files["admin_cert"], files["admin_key"])
         wait_until(
-            lambda: _http_ok(f"{server}/readyz", context),
+            lambda: http_ok(f"{server}/readyz", context),
+            "kube-apiserver /readyz",
             timeout=START_TIMEOUT_S,
-            what="kube-apiserver /readyz",
+            interval=0.1,
             alive=lambda: etcd.death() or apiserver.death(),
         )
         return server
@@ -388,7 +391,8 @@ def _tls_context(ca: Path, cert: Path | None = None, key: Path | None = None) ->
     return context
 
 
-def _http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
+def http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
+    """Whether `url` answers 200 now (any error, refusal or timeout is a no)."""
     try:
         with urllib.request.urlopen(url, timeout=2, context=context) as response:
             return int(response.status) == 200
@@ -426,11 +430,12 @@ def install_crds(kubectl: Kubectl, crd_dir: Path) -> list[str]:
     names = [crd["metadata"]["name"] for crd in crds]
     manifest = json.dumps({"apiVersion": "v1", "kind": "List", "items": crds})
     kubectl.run("apply", "--server-side", "-f", "-", stdin=manifest)
-    wait_until(lambda: _established(kubectl, names), timeout=60, what="CRDs Established")
+    wait_until(lambda: _established(kubectl, names), "CRDs Established", timeout=60, interval=0.25)
     resources = ",".join(f"{crd['spec']['names']['plural']}.{crd['spec']['group']}" for crd in crds)
     wait_until(
         lambda: kubectl.run("get", resources, "-A", check=False).returncode == 0,
+        "custom resources served",
         timeout=30,
-        what="custom resources served",
+        interval=0.25,
     )
     return names

@@ -23,6 +23,7 @@ from tests.e2e.cluster import (
     missing_binaries,
     missing_crd_files,
 )
+from tests.polling import WaitFailed
 
 
 def skip_or_fail(reason: str) -> None:
@@ -44,7 +45,7 @@ def running_control_plane() -> Iterator[ControlPlaneInfo]:
         info = plane.start()
         try:
             install_crds(info.kubectl, bin_dir / "crds")
-        except ControlPlaneError as error:
+        except (ControlPlaneError, WaitFailed) as error:
             raise ControlPlaneError(f"{error}\n{plane.log_tails()}") from error
         yield info
     finally:

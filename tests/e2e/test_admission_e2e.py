@@ -10,21 +10,17 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.cluster import ControlPlaneInfo, Kubectl, find_cli
-from tests.e2e.conftest import EppService
-from tests.e2e.seeds import dump, load_document, pinned_to, renamed
+from tests.documents import load_document, renamed
+from tests.e2e.cluster import ControlPlaneInfo, Kubectl, cli_help, find_cli
+from tests.e2e.objects import EppService
+from tests.e2e.seeds import dump, pinned_to
 from tests.e2e.webhook_server import (
     MUTATING_WEBHOOK,
     VALIDATING_WEBHOOK,
     WebhookServer,
     register_webhooks,
-    serve_help,
     unregister_webhooks,
 )
-
-SERVE_HELP = serve_help()
-if SERVE_HELP is None:
-    pytest.skip("`extproc-guard serve` is not available yet", allow_module_level=True)
 
 pytestmark = pytest.mark.e2e
 
@@ -43,10 +39,7 @@ def webhook(
     control_plane: ControlPlaneInfo, kubectl: Kubectl, epp_service: EppService
 ) -> Iterator[WebhookServer]:
     """`serve` running and registered (mutating + validating) for this module; unregistered after."""
-    cli = find_cli()
-    assert cli is not None
-    assert SERVE_HELP is not None
-    server = WebhookServer.create(cli, control_plane.kubeconfig, SERVE_HELP)
+    server = WebhookServer.create(find_cli(), control_plane.kubeconfig, cli_help("serve"))
     try:
         server.start()
         probe = renamed(load_document("seed-bad.yaml"), "webhook-probe")

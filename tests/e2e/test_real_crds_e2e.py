@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from tests.documents import load_document, renamed
 from tests.e2e.cluster import E2E_DIR, Kubectl
-from tests.e2e.seeds import dump, load_document, renamed
+from tests.e2e.seeds import dump
 
 pytestmark = pytest.mark.e2e
 

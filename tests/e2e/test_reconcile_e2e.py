@@ -11,13 +11,11 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.cluster import ControlPlaneInfo, Kubectl, ManagedProcess, cli_help, find_cli, wait_until
-from tests.e2e.conftest import EPP_SERVICE, cluster_ip_of, epp_service_manifest
-from tests.e2e.seeds import dump, load_document, pinned_to, renamed
-
-RECONCILE_HELP = cli_help("reconcile")
-if RECONCILE_HELP is None or "--once" not in RECONCILE_HELP:
-    pytest.skip("`extproc-guard reconcile --once` is not available yet", allow_module_level=True)
+from tests.documents import load_document, renamed
+from tests.e2e.cluster import ControlPlaneInfo, Kubectl, ManagedProcess, reconcile_argv
+from tests.e2e.objects import EPP_SERVICE, cluster_ip_of, epp_service_manifest
+from tests.e2e.seeds import dump, pinned_to
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -62,20 +60,6 @@ def pinned_filter(kubectl: Kubectl, namespace: str) -> str:
     document["metadata"]["annotations"][PROVENANCE_ANNOTATION] = f"{namespace}/{EPP_SERVICE}"
     kubectl.apply(dump(document))
     return namespace
-
-
-def reconcile_argv(control_plane: ControlPlaneInfo, namespace: str, *extra: str) -> list[str]:
-    cli = find_cli()
-    assert cli is not None
-    return [
-        str(cli),
-        "reconcile",
-        "--kubeconfig",
-        str(control_plane.kubeconfig),
-        "--namespace",
-        namespace,
-        *extra,
-    ]
 
 
 def test_one_reconcile_pass_repins_the_filter_to_the_recreated_services_new_cluster_ip(
@@ -129,5 +113,9 @@ def test_a_running_reconciler_follows_the_service_to_its_new_cluster_ip(
         return pinned_address(kubectl.get_json("envoyfilter", FILTER_NAME, "-n", namespace)) == new_ip
 
     wait_until(
-        repinned, timeout=60, what="filter re-pinned by the reconciler", alive=running_reconciler.death
+        repinned,
+        "the filter re-pinned by the reconciler",
+        timeout=60,
+        interval=0.25,
+        alive=running_reconciler.death,
     )

@@ -17,10 +17,12 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.cluster import ControlPlaneInfo, Kubectl, find_cli, wait_until
-from tests.e2e.conftest import EppService
-from tests.e2e.seeds import dump, load_document, renamed
-from tests.e2e.webhook_server import WebhookServer, register_webhooks, serve_help, unregister_webhooks
+from tests.documents import load_document, renamed
+from tests.e2e.cluster import ControlPlaneInfo, Kubectl, cli_help, find_cli, reconcile_argv
+from tests.e2e.objects import EppService
+from tests.e2e.seeds import dump
+from tests.e2e.webhook_server import WebhookServer, register_webhooks, unregister_webhooks
+from tests.polling import WaitFailed, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -37,11 +39,7 @@ def webhook(
 ) -> Iterator[WebhookServer]:
     """`serve` running and registered for this module (the probe is the seed's filter, in the seed's
     namespace, where `epp_service` lives)."""
-    cli = find_cli()
-    help_text = serve_help()
-    assert cli is not None, "the extproc-guard CLI is not installed"
-    assert help_text is not None, "`extproc-guard serve --help` failed"
-    server = WebhookServer.create(cli, control_plane.kubeconfig, help_text)
+    server = WebhookServer.create(find_cli(), control_plane.kubeconfig, cli_help("serve"))
     try:
         server.start()
         probe = renamed(load_document("seed-bad.yaml"), "roles-webhook-probe")
@@ -273,9 +271,13 @@ def test_the_epp_filter_of_an_inference_pool_is_stored_in_the_gie_form(
 
     try:
         wait_until(
-            sees_the_pool, timeout=30, what="the webhook sees the InferencePool", alive=webhook.process.death
+            sees_the_pool,
+            "the webhook to see the InferencePool",
+            timeout=30,
+            interval=0.25,
+            alive=webhook.process.death,
         )
-    except Exception as error:
+    except WaitFailed as error:
         raise AssertionError(f"{error}; last answer:\n{LAST_ANSWER}\n{webhook.log_tail()}") from error
     result = kubectl.apply(dump(bad), check=False)
     assert result.returncode == 0, f"{result.stderr}\n{webhook.log_tail()}"
@@ -313,10 +315,8 @@ def test_other_ext_proc_users_filters_are_stored_exactly_as_written(
 
 
 def reconcile_once(control_plane: ControlPlaneInfo, namespace: str) -> subprocess.CompletedProcess[str]:
-    cli = find_cli()
-    assert cli is not None
-    argv = [str(cli), "reconcile", "--kubeconfig", str(control_plane.kubeconfig), "--namespace", namespace]
-    return subprocess.run([*argv, "--once"], capture_output=True, text=True, timeout=120, check=False)
+    argv = reconcile_argv(control_plane, namespace, "--once")
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
 
 
 def test_a_cluster_added_by_the_next_object_of_the_same_apply_is_found(

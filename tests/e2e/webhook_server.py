@@ -7,10 +7,7 @@ import base64
 import logging
 import shutil
 import ssl
-import subprocess
 import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,24 +22,16 @@ from tests.e2e.cluster import (
     ControlPlaneError,
     Kubectl,
     ManagedProcess,
-    cli_help,
+    http_ok,
     pick_free_port,
-    wait_until,
 )
+from tests.polling import WaitFailed, wait_until
 
 logger = logging.getLogger(__name__)
 
 CONFIGURATION_NAME = "extproc-guard-e2e"
 MUTATING_WEBHOOK = "envoyfilters.mutate.extproc-guard.io"
 VALIDATING_WEBHOOK = "envoyfilters.validate.extproc-guard.io"
-
-
-def serve_help() -> str | None:
-    """`extproc-guard serve --help`, or None when the command (or its serve sub-command) is missing."""
-    try:
-        return cli_help("serve")
-    except (OSError, subprocess.TimeoutExpired):
-        return None
 
 
 def webhook_configurations(
@@ -147,12 +136,13 @@ class WebhookServer:
         context = ssl.create_default_context(cadata=self.ca_pem.decode())
         try:
             wait_until(
-                lambda: _get_ok(f"{self.url}/readyz", context),
+                lambda: http_ok(f"{self.url}/readyz", context),
+                "extproc-guard serve /readyz",
                 timeout=START_TIMEOUT_S,
-                what="extproc-guard serve /readyz",
+                interval=0.1,
                 alive=self.process.death,
             )
-        except ControlPlaneError as error:
+        except WaitFailed as error:
             if self.process.death() is not None:
                 raise  # its message already ends with the log
             raise ControlPlaneError(f"{error}; last log lines:\n{self.log_tail()}") from error
@@ -171,14 +161,6 @@ class WebhookServer:
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
 
-def _get_ok(url: str, context: ssl.SSLContext) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2, context=context) as response:
-            return int(response.status) == 200
-    except (urllib.error.URLError, OSError, ssl.SSLError):
-        return False
-
-
 def register_webhooks(
     kubectl: Kubectl,
     server: WebhookServer,
@@ -191,8 +173,9 @@ def register_webhooks(
     kubectl.apply(yaml.safe_dump_all(configurations))
     wait_until(
         lambda: _probe_mutated(kubectl, probe),
+        "webhook configurations in effect",
         timeout=60,
-        what="webhook configurations in effect",
+        interval=0.25,
         alive=server.process.death,
     )
 

@@ -6,10 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.envoy
 
@@ -65,20 +66,28 @@ def test_ctrl_c_during_the_demo_stops_every_child_process(tmp_path: Path) -> Non
     )
     try:
         children: set[int] = set()
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and demo.poll() is None:
-            children |= _children_of(demo.pid)
-            if "Real Envoy" in (tmp_path / "demo.out").read_text():
-                children |= _children_of(demo.pid)
-                break
-            time.sleep(0.05)
+
+        def envoy_started() -> bool:
+            children.update(_children_of(demo.pid))
+            if "Real Envoy" not in (tmp_path / "demo.out").read_text():
+                return False
+            children.update(_children_of(demo.pid))
+            return True
+
+        def demo_running() -> str | None:
+            return None if demo.poll() is None else f"the demo exited with {demo.returncode}"
+
+        wait_until(envoy_started, "the demo to start Envoy", timeout=120, interval=0.05, alive=demo_running)
         assert len(children) >= 5  # three simulators, the EPP, Envoy
         os.kill(demo.pid, signal.SIGINT)
         demo.wait(timeout=60)
         assert demo.returncode != 0
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and any(_running(pid) for pid in children):
-            time.sleep(0.1)
+        wait_until(
+            lambda: not any(_running(pid) for pid in children),
+            "every child process to end",
+            timeout=30,
+            interval=0.1,
+        )
         assert not [pid for pid in children if _running(pid)]
     finally:
         if demo.poll() is None:

@@ -4,28 +4,21 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from epp.children import kill_child, stop_child
+from tests import polling
 from tests.epp.stack import Stack, post, run_stack
 
 pytestmark = pytest.mark.envoy
 
 WAIT = 30.0  # seconds any condition below may take on a loaded machine
-
-
-def wait_until(condition: Callable[[], bool], *, what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+wait_until = partial(polling.wait_until, timeout=WAIT, interval=0.05)
 
 
 @pytest.fixture(scope="module")

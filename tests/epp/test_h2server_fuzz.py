@@ -4,7 +4,6 @@ stream open once the client is gone, and keeps serving a well-behaved grpcio cli
 
 from __future__ import annotations
 
-import asyncio
 import struct
 from collections.abc import AsyncIterator
 
@@ -33,6 +32,7 @@ from tests.epp.test_h2server_protocol import (
     request_fields,
     start_h2,
 )
+from tests.polling import wait_until_async
 
 __all__ = ["epp_state"]  # the fixture, shared with the protocol tests
 STREAM_IDS = st.sampled_from([0, 1, 1, 1, 3, 3, 5, 2, 7, 2**31 - 1])
@@ -123,10 +123,9 @@ async def test_random_frames_never_break_the_server(
                 break
     finally:
         await client.close()
-    for _ in range(500):  # bounded: the server notices the close within a few loop turns
-        if open_streams(state) == 0 and not server.connections:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until_async(
+        lambda: open_streams(state) == 0 and not server.connections, "the server to notice the close"
+    )
     assert open_streams(state) == 0
     assert not server.connections
     assert_no_tracebacks(caplog)

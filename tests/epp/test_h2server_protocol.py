@@ -48,6 +48,7 @@ from tests.epp.conftest import (
     make_settings,
     request_headers,
 )
+from tests.polling import wait_until_async
 
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE = 0x0, 0x1, 0x2, 0x3, 0x4, 0x5
 PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = 0x6, 0x7, 0x8, 0x9
@@ -903,10 +904,10 @@ async def test_a_control_frame_flood_from_a_client_that_does_not_read_stops_bein
     client = await RawClient.connect(port)
     try:
         client.send(flood * (24 * 1024 * 1024 // len(flood)))
-        for _ in range(1000):  # bounded: the kernel buffers fill within a few megabytes of acks
-            if server.connections and server.connections[0].reading_paused:
-                break
-            await asyncio.sleep(0.01)
+        await wait_until_async(
+            lambda: bool(server.connections) and server.connections[0].reading_paused,
+            "the server to stop reading (the kernel buffers fill within a few megabytes of acks)",
+        )
         assert server.connections[0].reading_paused
         assert server.connections[0].output_backlog < 1 << 20
     finally:
@@ -970,10 +971,7 @@ async def test_a_client_that_disconnects_mid_stream_leaves_nothing_open(h2: tupl
     await client.ping_round_trip()
     assert open_streams(state) == 2
     await client.close()
-    for _ in range(500):  # bounded: the server notices the close within a few loop turns
-        if open_streams(state) == 0:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until_async(lambda: open_streams(state) == 0, "the server to notice the close")
     assert open_streams(state) == 0
 
 

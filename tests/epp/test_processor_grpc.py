@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 
@@ -15,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from epp.server import EppServer, running_epp
 from tests.epp.conftest import STATIC_NAMES, Mode, destination, exchange, make_settings, request_headers
+from tests.polling import wait_until_async
 
 
 def body(data: bytes, *, end: bool, response: bool = False) -> ext_proc.ProcessingRequest:
@@ -28,10 +28,8 @@ def sample_value(server: EppServer, name: str, labels: dict[str, str]) -> float:
 
 
 async def wait_for_sample(server: EppServer, name: str, labels: dict[str, str], want: float) -> float:
-    for _ in range(200):
-        if sample_value(server, name, labels) >= want:
-            break
-        await asyncio.sleep(0.025)
+    """The sample's value once it has reached `want` (the server counts a stream after it ends)."""
+    await wait_until_async(lambda: sample_value(server, name, labels) >= want, f"{name}{labels} >= {want}")
     return sample_value(server, name, labels)
 
 

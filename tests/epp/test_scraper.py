@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
@@ -14,6 +14,7 @@ from epp.picker import Health, Picker, PickerSettings
 from epp.scraper import Scraper, ScrapeSettings
 from epp.server import bind_listener
 from epp.simulator import Simulator, SimulatorSettings
+from tests.polling import wait_until_async
 
 
 async def start_app(app: web.Application) -> tuple[web.AppRunner, int]:
@@ -78,10 +79,9 @@ async def test_the_scrape_loop_runs_until_cancelled() -> None:
         endpoint = Endpoint("127.0.0.1", port)
         picker.set_endpoints([endpoint])
         async with scraping(picker, ScrapeSettings(interval=0.05)) as task:
-            for _ in range(100):
-                if picker.statuses()[0].health is Health.HEALTHY:
-                    break
-                await asyncio.sleep(0.02)
+            await wait_until_async(
+                lambda: picker.statuses()[0].health is Health.HEALTHY, "a healthy endpoint"
+            )
             assert picker.statuses()[0].health is Health.HEALTHY
     assert task.cancelled()
 
@@ -101,15 +101,6 @@ class CountingMetrics:
         return web.Response(text="vllm:num_requests_waiting 0\nvllm:num_requests_running 1\n")
 
 
-async def eventually(condition: Callable[[], bool], *, within: float = 5.0) -> bool:
-    deadline = asyncio.get_running_loop().time() + within
-    while asyncio.get_running_loop().time() < deadline:
-        if condition():
-            return True
-        await asyncio.sleep(0.02)
-    return condition()
-
-
 def health(picker: Picker, endpoint: Endpoint) -> Health:
     return {s.endpoint: s.health for s in picker.statuses()}[endpoint]
 
@@ -121,15 +112,15 @@ async def test_a_hanging_endpoint_holds_back_only_its_own_scrapes() -> None:
         picker = Picker(PickerSettings(stale_after=0))
         picker.set_endpoints([fast, stuck])
         async with scraping(picker, ScrapeSettings(interval=0.05, timeout=0.8)):
-            assert await eventually(lambda: hanging.hits == 1)
+            await wait_until_async(lambda: hanging.hits == 1, "the first scrape of the hanging endpoint")
             # while the hanging endpoint's first scrape is still waiting, the quick one is scraped again
             # and again
-            assert await eventually(lambda: quick.hits >= 5, within=0.6)
+            await wait_until_async(lambda: quick.hits >= 5, "five scrapes of the quick endpoint", timeout=0.6)
             assert hanging.hits == 1
             assert health(picker, fast) is Health.HEALTHY
             assert health(picker, stuck) is Health.UNKNOWN
             # the timeout then fails the hanging one alone
-            assert await eventually(lambda: health(picker, stuck) is Health.UNHEALTHY)
+            await wait_until_async(lambda: health(picker, stuck) is Health.UNHEALTHY, "the scrape timeout")
             assert "TimeoutError" in {s.endpoint: s.reason for s in picker.statuses()}[stuck]
             assert health(picker, fast) is Health.HEALTHY
 
@@ -141,8 +132,8 @@ async def test_an_answer_slower_than_the_interval_but_within_the_timeout_is_heal
         picker = Picker(PickerSettings(stale_after=0))
         picker.set_endpoints([endpoint])
         async with scraping(picker, ScrapeSettings(interval=0.05, timeout=2.0)):
-            assert await eventually(lambda: health(picker, endpoint) is Health.HEALTHY)
-            assert await eventually(lambda: slow.hits >= 3)
+            await wait_until_async(lambda: health(picker, endpoint) is Health.HEALTHY, "a healthy endpoint")
+            await wait_until_async(lambda: slow.hits >= 3, "three slow scrapes")
             assert health(picker, endpoint) is Health.HEALTHY
 
 
@@ -153,10 +144,10 @@ async def test_the_scrape_loops_follow_the_endpoint_set() -> None:
         picker = Picker(PickerSettings(stale_after=0))
         picker.set_endpoints([one])
         async with scraping(picker, ScrapeSettings(interval=0.05)):
-            assert await eventually(lambda: first.hits >= 2)
+            await wait_until_async(lambda: first.hits >= 2, "two scrapes of the first endpoint")
             assert second.hits == 0
             picker.set_endpoints([two])  # discovery replaced the first endpoint with the second
-            assert await eventually(lambda: second.hits >= 2)
+            await wait_until_async(lambda: second.hits >= 2, "two scrapes of the second endpoint")
             await asyncio.sleep(0.1)  # a scrape of the first one may have been under way
             settled = first.hits
             await asyncio.sleep(0.3)

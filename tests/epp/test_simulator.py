@@ -10,6 +10,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from epp.exposition import parse_load_sample
 from epp.scorer import LoadSample
 from epp.simulator import Simulator, SimulatorSettings
+from tests.polling import wait_until_async
 
 
 @pytest.fixture
@@ -62,11 +63,13 @@ async def test_metrics_follow_the_queue(slow_sim: TestClient) -> None:
         asyncio.create_task(slow_sim.post("/v1/completions", json={"prompt": str(i)})) for i in range(5)
     ]
     busy = None
-    for _ in range(100):  # bounded: until all five are in, two running and three waiting
+
+    async def all_five_in() -> bool:
+        nonlocal busy
         busy = parse_load_sample(await (await slow_sim.get("/metrics")).text())
-        if busy and busy.running + busy.waiting == 5:
-            break
-        await asyncio.sleep(0.01)
+        return busy is not None and busy.running + busy.waiting == 5
+
+    await wait_until_async(all_five_in, "all five requests in, two running and three waiting")
     assert busy == LoadSample(waiting=3, running=2, kv_cache_usage=1.0)
     answers = await asyncio.wait_for(asyncio.gather(*requests), timeout=10)
     assert [a.status for a in answers] == [200] * 5

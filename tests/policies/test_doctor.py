@@ -26,9 +26,9 @@ from policies.doctor.stats import (
     subtract_stats,
 )
 from policies.profile import ProfileName
+from tests.documents import SEED_CORRECTED
 
 DATA = Path(__file__).parent.parent / "doctor" / "data"
-CORRECTED = Path(__file__).parents[2] / "manifests" / "examples" / "seed-corrected.yaml"
 ISTIO_CLUSTER = "outbound|9002||gaie-epp.llm-d.svc.cluster.local"
 
 
@@ -268,7 +268,7 @@ def test_clusters_garbage_is_refused(text: str) -> None:
 def corrected() -> dict[str, object]:
     import yaml
 
-    document = yaml.safe_load(CORRECTED.read_text())
+    document = yaml.safe_load(SEED_CORRECTED.read_text())
     assert isinstance(document, dict)
     return document
 

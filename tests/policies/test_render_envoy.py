@@ -12,23 +12,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from policies.render.gateway import EXT_PROC_FILTER, RenderOptions, RouteSpec, SocketAddress, render_gateway
+from tests.documents import load_document
 from tests.envoy_rig import EnvoyRig, EnvoyStartError, find_envoy, run_envoy
 from tests.policies.bootstraps import http_filters
 
 pytestmark = pytest.mark.envoy
 
-DATA = Path(__file__).parent / "render_data"
 ROUTER = "envoy.filters.http.router"
 VALIDATE_TIMEOUT = 120.0
 HTTP_TIMEOUT = 15.0
-
-
-def load(name: str) -> dict[str, Any]:
-    document: dict[str, Any] = yaml.safe_load((DATA / name).read_text("utf-8"))
-    return document
 
 
 def envoy_binary() -> str:
@@ -68,21 +62,21 @@ def loopback_options(**overrides: Any) -> RenderOptions:
 class TestValidate:
     @pytest.mark.parametrize("name", ["seed-corrected.yaml", "seed-bad.yaml"], ids=["corrected", "bad"])
     def test_the_incident_filters_render_to_config_envoy_accepts(self, name: str, tmp_path: Path) -> None:
-        rendering = render_gateway(load(name), options=loopback_options())
+        rendering = render_gateway(load_document(name), options=loopback_options())
         assert rendering.skipped == ()
         result = validate(rendering.bootstrap, tmp_path)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "OK" in result.stdout + result.stderr
 
     def test_the_corrected_filter_replaces_the_gateway_ext_proc_in_place(self) -> None:
-        bootstrap = render_gateway(load("seed-corrected.yaml"), options=loopback_options()).bootstrap
+        bootstrap = render_gateway(load_document("seed-corrected.yaml"), options=loopback_options()).bootstrap
         filters = http_filters(bootstrap)
         assert [f["name"] for f in filters] == [EXT_PROC_FILTER, ROUTER]
         assert filters[0]["typed_config"]["processing_mode"]["request_header_mode"] == "SKIP"
         assert filters[0]["typed_config"]["message_timeout"] == "5s"  # the filter's, not the placeholder's
 
     def test_the_bad_filter_inserts_a_second_ext_proc_right_before_the_router(self) -> None:
-        bootstrap = render_gateway(load("seed-bad.yaml"), options=loopback_options()).bootstrap
+        bootstrap = render_gateway(load_document("seed-bad.yaml"), options=loopback_options()).bootstrap
         filters = http_filters(bootstrap)
         assert [f["name"] for f in filters] == [EXT_PROC_FILTER, EXT_PROC_FILTER, ROUTER]
         assert filters[1]["typed_config"]["processing_mode"]["request_body_mode"] == "STREAMED"
@@ -91,7 +85,7 @@ class TestValidate:
 
     def test_envoy_rejects_a_rendering_with_an_invalid_value(self, tmp_path: Path) -> None:
         """Control: the validation above can fail (a bad enum in the filter's value)."""
-        document = load("seed-corrected.yaml")
+        document = load_document("seed-corrected.yaml")
         document["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["processing_mode"][
             "request_body_mode"
         ] = "SOMETIMES"
@@ -114,7 +108,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnvoyRig]:
     options = loopback_options(
         endpoint_overrides={"epp-cluster": (SocketAddress("127.0.0.1", closed_port()),)}
     )
-    bootstrap = render_gateway(load("seed-corrected.yaml"), options=options).bootstrap
+    bootstrap = render_gateway(load_document("seed-corrected.yaml"), options=options).bootstrap
     with run_envoy(bootstrap, workdir=tmp_path_factory.mktemp("gateway")) as envoy:
         yield envoy
 

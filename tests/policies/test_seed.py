@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import jsonpatch
 import pytest
-import yaml
 
 from policies.engine import evaluate
 from policies.patch import apply_patch
 from policies.policy import default_policy, load_policy
 from policies.resolver import StaticResolver
+from tests.documents import load_document
 from tests.policies import filters
-
-DATA = Path(__file__).parent / "data"
-
-
-def load(name: str) -> dict[str, Any]:
-    document = yaml.safe_load((DATA / name).read_text())
-    assert isinstance(document, dict)
-    return document
 
 
 @pytest.fixture
@@ -30,35 +19,35 @@ def resolver() -> StaticResolver:
 
 
 def test_seed_bad_is_fixed_into_exactly_the_corrected_form(resolver: StaticResolver) -> None:
-    result = evaluate(load("seed-bad.yaml"), policy=default_policy(), resolver=resolver)
+    result = evaluate(load_document("seed-bad.yaml"), policy=default_policy(), resolver=resolver)
     assert result.applicable
-    assert result.fixed == load("seed-corrected.yaml")
+    assert result.fixed == load_document("seed-corrected.yaml")
 
 
 def test_seed_bad_findings_name_every_incident_problem(resolver: StaticResolver) -> None:
-    result = evaluate(load("seed-bad.yaml"), policy=default_policy(), resolver=resolver)
+    result = evaluate(load_document("seed-bad.yaml"), policy=default_policy(), resolver=resolver)
     rules = [finding.rule for finding in result.findings]
     assert rules == ["EPX001", "EPX002", "EPX002", "EPX003", "EPX004", "EPX005", "EPX011", "EPX011"]
     assert all(finding.fixable for finding in result.findings)
 
 
 def test_seed_patch_applies_the_same_with_our_code_and_jsonpatch(resolver: StaticResolver) -> None:
-    document = load("seed-bad.yaml")
+    document = load_document("seed-bad.yaml")
     result = evaluate(document, policy=default_policy(), resolver=resolver)
     ops = [op.to_json() for op in result.patch]
     assert apply_patch(document, result.patch) == result.fixed
     assert jsonpatch.apply_patch(document, ops) == result.fixed
-    assert document == load("seed-bad.yaml"), "evaluate must not change its input"
+    assert document == load_document("seed-bad.yaml"), "evaluate must not change its input"
 
 
 def test_corrected_seed_has_only_the_replace_target_warning(resolver: StaticResolver) -> None:
-    result = evaluate(load("seed-corrected.yaml"), policy=default_policy(), resolver=resolver)
+    result = evaluate(load_document("seed-corrected.yaml"), policy=default_policy(), resolver=resolver)
     assert [(f.rule, f.level.value) for f in result.findings] == [("EPX012", "warn")]
     assert result.patch == ()
 
 
 def test_seed_without_a_known_service_is_not_pinned_to_a_guess() -> None:
-    result = evaluate(load("seed-bad.yaml"), policy=default_policy(), resolver=StaticResolver({}))
+    result = evaluate(load_document("seed-bad.yaml"), policy=default_policy(), resolver=StaticResolver({}))
     dns = [finding for finding in result.findings if finding.rule == "EPX003"]
     assert len(dns) == 1
     assert not dns[0].fixable
@@ -71,7 +60,9 @@ def test_seed_without_a_known_service_is_not_pinned_to_a_guess() -> None:
 
 
 def test_seed_bad_under_gie_epp_streams_bodies_only_where_the_epp_runs(resolver: StaticResolver) -> None:
-    result = evaluate(load("seed-bad.yaml"), policy=load_policy("profile: gie-epp"), resolver=resolver)
+    result = evaluate(
+        load_document("seed-bad.yaml"), policy=load_policy("profile: gie-epp"), resolver=resolver
+    )
     assert [f.rule for f in result.remaining] == ["EPX012"]
     patches = result.fixed["spec"]["configPatches"]
     assert patches[0]["patch"]["value"]["typed_config"]["processing_mode"] == {

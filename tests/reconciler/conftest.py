@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import copy
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
@@ -11,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from policies.policy import default_policy
 from policies.resolver import ServiceAddress, ServiceRef, ServiceResolver, StaticResolver
@@ -19,26 +17,12 @@ from reconciler.api import KubeObjects, build_api_client
 from reconciler.core import Reconciler
 from reconciler.metrics import ReconcileMetrics
 from reconciler.settings import ReconcileSettings
-from tests.e2e.conftest import control_plane, kubectl, namespace  # noqa: F401  (the real apiserver's fixtures)
 from tests.reconciler.fakeapi import FakeKubeAPI
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
 NAMESPACE = "llm-d-inference-scheduler"
 EPP = ServiceRef(NAMESPACE, "gaie-inference-scheduling-epp")
 EPP_IP = "10.96.45.12"
 OPERATOR = "schedulerinstall-controller"
-
-
-def load(name: str) -> dict[str, Any]:
-    document = yaml.safe_load((DATA_DIR / name).read_text())
-    assert isinstance(document, dict)
-    return document
-
-
-def renamed(document: dict[str, Any], name: str) -> dict[str, Any]:
-    result = copy.deepcopy(document)
-    result["metadata"]["name"] = name
-    return result
 
 
 def without_server_fields(obj: dict[str, Any]) -> dict[str, Any]:
@@ -47,15 +31,6 @@ def without_server_fields(obj: dict[str, Any]) -> dict[str, Any]:
     for key in ("resourceVersion", "uid", "managedFields", "generation", "creationTimestamp"):
         result["metadata"].pop(key, None)
     return result
-
-
-async def poll_until(condition: Callable[[], bool], what: str, *, seconds: float, every: float) -> None:
-    """Check `condition` every `every` seconds; fail the test if it is still false after `seconds`."""
-    for _ in range(int(seconds / every)):
-        if condition():
-            return
-        await asyncio.sleep(every)
-    pytest.fail(f"not within {seconds}s: {what}")
 
 
 @dataclass

@@ -31,7 +31,7 @@ from typing import Any
 import jsonpatch
 from aiohttp import web
 
-from tests.webhook.kubefake import FakeServiceAPI
+from tests.kube.kubefake import FakeServiceAPI
 
 ENVOY_FILTERS = ("networking.istio.io", "envoyfilters")
 LEASES = ("coordination.k8s.io", "leases")

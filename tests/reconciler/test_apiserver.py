@@ -22,8 +22,9 @@ from reconciler.core import Action, Reconciler
 from reconciler.leader import LeaseElector
 from reconciler.metrics import ReconcileMetrics
 from reconciler.settings import FIELD_MANAGER, LeaseSettings, ReconcileSettings
+from tests.documents import load_document
 from tests.e2e.cluster import ControlPlaneInfo, Kubectl
-from tests.reconciler.conftest import OPERATOR, FakeClock, fixed_wall, load, static_epp, without_server_fields
+from tests.reconciler.conftest import OPERATOR, FakeClock, fixed_wall, static_epp, without_server_fields
 from tests.reconciler.test_audit import with_unrelated_content
 
 pytestmark = pytest.mark.e2e
@@ -131,13 +132,13 @@ def in_namespace(document: dict[str, Any], namespace: str) -> dict[str, Any]:
 async def test_a_bad_filter_is_fixed_with_unrelated_content_kept_exactly(
     control_plane: ControlPlaneInfo, kubectl: Kubectl, namespace: str
 ) -> None:
-    create(kubectl, with_unrelated_content(load("seed-bad.yaml")), namespace)
+    create(kubectl, with_unrelated_content(load_document("seed-bad.yaml")), namespace)
     reconciler = reconciler_for(kube_for(control_plane, "a"), namespace)
 
     result = await reconciler.audit()
 
     assert [o.action for o in result.outcomes] == [Action.FIXED]
-    expected = in_namespace(with_unrelated_content(load("seed-corrected.yaml")), namespace)
+    expected = in_namespace(with_unrelated_content(load_document("seed-corrected.yaml")), namespace)
     assert without_server_fields(stored(kubectl, namespace)) == expected
     (fixed,) = events(kubectl, namespace, "Fixed")
     assert fixed["regarding"]["name"] == FILTER
@@ -146,7 +147,7 @@ async def test_a_bad_filter_is_fixed_with_unrelated_content_kept_exactly(
 async def test_a_concurrent_write_is_refused_by_the_real_apiserver_and_retried_on_the_fresh_object(
     control_plane: ControlPlaneInfo, kubectl: Kubectl, namespace: str
 ) -> None:
-    create(kubectl, load("seed-bad.yaml"), namespace)
+    create(kubectl, load_document("seed-bad.yaml"), namespace)
     kube = kube_for(control_plane, "a")
     kube.before_first_patch.append(
         lambda: kubectl.run("annotate", "envoyfilter", FILTER, "-n", namespace, "example.com/edited=yes")
@@ -164,7 +165,7 @@ async def test_a_concurrent_write_is_refused_by_the_real_apiserver_and_retried_o
 async def test_two_replicas_with_a_real_lease_never_both_write(
     control_plane: ControlPlaneInfo, kubectl: Kubectl, namespace: str
 ) -> None:
-    create(kubectl, load("seed-bad.yaml"), namespace)
+    create(kubectl, load_document("seed-bad.yaml"), namespace)
     lease = f"reconciler-{uuid.uuid4().hex[:6]}"
     kubes = [kube_for(control_plane, name) for name in ("a", "b")]
     electors = [
@@ -193,7 +194,7 @@ async def test_two_replicas_with_a_real_lease_never_both_write(
 async def test_dry_run_changes_nothing_on_the_real_apiserver(
     control_plane: ControlPlaneInfo, kubectl: Kubectl, namespace: str
 ) -> None:
-    create(kubectl, load("seed-bad.yaml"), namespace)
+    create(kubectl, load_document("seed-bad.yaml"), namespace)
     before = stored(kubectl, namespace)["metadata"]["resourceVersion"]
     kube = kube_for(control_plane, "a")
 
@@ -209,7 +210,7 @@ async def test_dry_run_changes_nothing_on_the_real_apiserver(
 async def test_unfixable_findings_reach_a_real_policy_report_and_event(
     control_plane: ControlPlaneInfo, kubectl: Kubectl, namespace: str
 ) -> None:
-    create(kubectl, load("unfixable.yaml"), namespace)
+    create(kubectl, load_document("unfixable.yaml"), namespace)
     reconciler = reconciler_for(kube_for(control_plane, "a"), namespace)
 
     await reconciler.audit()
@@ -228,7 +229,7 @@ async def test_unfixable_findings_reach_a_real_policy_report_and_event(
     assert after["metadata"]["resourceVersion"] == version
 
     kubectl.run("delete", "envoyfilter", "epp-ext-proc-unfixable", "-n", namespace)
-    create(kubectl, load("seed-corrected.yaml"), namespace)
+    create(kubectl, load_document("seed-corrected.yaml"), namespace)
     await reconciler.audit()
 
     emptied = kubectl.get_json("policyreport", "extproc-guard", "-n", namespace)
@@ -239,7 +240,7 @@ async def test_unfixable_findings_reach_a_real_policy_report_and_event(
 async def test_an_operator_that_keeps_applying_its_template_is_named_from_real_managed_fields(
     control_plane: ControlPlaneInfo, kubectl: Kubectl, namespace: str
 ) -> None:
-    operator_applies(kubectl, load("seed-bad.yaml"), namespace)
+    operator_applies(kubectl, load_document("seed-bad.yaml"), namespace)
     clock = FakeClock()
     kube = kube_for(control_plane, "a")
     reconciler = reconciler_for(kube, namespace, clock=clock)
@@ -247,7 +248,7 @@ async def test_an_operator_that_keeps_applying_its_template_is_named_from_real_m
     for _ in range(3):
         (outcome,) = (await reconciler.audit()).outcomes
         actions.append(outcome.action)
-        operator_applies(kubectl, load("seed-bad.yaml"), namespace)
+        operator_applies(kubectl, load_document("seed-bad.yaml"), namespace)
 
     (outcome,) = (await reconciler.audit()).outcomes
     patches_before = kube.writes.count("patch envoyfilters")
@@ -266,7 +267,7 @@ async def test_an_audit_reads_every_page_of_a_paged_list(
     control_plane: ControlPlaneInfo, kubectl: Kubectl, namespace: str
 ) -> None:
     for name in ("one", "two", "three"):
-        document = load("seed-bad.yaml")
+        document = load_document("seed-bad.yaml")
         document["metadata"]["name"] = name
         create(kubectl, document, namespace)
     api_client = build_api_client(

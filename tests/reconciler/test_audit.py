@@ -7,15 +7,8 @@ import copy
 
 from reconciler.core import Action
 from reconciler.settings import ReconcileSettings
-from tests.reconciler.conftest import (
-    EPP,
-    NAMESPACE,
-    OPERATOR,
-    ReconcilerFactory,
-    load,
-    renamed,
-    without_server_fields,
-)
+from tests.documents import load_document, renamed
+from tests.reconciler.conftest import EPP, NAMESPACE, OPERATOR, ReconcilerFactory, without_server_fields
 from tests.reconciler.fakeapi import EVENTS, POLICY_REPORTS, FakeKubeAPI
 
 LUA_PATCH = {
@@ -51,31 +44,31 @@ def with_unrelated_content(document: dict[str, object]) -> dict[str, object]:
 async def test_a_pre_existing_bad_filter_is_patched_to_the_corrected_form(
     fake_api: FakeKubeAPI, make_reconciler: ReconcilerFactory
 ) -> None:
-    fake_api.store_envoy_filter(load("seed-bad.yaml"), manager=OPERATOR)
+    fake_api.store_envoy_filter(load_document("seed-bad.yaml"), manager=OPERATOR)
 
     result = await make_reconciler().audit()
 
     assert [o.action for o in result.outcomes] == [Action.FIXED]
     stored = fake_api.envoy_filter(NAMESPACE, "epp-ext-proc")
-    assert without_server_fields(stored) == load("seed-corrected.yaml")
+    assert without_server_fields(stored) == load_document("seed-corrected.yaml")
     assert stored["metadata"]["annotations"]["extproc-guard.io/epp-service"] == str(EPP)
 
 
 async def test_unrelated_fields_annotations_and_other_patches_are_preserved_exactly(
     fake_api: FakeKubeAPI, make_reconciler: ReconcilerFactory
 ) -> None:
-    fake_api.store_envoy_filter(with_unrelated_content(load("seed-bad.yaml")), manager=OPERATOR)
+    fake_api.store_envoy_filter(with_unrelated_content(load_document("seed-bad.yaml")), manager=OPERATOR)
 
     await make_reconciler().audit()
 
-    expected = with_unrelated_content(load("seed-corrected.yaml"))
+    expected = with_unrelated_content(load_document("seed-corrected.yaml"))
     assert without_server_fields(fake_api.envoy_filter(NAMESPACE, "epp-ext-proc")) == expected
 
 
 async def test_the_patch_is_minimal_and_guarded_by_the_resource_version_read(
     fake_api: FakeKubeAPI, make_reconciler: ReconcilerFactory
 ) -> None:
-    stored = fake_api.store_envoy_filter(load("seed-bad.yaml"), manager=OPERATOR)
+    stored = fake_api.store_envoy_filter(load_document("seed-bad.yaml"), manager=OPERATOR)
 
     result = await make_reconciler().audit()
 
@@ -92,7 +85,7 @@ async def test_the_patch_is_minimal_and_guarded_by_the_resource_version_read(
 async def test_a_corrected_filter_is_left_alone(
     fake_api: FakeKubeAPI, make_reconciler: ReconcilerFactory
 ) -> None:
-    fake_api.store_envoy_filter(load("seed-corrected.yaml"), manager=OPERATOR)
+    fake_api.store_envoy_filter(load_document("seed-corrected.yaml"), manager=OPERATOR)
 
     result = await make_reconciler().audit()
 
@@ -103,7 +96,7 @@ async def test_a_corrected_filter_is_left_alone(
 async def test_a_second_audit_after_a_fix_writes_nothing_more(
     fake_api: FakeKubeAPI, make_reconciler: ReconcilerFactory
 ) -> None:
-    fake_api.store_envoy_filter(load("seed-bad.yaml"), manager=OPERATOR)
+    fake_api.store_envoy_filter(load_document("seed-bad.yaml"), manager=OPERATOR)
     reconciler = make_reconciler()
     await reconciler.audit()
     writes = len(fake_api.writes())
@@ -117,8 +110,8 @@ async def test_a_second_audit_after_a_fix_writes_nothing_more(
 async def test_unfixable_findings_become_an_event_and_a_policy_report_once(
     fake_api: FakeKubeAPI, make_reconciler: ReconcilerFactory
 ) -> None:
-    fake_api.store_envoy_filter(load("unfixable.yaml"), manager=OPERATOR)
-    fake_api.store_envoy_filter(renamed(load("seed-corrected.yaml"), "healthy"), manager=OPERATOR)
+    fake_api.store_envoy_filter(load_document("unfixable.yaml"), manager=OPERATOR)
+    fake_api.store_envoy_filter(renamed(load_document("seed-corrected.yaml"), "healthy"), manager=OPERATOR)
     reconciler = make_reconciler()
 
     result = await reconciler.audit()
@@ -150,7 +143,7 @@ async def test_a_cluster_without_the_policy_report_crd_still_gets_events(
     fake_api: FakeKubeAPI, make_reconciler: ReconcilerFactory
 ) -> None:
     fake_api.serve_policy_reports = False
-    fake_api.store_envoy_filter(load("unfixable.yaml"), manager=OPERATOR)
+    fake_api.store_envoy_filter(load_document("unfixable.yaml"), manager=OPERATOR)
 
     result = await make_reconciler().audit()
 
@@ -163,7 +156,7 @@ async def test_a_cluster_without_the_policy_report_crd_still_gets_events(
 async def test_filters_outside_the_given_namespaces_are_not_touched(
     fake_api: FakeKubeAPI, make_reconciler: ReconcilerFactory
 ) -> None:
-    fake_api.store_envoy_filter(load("seed-bad.yaml"), manager=OPERATOR)
+    fake_api.store_envoy_filter(load_document("seed-bad.yaml"), manager=OPERATOR)
 
     result = await make_reconciler(settings=ReconcileSettings(namespaces=("elsewhere",))).audit()
 

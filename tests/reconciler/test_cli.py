@@ -14,15 +14,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.reconciler.conftest import (
-    EPP,
-    EPP_IP,
-    NAMESPACE,
-    OPERATOR,
-    load,
-    poll_until,
-    without_server_fields,
-)
+from tests.documents import load_document
+from tests.polling import wait_until_async
+from tests.reconciler.conftest import EPP, EPP_IP, NAMESPACE, OPERATOR, without_server_fields
 from tests.reconciler.fakeapi import LEASES, FakeKubeAPI
 
 WAIT_SECONDS = 60.0
@@ -53,7 +47,7 @@ async def run_cli(*args: str) -> tuple[int, str, str]:
     return process.returncode, out.decode(), err.decode()
 
 
-wait_for = partial(poll_until, seconds=WAIT_SECONDS, every=0.05)
+wait_for = partial(wait_until_async, timeout=WAIT_SECONDS, interval=0.05)
 
 
 @pytest.fixture
@@ -63,18 +57,18 @@ def epp_service(fake_api: FakeKubeAPI) -> None:
 
 @pytest.mark.usefixtures("epp_service")
 async def test_once_fixes_the_bad_filter_and_exits_zero(fake_api: FakeKubeAPI, kubeconfig: Path) -> None:
-    fake_api.store_envoy_filter(load("seed-bad.yaml"), manager=OPERATOR)
+    fake_api.store_envoy_filter(load_document("seed-bad.yaml"), manager=OPERATOR)
 
     code, _out, err = await run_cli("reconcile", "--once", "--kubeconfig", str(kubeconfig))
 
     assert code == 0, err
     stored = without_server_fields(fake_api.envoy_filter(NAMESPACE, "epp-ext-proc"))
-    assert stored == load("seed-corrected.yaml")
+    assert stored == load_document("seed-corrected.yaml")
 
 
 @pytest.mark.usefixtures("epp_service")
 async def test_once_in_dry_run_exits_one_and_writes_nothing(fake_api: FakeKubeAPI, kubeconfig: Path) -> None:
-    fake_api.store_envoy_filter(load("seed-bad.yaml"), manager=OPERATOR)
+    fake_api.store_envoy_filter(load_document("seed-bad.yaml"), manager=OPERATOR)
 
     code, _out, err = await run_cli("-v", "reconcile", "--once", "--dry-run", "--kubeconfig", str(kubeconfig))
 
@@ -106,7 +100,7 @@ async def test_bad_flags_are_one_line_and_exit_two(args: list[str], message: str
 async def test_sigterm_releases_the_lease_after_fixing_and_serving_metrics(
     fake_api: FakeKubeAPI, kubeconfig: Path
 ) -> None:
-    fake_api.store_envoy_filter(load("seed-bad.yaml"), manager=OPERATOR)
+    fake_api.store_envoy_filter(load_document("seed-bad.yaml"), manager=OPERATOR)
     port = free_port()
     process = await asyncio.create_subprocess_exec(
         sys.executable,

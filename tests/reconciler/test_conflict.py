@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 from reconciler.core import Action
 from reconciler.settings import ReconcileSettings
-from tests.reconciler.conftest import NAMESPACE, OPERATOR, ReconcilerFactory, load, without_server_fields
+from tests.documents import load_document
+from tests.reconciler.conftest import NAMESPACE, OPERATOR, ReconcilerFactory, without_server_fields
 from tests.reconciler.fakeapi import FakeKubeAPI
 
 OTHER_WRITER = "kubectl-edit"
@@ -34,7 +35,7 @@ def write_concurrently(fake_api: FakeKubeAPI, *, again: bool) -> Callable[[], No
 async def test_a_conflicting_write_is_retried_on_the_fresh_object_and_keeps_the_other_change(
     fake_api: FakeKubeAPI, make_reconciler: ReconcilerFactory
 ) -> None:
-    fake_api.store_envoy_filter(load("seed-bad.yaml"), manager=OPERATOR)
+    fake_api.store_envoy_filter(load_document("seed-bad.yaml"), manager=OPERATOR)
     fake_api.before_patch.append(write_concurrently(fake_api, again=False))
 
     result = await make_reconciler().audit()
@@ -54,7 +55,7 @@ async def test_a_conflicting_write_is_retried_on_the_fresh_object_and_keeps_the_
 async def test_a_writer_that_always_wins_the_race_is_never_overwritten_and_retries_are_bounded(
     fake_api: FakeKubeAPI, make_reconciler: ReconcilerFactory
 ) -> None:
-    fake_api.store_envoy_filter(load("seed-bad.yaml"), manager=OPERATOR)
+    fake_api.store_envoy_filter(load_document("seed-bad.yaml"), manager=OPERATOR)
     fake_api.before_patch.append(write_concurrently(fake_api, again=True))
     reconciler = make_reconciler(settings=ReconcileSettings(conflict_retries=3))
 

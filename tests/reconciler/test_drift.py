@@ -18,7 +18,9 @@ from kube.settings import KubeSettings
 from reconciler.api import build_api_client
 from reconciler.core import Action, Reconciler
 from reconciler.runner import repair_on_drift
-from tests.reconciler.conftest import EPP, EPP_IP, NAMESPACE, OPERATOR, ReconcilerFactory, load, poll_until
+from tests.documents import load_document
+from tests.polling import wait_until_async
+from tests.reconciler.conftest import EPP, EPP_IP, NAMESPACE, OPERATOR, ReconcilerFactory
 from tests.reconciler.fakeapi import EVENTS, FakeKubeAPI
 
 NEW_IP = "10.96.200.7"
@@ -54,14 +56,14 @@ async def reconciler(
     """A reconciler reading Services through the synced cache, after its first audit of the seed's bad
     filter (which pins that filter to the EPP Service)."""
     assert await asyncio.to_thread(cache.wait_synced, WAIT_SECONDS)
-    fake_api.store_envoy_filter(load("seed-bad.yaml"), manager=OPERATOR)
+    fake_api.store_envoy_filter(load_document("seed-bad.yaml"), manager=OPERATOR)
     built = make_reconciler(resolver=cache)
     await built.audit()
     return built
 
 
 # The cache thread changes what the conditions read, so poll more often than the process-level tests.
-wait_for = partial(poll_until, seconds=WAIT_SECONDS, every=0.02)
+wait_for = partial(wait_until_async, timeout=WAIT_SECONDS)
 
 
 async def test_a_recreated_service_with_a_new_cluster_ip_is_repaired_in_every_pinned_filter(

@@ -9,15 +9,16 @@ import pytest
 
 from reconciler.core import Action
 from reconciler.settings import ReconcileSettings
-from tests.reconciler.conftest import NAMESPACE, OPERATOR, ReconcilerFactory, load, static_epp
+from tests.documents import load_document
+from tests.reconciler.conftest import NAMESPACE, OPERATOR, ReconcilerFactory, static_epp
 from tests.reconciler.fakeapi import FakeKubeAPI
 
 
 async def test_dry_run_reports_what_would_change_and_writes_nothing(
     fake_api: FakeKubeAPI, make_reconciler: ReconcilerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    fake_api.store_envoy_filter(load("seed-bad.yaml"), manager=OPERATOR)
-    fake_api.store_envoy_filter(load("unfixable.yaml"), manager=OPERATOR)
+    fake_api.store_envoy_filter(load_document("seed-bad.yaml"), manager=OPERATOR)
+    fake_api.store_envoy_filter(load_document("unfixable.yaml"), manager=OPERATOR)
     before = fake_api.envoy_filter(NAMESPACE, "epp-ext-proc")
     reconciler = make_reconciler(settings=ReconcileSettings(dry_run=True))
 
@@ -36,7 +37,7 @@ async def test_dry_run_reports_what_would_change_and_writes_nothing(
 async def test_dry_run_drift_repair_writes_nothing(
     fake_api: FakeKubeAPI, make_reconciler: ReconcilerFactory
 ) -> None:
-    fake_api.store_envoy_filter(load("seed-corrected.yaml"), manager=OPERATOR)
+    fake_api.store_envoy_filter(load_document("seed-corrected.yaml"), manager=OPERATOR)
     moving = {"resolver": static_epp()}
 
     class Switching:

@@ -11,13 +11,14 @@ import pytest
 from reconciler.core import Action, Reconciler
 from reconciler.metrics import ReconcileMetrics
 from reconciler.settings import ReconcileSettings
-from tests.reconciler.conftest import NAMESPACE, OPERATOR, FakeClock, ReconcilerFactory, load
+from tests.documents import load_document
+from tests.reconciler.conftest import NAMESPACE, OPERATOR, FakeClock, ReconcilerFactory
 from tests.reconciler.fakeapi import EVENTS, FakeKubeAPI
 
 
 def operator_reverts(fake_api: FakeKubeAPI) -> None:
     """The operator's reconcile loop writes its template back (a full Update as its own field manager)."""
-    fake_api.store_envoy_filter(load("seed-bad.yaml"), manager=OPERATOR)
+    fake_api.store_envoy_filter(load_document("seed-bad.yaml"), manager=OPERATOR)
 
 
 def fight_events(fake_api: FakeKubeAPI) -> list[dict[str, object]]:
@@ -130,7 +131,9 @@ async def test_a_writer_fixed_at_the_source_ends_the_fight(
     for _ in range(3):
         operator_reverts(fake_api)
         await reconciler.audit()
-    fake_api.store_envoy_filter(load("seed-corrected.yaml"), manager=OPERATOR)  # the operator was fixed
+    fake_api.store_envoy_filter(
+        load_document("seed-corrected.yaml"), manager=OPERATOR
+    )  # the operator was fixed
 
     assert await audit_action(reconciler) is Action.CLEAN
     operator_reverts(fake_api)  # a later one-off bad write is fixed at once again

@@ -13,7 +13,8 @@ from reconciler.api import KubeObjects, build_api_client
 from reconciler.core import Action
 from reconciler.leader import LeaseElector
 from reconciler.settings import FIELD_MANAGER, LeaseSettings
-from tests.reconciler.conftest import OPERATOR, FakeClock, ReconcilerFactory, fixed_wall, load
+from tests.documents import load_document
+from tests.reconciler.conftest import OPERATOR, FakeClock, ReconcilerFactory, fixed_wall
 from tests.reconciler.fakeapi import LEASES, FakeKubeAPI
 
 LEASE = "extproc-guard-reconciler"
@@ -71,8 +72,8 @@ async def test_two_replicas_never_both_write(
     fake_api: FakeKubeAPI, replicas: tuple[Replica, Replica], make_reconciler: ReconcilerFactory
 ) -> None:
     a, b = replicas
-    fake_api.store_envoy_filter(load("seed-bad.yaml"), manager=OPERATOR)
-    fake_api.store_envoy_filter(load("unfixable.yaml"), manager=OPERATOR)
+    fake_api.store_envoy_filter(load_document("seed-bad.yaml"), manager=OPERATOR)
+    fake_api.store_envoy_filter(load_document("unfixable.yaml"), manager=OPERATOR)
     await a.step()
     await b.step()
     reconciler_a = make_reconciler(identity="replica-a", may_write=a.elector.holds)

@@ -11,13 +11,15 @@ from pathlib import Path
 from policies.policy import default_policy
 from reconciler.runner import Parts, build_parts, run_reconciler
 from reconciler.settings import LeaseSettings, ReconcileSettings
-from tests.reconciler.conftest import EPP, EPP_IP, NAMESPACE, OPERATOR, load, poll_until
+from tests.documents import load_document
+from tests.polling import wait_until_async
+from tests.reconciler.conftest import EPP, EPP_IP, NAMESPACE, OPERATOR
 from tests.reconciler.fakeapi import LEASES, FakeKubeAPI
 
 WAIT_SECONDS = 30.0
 
 
-wait_for = partial(poll_until, seconds=WAIT_SECONDS, every=0.05)
+wait_for = partial(wait_until_async, timeout=WAIT_SECONDS, interval=0.05)
 
 
 def settings_for(kubeconfig: Path, identity: str) -> ReconcileSettings:
@@ -70,7 +72,7 @@ async def test_only_the_lease_holder_repairs_and_a_stopped_holder_hands_over_to_
     fake_api: FakeKubeAPI, kubeconfig: Path
 ) -> None:
     fake_api.services.put(EPP.namespace, EPP.name, EPP_IP, (9002,))
-    fake_api.store_envoy_filter(load("seed-bad.yaml"), manager=OPERATOR)
+    fake_api.store_envoy_filter(load_document("seed-bad.yaml"), manager=OPERATOR)
     a = Running(kubeconfig, "replica-a")
     b: Running | None = None
     try:

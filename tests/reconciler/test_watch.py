@@ -17,9 +17,10 @@ import yaml
 from policies.policy import default_policy
 from reconciler.runner import Parts, build_parts, run_reconciler
 from reconciler.settings import ReconcileSettings
+from tests.documents import load_document
 from tests.e2e.cluster import ControlPlaneInfo, Kubectl
-from tests.e2e.conftest import EppService, epp_service  # noqa: F401  (the seed's EPP Service fixture)
-from tests.reconciler.conftest import OPERATOR, load, without_server_fields
+from tests.polling import wait_until_async
+from tests.reconciler.conftest import OPERATOR, without_server_fields
 from tests.reconciler.test_apiserver import FILTER, events, in_namespace, stored
 from tests.reconciler.test_apiserver import operator_applies as apply_as_operator
 
@@ -44,6 +45,12 @@ class Running:
 
     def fixed(self, cause: str) -> float:
         return self.sample("extproc_guard_reconcile_objects_fixed_total", cause=cause)
+
+    def stopped(self) -> str | None:
+        """None while `run_reconciler` runs, then why it ended."""
+        if not self.task.done():
+            return None
+        return f"the reconciler stopped: {self.task.exception()!r}"
 
     async def shut_down(self) -> None:
         self.stop.set()
@@ -74,13 +81,13 @@ async def start(control_plane: ControlPlaneInfo, namespace: str) -> AsyncIterato
 
 async def wait_for(condition: Callable[[], bool], what: str, running: Running | None = None) -> None:
     """Poll (bounded) a condition that kubectl reads from the apiserver; fail early if the runner died."""
-    for _ in range(int(WAIT_SECONDS / 0.1)):
-        if running is not None and running.task.done():
-            pytest.fail(f"the reconciler stopped while waiting for: {what}: {running.task.exception()!r}")
-        if await asyncio.to_thread(condition):
-            return
-        await asyncio.sleep(0.1)
-    pytest.fail(f"not within {WAIT_SECONDS}s: {what}")
+    await wait_until_async(
+        lambda: asyncio.to_thread(condition),
+        what,
+        timeout=WAIT_SECONDS,
+        interval=0.1,
+        alive=running.stopped if running is not None else None,
+    )
 
 
 def is_corrected(kubectl: Kubectl, namespace: str, name: str = FILTER) -> bool:
@@ -115,12 +122,12 @@ def caught_up(running: Running, kubectl: Kubectl, namespace: str, name: str = FI
 async def test_a_filter_written_back_to_the_bad_form_is_fixed_again_by_the_watch_not_the_audit(
     kubectl: Kubectl, namespace: str, start: Callable[..., Running]
 ) -> None:
-    await operator_applies(kubectl, load("seed-bad.yaml"), namespace)
+    await operator_applies(kubectl, load_document("seed-bad.yaml"), namespace)
     running = start()
     await wait_for(lambda: is_corrected(kubectl, namespace), "the first audit fixed the filter", running)
     assert running.fixed("audit") == 1
 
-    await operator_applies(kubectl, load("seed-bad.yaml"), namespace, rollout=1)
+    await operator_applies(kubectl, load_document("seed-bad.yaml"), namespace, rollout=1)
     await wait_for(lambda: is_corrected(kubectl, namespace), "the watch fixed the rewrite", running)
     # A barrier: a filter created after the fix; once it has been looked at, so has every earlier event,
     # including the echo of the watch's own patch.
@@ -140,13 +147,13 @@ async def test_a_filter_written_back_to_the_bad_form_is_fixed_again_by_the_watch
 async def test_a_writer_that_keeps_rewriting_meets_the_fight_back_off_not_a_patch_per_rewrite(
     kubectl: Kubectl, namespace: str, start: Callable[..., Running]
 ) -> None:
-    await operator_applies(kubectl, load("seed-bad.yaml"), namespace)
+    await operator_applies(kubectl, load_document("seed-bad.yaml"), namespace)
     running = start(backoff_initial_seconds=3600.0)
     await wait_for(lambda: is_corrected(kubectl, namespace), "the first audit fixed the filter", running)
 
     rewrites = 6
     for rollout in range(1, rewrites + 1):
-        await operator_applies(kubectl, load("seed-bad.yaml"), namespace, rollout=rollout)
+        await operator_applies(kubectl, load_document("seed-bad.yaml"), namespace, rollout=rollout)
         await wait_for(caught_up(running, kubectl, namespace), f"the watch saw rewrite {rollout}", running)
 
     # Threshold 2: the first rewrite is fixed, the second is a fight; the other four are left alone.
@@ -198,7 +205,7 @@ async def test_a_service_recreated_with_a_new_cluster_ip_is_repaired_through_the
 ) -> None:
     await asyncio.to_thread(kubectl.apply, drift_service(namespace))
     old_ip = await asyncio.to_thread(cluster_ip, kubectl, namespace)
-    text = yaml.safe_dump(load("seed-bad.yaml")).replace(
+    text = yaml.safe_dump(load_document("seed-bad.yaml")).replace(
         "gaie-inference-scheduling-epp.llm-d-inference-scheduler", f"{DRIFT_SERVICE}.{namespace}"
     )
     await operator_applies(kubectl, yaml.safe_load(text), namespace)
@@ -221,13 +228,13 @@ async def test_a_service_recreated_with_a_new_cluster_ip_is_repaired_through_the
 async def test_a_filter_left_alone_for_a_fight_is_fixed_again_when_the_back_off_ends_without_an_audit(
     kubectl: Kubectl, namespace: str, start: Callable[..., Running]
 ) -> None:
-    await operator_applies(kubectl, load("seed-bad.yaml"), namespace)
+    await operator_applies(kubectl, load_document("seed-bad.yaml"), namespace)
     running = start(backoff_initial_seconds=1.0)
     await wait_for(lambda: is_corrected(kubectl, namespace), "the first audit fixed the filter", running)
-    await operator_applies(kubectl, load("seed-bad.yaml"), namespace, rollout=1)
+    await operator_applies(kubectl, load_document("seed-bad.yaml"), namespace, rollout=1)
     await wait_for(lambda: is_corrected(kubectl, namespace), "the watch fixed the first rewrite", running)
 
-    await operator_applies(kubectl, load("seed-bad.yaml"), namespace, rollout=2)  # now a fight
+    await operator_applies(kubectl, load_document("seed-bad.yaml"), namespace, rollout=2)  # now a fight
     await wait_for(lambda: is_corrected(kubectl, namespace), "the fix after the back-off", running)
 
     (fight,) = await asyncio.to_thread(events, kubectl, namespace, "WriterFight")

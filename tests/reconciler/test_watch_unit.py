@@ -23,16 +23,18 @@ from aiohttp import web
 from reconciler.api import build_api_client
 from reconciler.core import Action
 from reconciler.watch import ChangeQueue, FilterChange, FilterWatch, WatchSettings
-from tests.reconciler.conftest import NAMESPACE, OPERATOR, ReconcilerFactory, load, poll_until
+from tests.documents import load_document
+from tests.kube.kubefake import FakeServiceAPI
+from tests.polling import wait_until_async
+from tests.reconciler.conftest import NAMESPACE, OPERATOR, ReconcilerFactory
 from tests.reconciler.fakeapi import POLICY_REPORTS, FakeKubeAPI
-from tests.webhook.kubefake import FakeServiceAPI
 
 WAIT_SECONDS = 10.0
 FAST = WatchSettings(timeout_seconds=60, backoff_initial_seconds=0.05, backoff_max_seconds=0.2)
 NS = "team-a"
 
 
-eventually = partial(poll_until, seconds=WAIT_SECONDS, every=0.02)  # the watch thread sets the conditions
+eventually = partial(wait_until_async, timeout=WAIT_SECONDS)  # the watch thread sets the conditions
 
 
 class Changes:
@@ -162,7 +164,7 @@ async def test_changes_from_other_threads_are_coalesced_to_the_newest_per_object
 async def test_the_echo_of_the_reconcilers_own_patch_is_not_looked_at_again(
     fake_api: FakeKubeAPI, make_reconciler: ReconcilerFactory
 ) -> None:
-    fake_api.store_envoy_filter(load("seed-bad.yaml"), manager=OPERATOR)
+    fake_api.store_envoy_filter(load_document("seed-bad.yaml"), manager=OPERATOR)
     reconciler = make_reconciler()
     (fixed,) = (await reconciler.audit()).outcomes
     assert fixed.action is Action.FIXED
@@ -172,7 +174,7 @@ async def test_the_echo_of_the_reconcilers_own_patch_is_not_looked_at_again(
     assert await reconciler.reconcile_change(FilterChange(NAMESPACE, "epp-ext-proc", ours)) is None
     assert len(fake_api.requests) == before
 
-    rewritten = fake_api.store_envoy_filter(load("seed-bad.yaml"), manager=OPERATOR)
+    rewritten = fake_api.store_envoy_filter(load_document("seed-bad.yaml"), manager=OPERATOR)
     change = FilterChange(NAMESPACE, "epp-ext-proc", rewritten["metadata"]["resourceVersion"])
     outcome = await reconciler.reconcile_change(change)
 
@@ -187,7 +189,7 @@ async def test_the_echo_of_the_reconcilers_own_patch_is_not_looked_at_again(
 async def test_a_deleted_filter_is_forgotten(
     fake_api: FakeKubeAPI, make_reconciler: ReconcilerFactory
 ) -> None:
-    fake_api.store_envoy_filter(load("seed-bad.yaml"), manager=OPERATOR)
+    fake_api.store_envoy_filter(load_document("seed-bad.yaml"), manager=OPERATOR)
     reconciler = make_reconciler()
     await reconciler.audit()
     assert reconciler.pinned() != {}
@@ -208,7 +210,7 @@ async def test_a_policy_report_crd_installed_after_start_is_used_from_the_next_a
     """The REST fake here: the real apiserver of this session may already serve the CRD, and this test
     needs it absent first and present later."""
     fake_api.serve_policy_reports = False
-    fake_api.store_envoy_filter(load("unfixable.yaml"), manager=OPERATOR)
+    fake_api.store_envoy_filter(load_document("unfixable.yaml"), manager=OPERATOR)
     reconciler = make_reconciler()
     await reconciler.audit()
     await reconciler.audit()

@@ -10,7 +10,8 @@ import pytest
 
 from policies.policy import default_policy
 from policies.resolver import StaticResolver
-from tests.webhook.webhookrig import STATIC_SERVICES, load_document, review_of
+from tests.documents import load_document
+from tests.webhook.webhookrig import STATIC_SERVICES, review_of
 from webhook.admission import Webhook, build_response, parse_review
 from webhook.reviewer import Answer, Refusal, Reviewer, log_value, summarize
 

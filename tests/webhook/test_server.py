@@ -17,19 +17,14 @@ import pytest
 from policies.engine import evaluate
 from policies.policy import default_policy
 from policies.resolver import StaticResolver
-from tests.webhook.serverkit import (
-    metric_value,
-    pki_fixture,  # noqa: F401  (a shared fixture)
-    session_fixture,  # noqa: F401  (a shared fixture)
-    static_server,
-)
+from tests.documents import load_document
+from tests.webhook.serverkit import metric_value, static_server
 from tests.webhook.webhookrig import (
     STATIC_SERVICES,
     Pki,
     ServerThread,
     client_context,
     decode_patch,
-    load_document,
     review_of,
 )
 from webhook.settings import ServeSettings
@@ -118,7 +113,7 @@ async def test_warn_rules_become_warnings_of_at_most_256_characters_with_rule_pa
     session: aiohttp.ClientSession, server: ServerThread
 ) -> None:
     response = await post_review(
-        session, server, "/validate", review_of(load_document("failure-mode-allow.yaml"))
+        session, server, "/validate", review_of(load_document("warn-failure-mode-allow.yaml"))
     )
     assert response["allowed"] is True
     warnings = response["warnings"]

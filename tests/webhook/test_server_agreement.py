@@ -20,20 +20,14 @@ from policies.engine import Evaluation, evaluate
 from policies.findings import Level
 from policies.policy import default_policy
 from policies.resolver import StaticResolver
-from tests.webhook.serverkit import (
-    pki_fixture,  # noqa: F401  (a shared fixture)
-    session_fixture,  # noqa: F401  (a shared fixture)
-    static_server_fixture,  # noqa: F401  (a shared fixture)
-)
+from tests.documents import DATA, EXAMPLES
 from tests.webhook.webhookrig import (
-    DATA,
     STATIC_SERVICES,
     ServerThread,
     decode_patch,
     review_of,
 )
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "examples"
 SERVICE_FLAG = "--service=llm-d-inference-scheduler/gaie-inference-scheduling-epp=10.96.45.12:9002"
 FILES = sorted(DATA.glob("*.yaml")) + sorted(EXAMPLES.glob("*.yaml"))
 

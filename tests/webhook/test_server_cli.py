@@ -8,17 +8,17 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.webhook.serverkit import pki_fixture  # noqa: F401  (a shared fixture)
-from tests.webhook.webhookrig import Pki, client_context, load_document, review_of
+from tests.documents import load_document
+from tests.polling import WaitFailed, wait_until
+from tests.webhook.webhookrig import Pki, client_context, review_of
 from webhook.settings import TLSSettings
 
 START_SECONDS = 30.0
@@ -62,6 +62,18 @@ def request(url: str, context: ssl.SSLContext, body: bytes | None = None) -> tup
         return error.code, error.read()
 
 
+def answers_ok(url: str, context: ssl.SSLContext) -> bool:
+    try:
+        return request(url, context)[0] == 200
+    except (OSError, ssl.SSLError):
+        return False
+
+
+def running(process: subprocess.Popen[bytes]) -> Callable[[], str | None]:
+    """For `wait_until(alive=...)`: None while `process` runs, then how it ended."""
+    return lambda: None if process.poll() is None else f"serve exited with {process.returncode}"
+
+
 @dataclass(frozen=True)
 class Served:
     port: int
@@ -82,16 +94,16 @@ def serving(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serv
         )
     try:
         context = client_context(pki)
-        deadline = time.monotonic() + START_SECONDS
-        while True:
-            try:
-                if request(f"https://127.0.0.1:{port}/readyz", context)[0] == 200:
-                    break
-            except (OSError, ssl.SSLError):
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"serve did not become ready: {log.read_text()[-2000:]}")
-            time.sleep(0.1)
+        try:
+            wait_until(
+                lambda: answers_ok(f"https://127.0.0.1:{port}/readyz", context),
+                "serve's /readyz",
+                timeout=START_SECONDS,
+                interval=0.1,
+                alive=running(process),
+            )
+        except WaitFailed as error:
+            pytest.fail(f"serve did not become ready: {error}: {log.read_text()[-2000:]}")
         yield Served(port, process, log)
     finally:
         process.send_signal(signal.SIGTERM)
@@ -119,12 +131,12 @@ def test_serve_logs_one_line_per_review(pki: Pki, serving: Served) -> None:
     review = review_of(load_document("unfixable.yaml"), uid="cli-uid-2")
     request(f"https://127.0.0.1:{port}/validate", client_context(pki), json.dumps(review).encode())
     log = serving.log
-    deadline = time.monotonic() + 10
-    lines: list[str] = []
-    while not lines and time.monotonic() < deadline:
-        lines = [line for line in log.read_text().splitlines() if "uid=cli-uid-2" in line]
-        time.sleep(0.05)
-    (line,) = lines
+
+    def logged() -> list[str]:
+        return [line for line in log.read_text().splitlines() if "uid=cli-uid-2" in line]
+
+    wait_until(lambda: bool(logged()), "the review's log line")
+    (line,) = logged()
     assert "webhook=validate" in line
     assert "object=llm-d-inference-scheduler/epp-ext-proc-unfixable" in line
     assert "operation=CREATE" in line
@@ -141,13 +153,13 @@ def test_serve_stops_cleanly_on_sigterm(pki: Pki, tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + START_SECONDS
-        while time.monotonic() < deadline:
-            try:
-                if request(f"https://127.0.0.1:{port}/healthz", client_context(pki))[0] == 200:
-                    break
-            except (OSError, ssl.SSLError):
-                time.sleep(0.1)
+        wait_until(
+            lambda: answers_ok(f"https://127.0.0.1:{port}/healthz", client_context(pki)),
+            "serve's /healthz",
+            timeout=START_SECONDS,
+            interval=0.1,
+            alive=running(process),
+        )
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=15) == 0
     finally:

@@ -18,12 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.webhook.serverkit import pki_fixture, static_server_fixture  # noqa: F401  (shared fixtures)
+from tests.documents import load_document
 from tests.webhook.webhookrig import (
     Pki,
     ServerThread,
     client_context,
-    load_document,
     review_of,
 )
 

@@ -17,18 +17,14 @@ import jsonpatch
 import pytest
 
 from kube.settings import KubeSettings
-from tests.webhook.kubefake import FakeServiceAPI
-from tests.webhook.serverkit import (
-    pki_fixture,  # noqa: F401  (a shared fixture)
-    session_fixture,  # noqa: F401  (a shared fixture)
-    until,
-)
+from tests.documents import load_document
+from tests.kube.kubefake import FakeServiceAPI
+from tests.polling import wait_until_async
 from tests.webhook.webhookrig import (
     EPP,
     Pki,
     ServerThread,
     decode_patch,
-    load_document,
     review_of,
 )
 from webhook.settings import ServeSettings
@@ -89,7 +85,7 @@ async def test_not_ready_until_the_service_cache_syncs(
     async def failing() -> bool:
         return "503" in ((await readiness(session, server))[1]["services"]["last_error"] or "")
 
-    await until(failing, "/readyz to report the failing list")
+    await wait_until_async(failing, "/readyz to report the failing list")
     status, state = await readiness(session, server)
     assert status == 503
     assert state["services"]["synced"] is False
@@ -98,7 +94,7 @@ async def test_not_ready_until_the_service_cache_syncs(
     async def ready() -> bool:
         return (await readiness(session, server))[0] == 200
 
-    await until(ready, "/readyz after the first list")
+    await wait_until_async(ready, "/readyz after the first list")
     status, state = await readiness(session, server)
     assert state["services"]["count"] == 1
     assert state["services"]["age_seconds"] == 0.0
@@ -113,14 +109,14 @@ async def test_staleness_is_reported_while_the_api_is_unreachable(
     async def synced() -> bool:
         return (await readiness(session, server))[0] == 200
 
-    await until(synced, "the first list")
+    await wait_until_async(synced, "the first list")
     api.refuse_with = 503
     api.drop_watches()
 
     async def stale() -> bool:
         return bool((await readiness(session, server))[1]["services"]["stale"])
 
-    await until(stale, "/readyz to say the cache is stale")
+    await wait_until_async(stale, "/readyz to say the cache is stale")
     status, state = await readiness(session, server)
     assert status == 200, "a synced cache keeps serving what it has"
     assert state["services"]["age_seconds"] > 0.5
@@ -143,9 +139,9 @@ async def test_mutation_pins_the_live_cluster_ip_and_follows_a_change(
             and pinned_address(jsonpatch.apply_patch(bad, decode_patch(response))) == address
         )
 
-    await until(lambda: pinned("10.96.88.8"), "the cached ClusterIP in the patch")
+    await wait_until_async(lambda: pinned("10.96.88.8"), "the cached ClusterIP in the patch")
     api.put(EPP.namespace, EPP.name, "10.96.99.9", (9002,))
-    await until(lambda: pinned("10.96.99.9"), "the changed ClusterIP in the patch")
+    await wait_until_async(lambda: pinned("10.96.99.9"), "the changed ClusterIP in the patch")
 
 
 async def test_a_service_missing_from_the_synced_cache_is_denied_with_the_reason(
@@ -157,7 +153,7 @@ async def test_a_service_missing_from_the_synced_cache_is_denied_with_the_reason
     async def synced() -> bool:
         return (await readiness(session, server))[0] == 200
 
-    await until(synced, "the first list")
+    await wait_until_async(synced, "the first list")
     bad = load_document("seed-bad.yaml")
     async with session.post(server.url + "/validate", json=review_of(bad)) as response:
         answer = (await response.json())["response"]

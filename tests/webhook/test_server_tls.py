@@ -10,18 +10,14 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.webhook.serverkit import (
-    metric_value,
-    pki_fixture,  # noqa: F401  (a shared fixture)
-    static_server,
-    until,
-)
+from tests.documents import load_document
+from tests.polling import wait_until_async
+from tests.webhook.serverkit import metric_value, static_server
 from tests.webhook.webhookrig import (
     Pki,
     ServerThread,
     client_context,
     fingerprint,
-    load_document,
     replace_file,
     review_of,
     served_fingerprint,
@@ -43,11 +39,7 @@ async def wait_for_fingerprint(server: ServerThread, pki: Pki, expected: str) ->
     async def served() -> bool:
         return await asyncio.to_thread(served_fingerprint, server.port, context) == expected
 
-    await until(served, "the new certificate is served")
-
-
-async def _true(value: bool) -> bool:
-    return value
+    await wait_until_async(served, "the new certificate is served")
 
 
 async def reload_count(session: aiohttp.ClientSession, server: ServerThread, result: str) -> float:
@@ -89,7 +81,7 @@ async def test_a_rotated_certificate_is_served_without_failing_a_request(
     ):
         workers = [asyncio.create_task(load(s)) for s in (keep, keep, fresh, fresh)]
         try:
-            await until(lambda: _true(len(outcomes) >= 20), "load is flowing")
+            await wait_until_async(lambda: len(outcomes) >= 20, "load is flowing")
             new = pki.serving()
             # Two renames with a pause: pollers see a new certificate with the old key for a while.
             replace_file(old.cert_file, new.cert_pem)
@@ -97,7 +89,7 @@ async def test_a_rotated_certificate_is_served_without_failing_a_request(
             replace_file(old.key_file, new.key_pem)
             await wait_for_fingerprint(server, pki, fingerprint(new.cert_pem))
             rotated.set()
-            await until(lambda: _true(after_rotation >= 20), "requests after the rotation")
+            await wait_until_async(lambda: after_rotation >= 20, "requests after the rotation")
         finally:
             stop.set()
             await asyncio.wait_for(asyncio.gather(*workers), timeout=20)
@@ -121,7 +113,7 @@ async def test_a_broken_pair_is_not_served_and_the_last_good_one_stays(
         async def failed_once_more() -> bool:
             return await reload_count(session, server, "failed") > failed_before
 
-        await until(failed_once_more, "the broken pair is seen and refused")
+        await wait_until_async(failed_once_more, "the broken pair is seen and refused")
         assert served_fingerprint(server.port, client_context(pki)) == served
         review = review_of(load_document("seed-corrected.yaml"))
         async with session.post(server.url + "/validate", json=review) as response:

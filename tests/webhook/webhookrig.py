@@ -21,7 +21,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -32,17 +31,10 @@ from policies.resolver import ServiceAddress, ServiceRef
 from webhook.server import make_app, start_server
 from webhook.settings import ServeSettings, TLSSettings
 
-DATA = Path(__file__).parent / "data"
 EPP = ServiceRef("llm-d-inference-scheduler", "gaie-inference-scheduling-epp")
 EPP_ADDRESS = ServiceAddress("10.96.45.12", (9002,))
 STATIC_SERVICES = {EPP: EPP_ADDRESS}
 START_SECONDS = 20.0
-
-
-def load_document(name: str) -> dict[str, Any]:
-    document = yaml.safe_load((DATA / name).read_text())
-    assert isinstance(document, dict)
-    return document
 
 
 # -- certificates -----------------------------------------------------------------------------------

@@ -17,8 +17,9 @@ import pytest
 
 from kube.services import ServiceCache, build_core_api
 from policies.resolver import ServiceAddress, ServiceRef
-from tests.webhook.kubefake import FakeServiceAPI
-from tests.webhook.test_services import FAST, eventually
+from tests.kube.kubefake import FakeServiceAPI
+from tests.kube.test_services import FAST
+from tests.polling import wait_until_async
 
 EPP = ServiceRef("llm-d-inference-scheduler", "gaie-inference-scheduling-epp")
 HEADLESS = ServiceRef("llm-d-inference-scheduler", "epp-headless")
@@ -71,7 +72,7 @@ async def started(cache: ServiceCache, api: FakeServiceAPI, *subscribers: Record
     for subscriber in subscribers:
         cache.subscribe(subscriber)
     cache.start()
-    await eventually(lambda: cache.synced and bool(api.watches), "the watch to open")
+    await wait_until_async(lambda: cache.synced and bool(api.watches), "the watch to open")
 
 
 async def test_the_first_list_reports_every_service_with_a_usable_address(
@@ -93,7 +94,7 @@ async def test_watch_events_report_the_old_and_the_new_address(
 
     api.delete(EPP.namespace, EPP.name)
     api.put(EPP.namespace, EPP.name, new.cluster_ip, new.ports)
-    await eventually(lambda: len(seen.of(EPP)) == 3, "the deletion and the recreation")
+    await wait_until_async(lambda: len(seen.of(EPP)) == 3, "the deletion and the recreation")
 
     assert seen.of(EPP) == [(EPP, None, OLD), (EPP, OLD, None), (EPP, None, new)]
 
@@ -108,7 +109,7 @@ async def test_an_event_that_leaves_the_address_alone_reports_nothing(
     api.put(EPP.namespace, EPP.name, OLD.cluster_ip, OLD.ports)  # MODIFIED, same ClusterIP and port
     api.put(HEADLESS.namespace, HEADLESS.name, "None", (9003,))  # still no usable address
     api.put(other.namespace, other.name, "10.96.7.7", (9002,))  # the last event: a barrier
-    await eventually(lambda: bool(seen.of(other)), "the barrier event")
+    await wait_until_async(lambda: bool(seen.of(other)), "the barrier event")
 
     assert seen.changes == [(EPP, None, OLD), (other, None, ServiceAddress("10.96.7.7", (9002,)))]
 
@@ -121,7 +122,7 @@ async def test_a_relist_after_410_gone_reports_only_what_differs(
     moved = ServiceAddress("10.96.3.3", (9002,))
     gone = ServiceRef("team-c", "short-lived")
     api.put(gone.namespace, gone.name, "10.96.9.9", (80,))
-    await eventually(lambda: bool(seen.of(gone)), "the short-lived Service")
+    await wait_until_async(lambda: bool(seen.of(gone)), "the short-lived Service")
 
     api.compact()
     api.drop_watches()
@@ -129,7 +130,7 @@ async def test_a_relist_after_410_gone_reports_only_what_differs(
     api.put(EPP.namespace, EPP.name, moved.cluster_ip, moved.ports)
     api.services.pop((gone.namespace, gone.name))
     api.compact()
-    await eventually(lambda: api.lists == 2 and len(seen.changes) == 4, "the relist's differences")
+    await wait_until_async(lambda: api.lists == 2 and len(seen.changes) == 4, "the relist's differences")
 
     assert seen.changes[2:] == [(EPP, OLD, moved), (gone, ServiceAddress("10.96.9.9", (80,)), None)]
 
@@ -147,7 +148,7 @@ async def test_a_failing_subscriber_is_logged_and_neither_the_watch_nor_the_othe
     new = ServiceAddress("10.96.200.8", (9002,))
 
     api.put(EPP.namespace, EPP.name, new.cluster_ip, new.ports)
-    await eventually(lambda: len(seen.of(EPP)) == 2, "the change after the failure")
+    await wait_until_async(lambda: len(seen.of(EPP)) == 2, "the change after the failure")
 
     assert cache.lookup(EPP) == new
     assert api.lists == 1, "the watch went on; nothing was listed again"
@@ -165,6 +166,6 @@ async def test_an_unsubscribed_callback_is_called_no_more(api: FakeServiceAPI, c
     unsubscribe()  # idempotent
 
     api.put(EPP.namespace, EPP.name, "10.96.200.9", (9002,))
-    await eventually(lambda: len(stays.of(EPP)) == 2, "the change")
+    await wait_until_async(lambda: len(stays.of(EPP)) == 2, "the change")
 
     assert leaves.changes == [(EPP, None, OLD)]

@@ -20,8 +20,8 @@ import pytest
 
 from kube.informer import Change, Informer, InformerLog, InformerSettings, diff_items
 from kube.services import build_core_api
-from tests.webhook.kubefake import FakeServiceAPI
-from tests.webhook.test_services import eventually
+from tests.kube.kubefake import FakeServiceAPI
+from tests.polling import wait_until_async
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ async def make_informer(api: FakeServiceAPI, tmp_path: Path) -> AsyncIterator[In
 async def started(make_informer: InformerFactory, api: FakeServiceAPI) -> tuple[Informer[Key, str], Recorder]:
     informer, recorder = make_informer()
     informer.start()
-    await eventually(lambda: bool(recorder.lists) and bool(api.watches), "the watch to open")
+    await wait_until_async(lambda: bool(recorder.lists) and bool(api.watches), "the watch to open")
     return informer, recorder
 
 
@@ -138,7 +138,7 @@ async def test_watch_events_carry_the_old_value_and_a_deletion_its_last_state(
     api.put(NS, "a", "10.0.0.9")
     api.put(NS, "c", "10.0.0.3")
     api.delete(NS, "b")
-    await eventually(lambda: len(recorder.events) == 3, "three events")
+    await wait_until_async(lambda: len(recorder.events) == 3, "three events")
     assert recorder.events == [
         Change("MODIFIED", (NS, "a"), "10.0.0.1", "10.0.0.9"),
         Change("ADDED", (NS, "c"), None, "10.0.0.3"),
@@ -152,13 +152,13 @@ async def test_a_dropped_watch_resumes_from_the_last_version_seen(
 ) -> None:
     informer, recorder = await started(make_informer, api)
     api.put(NS, "a", "10.0.0.9")
-    await eventually(lambda: len(recorder.events) == 1, "the first event")
+    await wait_until_async(lambda: len(recorder.events) == 1, "the first event")
     seen_version = str(api.version)
     assert informer.version == seen_version
 
     api.drop_watches()
     api.put(NS, "b", "10.0.0.8")  # made while no watch is open
-    await eventually(lambda: len(recorder.events) == 2, "the change made during the drop")
+    await wait_until_async(lambda: len(recorder.events) == 2, "the change made during the drop")
 
     assert recorder.events[1] == Change("MODIFIED", (NS, "b"), "10.0.0.2", "10.0.0.8")
     assert api.watches[1].resource_version == seen_version
@@ -176,7 +176,7 @@ async def test_a_watch_that_is_gone_lists_again_and_reports_the_difference(
     api.services.pop((NS, "b"))
     api.put(NS, "d", "10.0.0.4")
     api.compact()
-    await eventually(lambda: len(recorder.lists) == 2, "the relist after 410 Gone")
+    await wait_until_async(lambda: len(recorder.lists) == 2, "the relist after 410 Gone")
 
     items, changes = recorder.lists[1]
     assert items == {(NS, "a"): "10.0.0.9", (NS, "d"): "10.0.0.4"}
@@ -219,13 +219,15 @@ async def test_a_refusing_api_is_retried_with_doubling_back_off_bounded_by_the_m
         chosen = [r.args[1] for r in caplog.records if r.name == __name__ and isinstance(r.args, tuple)]
         return [delay for delay in chosen if isinstance(delay, float)]
 
-    await eventually(lambda: len(delays()) >= len(expected), "a few refused attempts")
+    await wait_until_async(lambda: len(delays()) >= len(expected), "a few refused attempts")
     assert delays()[: len(expected)] == pytest.approx(expected)
     assert "503" in informer.last_error
     assert informer.age() is None, "never in touch"
 
     api.refuse_with = None
-    await eventually(lambda: bool(recorder.lists) and informer.age() == 0.0, "a watch open after recovery")
+    await wait_until_async(
+        lambda: bool(recorder.lists) and informer.age() == 0.0, "a watch open after recovery"
+    )
     assert informer.last_error == ""
 
 
@@ -235,7 +237,7 @@ async def test_stop_interrupts_a_back_off_wait(api: FakeServiceAPI, make_informe
         InformerSettings(watch_timeout_seconds=60, backoff_initial_seconds=300.0, backoff_max_seconds=300.0)
     )
     informer.start()
-    await eventually(lambda: "503" in informer.last_error, "the first refusal")
+    await wait_until_async(lambda: "503" in informer.last_error, "the first refusal")
     assert await asyncio.to_thread(informer.stop, 5.0), "the thread ended long before the back-off"
     assert not informer.running
 
@@ -252,7 +254,7 @@ async def test_stop_ends_an_open_watch_and_the_api_sees_the_client_leave_cleanly
     assert age != 0.0, "not watching any more"
 
     api.put(NS, "a", "10.0.0.9")  # the fake writes it to the watch that is gone
-    await eventually(lambda: not api.open_watches, "the fake to end that watch")
+    await wait_until_async(lambda: not api.open_watches, "the fake to end that watch")
     assert recorder.events == []
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
@@ -263,7 +265,7 @@ async def test_a_stopped_informer_starts_again_with_a_list(
     informer, recorder = await started(make_informer, api)
     assert await asyncio.to_thread(informer.stop, 5.0)
     informer.start()
-    await eventually(lambda: len(recorder.lists) == 2 and len(api.watches) == 2, "the second watch")
+    await wait_until_async(lambda: len(recorder.lists) == 2 and len(api.watches) == 2, "the second watch")
     assert recorder.lists[1][1] == [], "nothing changed while it was stopped"
 
 

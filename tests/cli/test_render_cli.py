@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from cli.commands import render
+from tests.documents import SEED_CORRECTED
 from tests.policies.bootstraps import manager_of
 
 SINGLE_COMMAND_CLI = (
@@ -36,10 +37,6 @@ def main(argv: list[str]) -> int:
     return code
 
 
-DATA = Path(__file__).parent / "render_data"
-CORRECTED = DATA / "seed-corrected.yaml"
-
-
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     code = main(["render", *argv])
     captured = capsys.readouterr()
@@ -47,14 +44,14 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
 
 
 def test_render_prints_the_bootstrap_as_yaml_by_default(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run([str(CORRECTED)], capsys)
+    code, out, err = run([str(SEED_CORRECTED)], capsys)
     bootstrap = yaml.safe_load(out)
     assert (code, err) == (0, "")
     assert {c["name"] for c in bootstrap["static_resources"]["clusters"]} == {"inference-pool", "epp-cluster"}
 
 
 def test_render_prints_json_and_applies_the_options(capsys: pytest.CaptureFixture[str]) -> None:
-    argv = [str(CORRECTED), "-o", "json", "--listen-port", "18080", "--admin-port", "19001"]
+    argv = [str(SEED_CORRECTED), "-o", "json", "--listen-port", "18080", "--admin-port", "19001"]
     argv += [
         "--stat-prefix",
         "ingress",
@@ -82,7 +79,7 @@ def test_render_picks_the_first_envoyfilter_of_a_multi_document_file(
 ) -> None:
     service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}}
     path = tmp_path / "many.yaml"
-    path.write_text(yaml.safe_dump(service) + "---\n" + CORRECTED.read_text("utf-8"), "utf-8")
+    path.write_text(yaml.safe_dump(service) + "---\n" + SEED_CORRECTED.read_text("utf-8"), "utf-8")
     code, out, _ = run([str(path)], capsys)
     assert code == 0
     assert manager_of(yaml.safe_load(out))["http_filters"][0]["typed_config"]["message_timeout"] == "5s"
@@ -149,7 +146,7 @@ def test_an_unreadable_path_is_one_line_with_exit_2(
 )
 def test_bad_flags_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        main(["render", str(CORRECTED), *argv])
+        main(["render", str(SEED_CORRECTED), *argv])
     assert exit_info.value.code == 2
     assert "render: error: argument" in capsys.readouterr().err
 
@@ -157,7 +154,7 @@ def test_bad_flags_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixtu
 def test_render_reads_stdin_in_a_real_process() -> None:
     result = subprocess.run(
         [sys.executable, "-c", SINGLE_COMMAND_CLI, "render", "-", "-o", "json"],
-        input=CORRECTED.read_bytes(),
+        input=SEED_CORRECTED.read_bytes(),
         capture_output=True,
         timeout=60,
         check=False,

@@ -18,10 +18,10 @@ import pytest
 from kube.services import KubeConfigError, ServiceCache, build_core_api
 from kube.settings import KubeSettings
 from policies.resolver import ServiceAddress, ServiceNotFound, ServiceRef, ServiceUnknown
-from tests.webhook.kubefake import FakeServiceAPI
+from tests.kube.kubefake import FakeServiceAPI
+from tests.polling import wait_until_async
 
 EPP = ServiceRef("llm-d-inference-scheduler", "gaie-inference-scheduling-epp")
-WAIT_SECONDS = 10.0
 
 FAST = KubeSettings(
     resync_seconds=3600.0,
@@ -30,16 +30,6 @@ FAST = KubeSettings(
     backoff_max_seconds=0.2,
     stale_after_seconds=1.0,
 )
-
-
-async def eventually(condition: Callable[[], bool], what: str) -> None:
-    """Wait (bounded) for a condition the cache thread will make true."""
-    try:
-        async with asyncio.timeout(WAIT_SECONDS):
-            while not condition():  # noqa: ASYNC110 - the condition is set by another thread
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        pytest.fail(f"timed out after {WAIT_SECONDS}s waiting for: {what}")
 
 
 def answers(cache: ServiceCache, ref: ServiceRef, address: ServiceAddress) -> Callable[[], bool]:
@@ -103,7 +93,7 @@ async def test_lookups_before_the_first_list_are_unknown_not_absent(
 async def test_initial_list_answers_cluster_ips_and_ports(make_cache: Callable[..., ServiceCache]) -> None:
     cache = make_cache()
     cache.start()
-    await eventually(lambda: cache.synced, "the first list")
+    await wait_until_async(lambda: cache.synced, "the first list")
     assert cache.lookup(EPP) == ServiceAddress("10.96.45.12", (9002,))
     assert cache.lookup(ServiceRef("default", "kubernetes")) == ServiceAddress("10.96.0.1", (443,))
     assert cache.size() == 3
@@ -114,7 +104,7 @@ async def test_a_service_absent_from_a_synced_cache_is_not_found(
 ) -> None:
     cache = make_cache()
     cache.start()
-    await eventually(lambda: cache.synced, "the first list")
+    await wait_until_async(lambda: cache.synced, "the first list")
     with pytest.raises(ServiceNotFound, match="does not exist"):
         cache.lookup(ServiceRef("llm-d-inference-scheduler", "no-such-epp"))
 
@@ -124,7 +114,7 @@ async def test_a_headless_service_is_not_found_with_the_reason(
 ) -> None:
     cache = make_cache()
     cache.start()
-    await eventually(lambda: cache.synced, "the first list")
+    await wait_until_async(lambda: cache.synced, "the first list")
     with pytest.raises(ServiceNotFound, match="headless"):
         cache.lookup(ServiceRef("llm-d-inference-scheduler", "epp-headless"))
 
@@ -134,12 +124,12 @@ async def test_watch_events_add_and_delete_services(
 ) -> None:
     cache = make_cache()
     cache.start()
-    await eventually(lambda: cache.synced and bool(api.watches), "the watch to open")
+    await wait_until_async(lambda: cache.synced and bool(api.watches), "the watch to open")
     new = ServiceRef("team-b", "epp")
     api.put(new.namespace, new.name, "10.96.7.7", (9002, 9003))
-    await eventually(answers(cache, new, ServiceAddress("10.96.7.7", (9002, 9003))), "the ADDED event")
+    await wait_until_async(answers(cache, new, ServiceAddress("10.96.7.7", (9002, 9003))), "the ADDED event")
     api.delete(new.namespace, new.name)
-    await eventually(absent(cache, new), "the DELETED event")
+    await wait_until_async(absent(cache, new), "the DELETED event")
     assert api.lists == 1, "events arrive by watch, not by listing again"
 
 
@@ -148,9 +138,9 @@ async def test_a_cluster_ip_change_is_seen_without_a_relist(
 ) -> None:
     cache = make_cache()
     cache.start()
-    await eventually(lambda: cache.synced and bool(api.watches), "the watch to open")
+    await wait_until_async(lambda: cache.synced and bool(api.watches), "the watch to open")
     api.put(EPP.namespace, EPP.name, "10.96.200.9", (9002,))
-    await eventually(answers(cache, EPP, ServiceAddress("10.96.200.9", (9002,))), "the new ClusterIP")
+    await wait_until_async(answers(cache, EPP, ServiceAddress("10.96.200.9", (9002,))), "the new ClusterIP")
     assert api.lists == 1
 
 
@@ -159,14 +149,14 @@ async def test_a_dropped_watch_resumes_from_the_last_resource_version(
 ) -> None:
     cache = make_cache()
     cache.start()
-    await eventually(lambda: cache.synced and bool(api.watches), "the watch to open")
+    await wait_until_async(lambda: cache.synced and bool(api.watches), "the watch to open")
     api.put(EPP.namespace, EPP.name, "10.96.1.1", (9002,))
-    await eventually(answers(cache, EPP, ServiceAddress("10.96.1.1", (9002,))), "the first change")
+    await wait_until_async(answers(cache, EPP, ServiceAddress("10.96.1.1", (9002,))), "the first change")
     seen_version = str(api.version)
     api.drop_watches()
     # A change while no watch is open is delivered by the resumed watch (history after its version).
     api.put(EPP.namespace, EPP.name, "10.96.2.2", (9002,))
-    await eventually(
+    await wait_until_async(
         answers(cache, EPP, ServiceAddress("10.96.2.2", (9002,))), "the change made during the drop"
     )
     assert len(api.watches) >= 2
@@ -179,13 +169,15 @@ async def test_a_watch_that_is_gone_relists_and_recovers(
 ) -> None:
     cache = make_cache()
     cache.start()
-    await eventually(lambda: cache.synced and bool(api.watches), "the watch to open")
+    await wait_until_async(lambda: cache.synced and bool(api.watches), "the watch to open")
     api.compact()
     api.drop_watches()
     # Changes made while the cache's resourceVersion is compacted away are only visible by listing again.
     api.put(EPP.namespace, EPP.name, "10.96.3.3", (9002,))
     api.compact()
-    await eventually(answers(cache, EPP, ServiceAddress("10.96.3.3", (9002,))), "the relist after 410 Gone")
+    await wait_until_async(
+        answers(cache, EPP, ServiceAddress("10.96.3.3", (9002,))), "the relist after 410 Gone"
+    )
     assert api.lists == 2
 
 
@@ -194,15 +186,15 @@ async def test_an_unreachable_api_keeps_the_last_answers_and_reports_staleness(
 ) -> None:
     cache = make_cache()
     cache.start()
-    await eventually(lambda: cache.synced and bool(api.watches), "the watch to open")
+    await wait_until_async(lambda: cache.synced and bool(api.watches), "the watch to open")
     assert cache.age() == 0.0
     api.refuse_with = 503
     api.drop_watches()
-    await eventually(lambda: "503" in cache.last_error, "the failure to be recorded")
+    await wait_until_async(lambda: "503" in cache.last_error, "the failure to be recorded")
     assert cache.lookup(EPP) == ServiceAddress("10.96.45.12", (9002,))
-    await eventually(lambda: (cache.age() or 0.0) > 0.0, "the cache to age")
+    await wait_until_async(lambda: (cache.age() or 0.0) > 0.0, "the cache to age")
     api.refuse_with = None
-    await eventually(lambda: cache.age() == 0.0 and not cache.last_error, "recovery")
+    await wait_until_async(lambda: cache.age() == 0.0 and not cache.last_error, "recovery")
 
 
 async def test_a_multi_page_list_is_read_to_the_end(
@@ -211,7 +203,7 @@ async def test_a_multi_page_list_is_read_to_the_end(
     api.page_size = 1
     cache = make_cache()
     cache.start()
-    await eventually(lambda: cache.synced, "the first list")
+    await wait_until_async(lambda: cache.synced, "the first list")
     assert cache.size() == 3
     assert cache.lookup(EPP).cluster_ip == "10.96.45.12"
 
@@ -221,7 +213,7 @@ async def test_stop_ends_an_open_watch_promptly(
 ) -> None:
     cache = make_cache()
     cache.start()
-    await eventually(lambda: cache.synced and bool(api.watches), "the watch to open")
+    await wait_until_async(lambda: cache.synced and bool(api.watches), "the watch to open")
     await asyncio.to_thread(cache.stop, 5.0)
     age = cache.age()
     assert age is not None

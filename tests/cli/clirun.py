@@ -1,4 +1,5 @@
-"""What the `check` and `fix` CLI tests share: the shipped examples, the seed's Service, and one run."""
+"""What the `check` and `fix` CLI tests share besides the documents (`tests.documents`): the seed's Service,
+the installed command, and one run in process."""
 
 from __future__ import annotations
 
@@ -9,10 +10,6 @@ import pytest
 
 from cli.main import main
 
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = ROOT / "manifests" / "examples"
-SEED_BAD = EXAMPLES / "seed-bad.yaml"
-SEED_CORRECTED = EXAMPLES / "seed-corrected.yaml"
 SERVICE = ["--service", "llm-d-inference-scheduler/gaie-inference-scheduling-epp=10.96.45.12:9002"]
 SCRIPT = Path(sys.executable).parent / "extproc-guard"
 

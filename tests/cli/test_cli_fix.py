@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from cli.main import main
-from tests.webhook.clirun import EXAMPLES, SCRIPT, SEED_BAD, SEED_CORRECTED, SERVICE, run
+from tests.cli.clirun import SCRIPT, SERVICE, run
+from tests.documents import EXAMPLES, SEED_BAD, SEED_CORRECTED
 
 BROKEN = ("seed-bad.yaml", "camelcase-no-http2.yaml", "failure-mode-allow.yaml")
 

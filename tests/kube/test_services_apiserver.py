@@ -6,9 +6,9 @@ instead when the environment requires the end-to-end tests.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 
 import pytest
 import yaml
@@ -16,19 +16,15 @@ import yaml
 from kube.services import ServiceCache, build_core_api
 from kube.settings import KubeSettings
 from policies.resolver import ServiceAddress, ServiceNotFound, ServiceRef, ServiceUnknown
-from tests.e2e.cluster import (
-    BUILD_SCRIPT,
-    REQUIRE_ENV,
-    ControlPlane,
-    ControlPlaneInfo,
-    find_bin_dir,
-    missing_binaries,
-)
-from tests.webhook.test_services import answers
+from tests.e2e.cluster import ControlPlaneInfo
+from tests.e2e.objects import create_namespace
+from tests.kube.test_services import answers
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.e2e
 
 WAIT_SECONDS = 20.0
+eventually = partial(wait_until, timeout=WAIT_SECONDS, interval=0.05)  # the cache thread sets the conditions
 NAMESPACE = "cache-e2e"
 # Watches end every second on the server side, so every test also crosses watch restarts.
 SETTINGS = KubeSettings(
@@ -37,21 +33,10 @@ SETTINGS = KubeSettings(
 
 
 @pytest.fixture(scope="module")
-def plane() -> Iterator[ControlPlaneInfo]:
-    bin_dir = find_bin_dir()
-    missing = missing_binaries(bin_dir)
-    if missing:
-        reason = f"control plane binaries missing ({', '.join(missing)}): run {BUILD_SCRIPT.name}"
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
-    control = ControlPlane(bin_dir)
-    try:
-        info = control.start()
-        info.kubectl.run("create", "namespace", NAMESPACE)
-        yield info
-    finally:
-        control.stop()
+def plane(control_plane: ControlPlaneInfo) -> ControlPlaneInfo:
+    """The session's control plane, with this module's namespace created."""
+    create_namespace(control_plane.kubectl, NAMESPACE)
+    return control_plane
 
 
 @pytest.fixture
@@ -76,14 +61,6 @@ def apply_service(plane: ControlPlaneInfo, name: str, cluster_ip: str, port: int
 
 def delete_service(plane: ControlPlaneInfo, name: str) -> None:
     plane.kubectl.run("delete", "service", name, "-n", NAMESPACE, "--wait=true")
-
-
-def eventually(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_SECONDS
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {WAIT_SECONDS}s: {what}")
-        time.sleep(0.05)
 
 
 def not_found(cache: ServiceCache, ref: ServiceRef, reason: str) -> Callable[[], bool]:

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.webhook.clirun import EXAMPLES, ROOT, SCRIPT, SEED_BAD, SEED_CORRECTED, SERVICE, run
+from tests.cli.clirun import SCRIPT, SERVICE, run
+from tests.documents import EXAMPLES, ROOT, SEED_BAD, SEED_CORRECTED
 
 
 def run_script(
