@@ -63,11 +63,11 @@ from epp.h2requests import (
     Decoded,
     trailers,
 )
-from epp.processor import SERVICE_NAME, Processor, ProcessStream
+from epp.healthstate import NOT_SERVING, SERVING, health_status
+from epp.processor import Processor, ProcessStream
 
 logger = logging.getLogger(__name__)
 
-HEALTH_SERVICES = frozenset({"", SERVICE_NAME})
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _FRAME = struct.Struct(">HBBBI")  # 24-bit length as (high 16, low 8), type, flags, stream id
@@ -91,6 +91,10 @@ _SHUTDOWN_PING = b"shutdown"  # the PING between the two GOAWAY frames of a grac
 _LINGER_SECONDS = 1.0  # after a connection error: how long the client gets to read the GOAWAY
 
 _SERVING = health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING).SerializeToString()
+_NOT_SERVING = health_pb2.HealthCheckResponse(
+    status=health_pb2.HealthCheckResponse.NOT_SERVING
+).SerializeToString()
+_HEALTH_ANSWERS: dict[int, bytes] = {int(SERVING): _SERVING, int(NOT_SERVING): _NOT_SERVING}
 _SERVICE_UNKNOWN = health_pb2.HealthCheckResponse(
     status=health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 ).SerializeToString()
@@ -177,9 +181,14 @@ class GrpcH2Protocol(asyncio.Protocol):
     """One HTTP/2 connection."""
 
     def __init__(
-        self, processor: Processor, settings: H2Settings, on_close: Callable[[GrpcH2Protocol], None]
+        self,
+        processor: Processor,
+        settings: H2Settings,
+        on_close: Callable[[GrpcH2Protocol], None],
+        ready: Callable[[], bool] = lambda: True,
     ) -> None:
         self._processor = processor
+        self._ready = ready
         self._settings = settings
         self._on_close = on_close
         self._transport: asyncio.Transport | None = None
@@ -840,7 +849,9 @@ class GrpcH2Protocol(asyncio.Protocol):
             service: str | None = health_pb2.HealthCheckRequest.FromString(message).service
         except Exception:
             service = None
-        self._send_message(stream_id, stream, _SERVING if service in HEALTH_SERVICES else _SERVICE_UNKNOWN)
+        status = health_status(service, ready=self._ready()) if service is not None else None
+        health_answer: bytes = _HEALTH_ANSWERS[status] if status is not None else _SERVICE_UNKNOWN
+        self._send_message(stream_id, stream, health_answer)
 
     # -- stream ends
 
@@ -1047,8 +1058,15 @@ class GrpcH2Protocol(asyncio.Protocol):
 class H2GrpcServer:
     """Listens and owns the connections; `stop()` sends GOAWAY and waits (bounded) for open streams."""
 
-    def __init__(self, processor: Processor, settings: H2Settings | None = None) -> None:
+    def __init__(
+        self,
+        processor: Processor,
+        settings: H2Settings | None = None,
+        *,
+        ready: Callable[[], bool] = lambda: True,
+    ) -> None:
         self._processor = processor
+        self._ready = ready
         self._settings = settings or H2Settings()
         self._connections: set[GrpcH2Protocol] = set()
         self._server: asyncio.Server | None = None
@@ -1067,7 +1085,7 @@ class H2GrpcServer:
         return tuple(self._connections)
 
     def _make_protocol(self) -> GrpcH2Protocol:
-        protocol = GrpcH2Protocol(self._processor, self._settings, self._connections.discard)
+        protocol = GrpcH2Protocol(self._processor, self._settings, self._connections.discard, self._ready)
         self._connections.add(protocol)
         return protocol
 

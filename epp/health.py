@@ -15,23 +15,11 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from epp.processor import SERVICE_NAME
+from epp.healthstate import LIVENESS, READINESS, READY_SERVICES, health_status
 
-LIVENESS = "liveness"
-READINESS = "readiness"
-READY_SERVICES = frozenset({"", READINESS, SERVICE_NAME})
-_SERVING = health_pb2.HealthCheckResponse.SERVING
-_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 _WATCH_POLL = 0.5  # seconds between looks at the state while a Watch call is open
 
-
-def health_status(service: str, *, ready: bool) -> int | None:
-    """The status of `service`, or None for a service this EPP does not have."""
-    if service == LIVENESS:
-        return int(_SERVING)
-    if service in READY_SERVICES:
-        return int(_SERVING if ready else _NOT_SERVING)
-    return None
+__all__ = ["LIVENESS", "READINESS", "READY_SERVICES", "EppHealth", "health_status"]
 
 
 class EppHealth(health_pb2_grpc.HealthServicer):  # type: ignore[misc]

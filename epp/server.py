@@ -65,7 +65,7 @@ class EppServer:
         )
         h2_server = _h2_server_class() if settings.transport == "h2" and settings.tls is None else None
         if h2_server is not None:
-            self._h2 = h2_server(self.processor)
+            self._h2 = h2_server(self.processor, ready=lambda: self.picker.synced)
             self.port = await self._h2.start(settings.host, settings.port, reuse_port=settings.workers > 1)
         else:
             await self._start_grpcio()

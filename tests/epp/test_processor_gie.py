@@ -177,13 +177,17 @@ async def test_the_health_port_serves_the_protocol_services_once_the_endpoints_a
     assert unknown == "NOT_FOUND"
 
 
-async def test_an_epp_whose_discovery_has_not_listed_yet_is_alive_but_not_serving(tmp_path: Path) -> None:
-    """Discovery against an API server that never answers: readiness stays NOT_SERVING on both ports."""
+@pytest.mark.parametrize("transport", ["grpcio", "h2"], ids=["grpcio", "h2"])
+async def test_an_epp_whose_discovery_has_not_listed_yet_is_alive_but_not_serving(
+    tmp_path: Path, transport: str
+) -> None:
+    """Discovery against an API server that never answers: readiness stays NOT_SERVING on both ports,
+    whichever transport serves the main port."""
     unreachable = KubeDiscoverySettings(
         namespace="models", service="llm", kubeconfig=str(_dead_kubeconfig(tmp_path))
     )
     settings = dataclasses.replace(
-        make_settings((), transport="grpcio"), discovery=unreachable, health_port=0
+        make_settings((), transport=transport), discovery=unreachable, health_port=0
     )
     async with running_epp(settings) as server:
         on_health_port = [await health(server.health_port, s) for s in SERVICES]
