@@ -84,7 +84,7 @@ MARK_HINT: Final = (
 
 def decide_role(candidate: Candidate, *, policy: Policy, context: Context) -> RoleDecision:
     """The role of one ext_proc filter or override; see the module docstring for the order."""
-    marked = _annotation(candidate.envoy_filter)
+    marked = annotated_role(candidate.envoy_filter)
     if marked is not None:
         return marked
     by_policy = _from_policy(candidate, policy)
@@ -103,7 +103,8 @@ def decide_role(candidate: Candidate, *, policy: Policy, context: Context) -> Ro
     return _heuristic(candidate, policy)
 
 
-def _annotation(envoy_filter: EnvoyFilter) -> RoleDecision | None:
+def annotated_role(envoy_filter: EnvoyFilter) -> RoleDecision | None:
+    """The role the EnvoyFilter's annotation gives all its ext_proc pieces (an invalid value: undecided)."""
     value = envoy_filter.annotations.get(ROLE_ANNOTATION)
     if value is None:
         return None

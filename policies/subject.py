@@ -26,7 +26,7 @@ from policies.pieces import (
 from policies.policy import Policy
 from policies.profile import GIE_EPP, HEADERS_EPP, PROFILES, Profile
 from policies.resolver import ServiceAddress, ServiceLookupError, ServiceRef, ServiceResolver
-from policies.role import Candidate, Reach, Role, RoleDecision, decide_role
+from policies.role import Candidate, Reach, Role, RoleDecision, annotated_role, decide_role
 from policies.spelling import Spelling
 from policies.workload import EMPTY_WORKLOAD, Workload, workload_of
 
@@ -213,6 +213,11 @@ class Subject:
         return decide_role(candidate, policy=self.policy, context=self.context)
 
     def _decide_route(self, owner: EnvoyFilter, route: RoutePiece) -> RoleDecision:
+        """An override's own EnvoyFilter's annotation first; then, when it names no server of its own, the
+        role of the filter it configures; else its own answers."""
+        marked = annotated_role(owner)
+        if marked is not None:
+            return marked
         target = route.target
         if target is None or (target.cluster_name is None and not target.google_target):
             configured = self._filter_role_by_name(route.filter_name)
@@ -267,7 +272,11 @@ class Subject:
         return cached
 
     def _decide_cluster(self, cluster: ClusterPiece) -> RoleDecision:
-        """A cluster's role is its users': `epp` if the EPP's filter or override uses it."""
+        """A cluster's role is its EnvoyFilter's annotation, else its users': `epp` if the EPP's filter or
+        override uses it."""
+        marked = annotated_role(self.envoy_filter)
+        if marked is not None:
+            return marked
         decisions: list[RoleDecision] = []
         for piece in self.pieces.filters:
             if piece.cluster_name == cluster.name:
