@@ -20,6 +20,7 @@ from policies.pieces import (
     ClusterPiece,
     ExtProcPieces,
     FilterPiece,
+    ModeSite,
     RoutePiece,
     is_ip_address,
 )
@@ -329,8 +330,32 @@ class Subject:
             self._profile = self._choose_profile()
         return self._profile
 
+    def path_neighbours(self) -> tuple[tuple[EnvoyFilter, FilterPiece | RoutePiece], ...]:
+        """The EPP pieces other EnvoyFilters of the workload add to this document's EPP path: filters of the
+        same name or that use one of its clusters, then the enabled overrides of those filters."""
+        epp = self.epp
+        names = {self.filter_name_of(piece) for piece in epp.filters} | {
+            route.filter_name for route in epp.routes
+        }
+        clusters = {cluster.name for cluster in epp.epp_clusters}
+        found: list[tuple[EnvoyFilter, FilterPiece | RoutePiece]] = []
+        for owner, piece in self.workload.filters():
+            joins = self.filter_name_of(piece) in names or piece.cluster_name in clusters
+            if joins and self._decide_filter(owner, piece).role is Role.EPP:
+                found.append((owner, piece))
+                names.add(self.filter_name_of(piece))
+        for owner, route in self.workload.routes():
+            if (
+                route.filter_name in names
+                and not route.disabled
+                and self._decide_route(owner, route).role is Role.EPP
+            ):
+                found.append((owner, route))
+        return tuple(found)
+
     def picker_pool(self) -> InferencePool | None:
-        """The InferencePool whose endpoint picker one of this document's EPP pieces reaches."""
+        """The InferencePool whose endpoint picker one of this document's EPP pieces reaches (or, for a piece
+        that names no server of its own, another piece of the same path in the workload)."""
         for piece in self.epp.filters:
             pool = self._pool_of(self._reach(self.envoy_filter, piece.cluster_name, piece.google_target))
             if pool is not None:
@@ -346,6 +371,12 @@ class Subject:
             pool = self.context.pool_of(ref) if ref is not None else None
             if pool is not None:
                 return pool
+        for owner, neighbour in self.path_neighbours():
+            target = neighbour if isinstance(neighbour, FilterPiece) else neighbour.target
+            if target is not None:
+                pool = self._pool_of(self._reach(owner, target.cluster_name, target.google_target))
+                if pool is not None:
+                    return pool
         return None
 
     def _pool_of(self, reach: Reach) -> InferencePool | None:
@@ -358,10 +389,18 @@ class Subject:
         pool = self.picker_pool()
         if pool is not None:
             return ProfileChoice(GIE_EPP, f"its Service is the endpoint picker of InferencePool {pool}")
-        for site in self.epp.mode_sites:
-            if site.mode is not None and any(value == BODY_FULL_DUPLEX for value in site.mode.values()):
-                return ProfileChoice(GIE_EPP, "the filter is already in FULL_DUPLEX_STREAMED form")
+        if any(_full_duplex(site) for site in self.epp.mode_sites):
+            return ProfileChoice(GIE_EPP, "the filter is already in FULL_DUPLEX_STREAMED form")
+        for owner, neighbour in self.path_neighbours():
+            if _full_duplex(neighbour.mode_site):
+                return ProfileChoice(
+                    GIE_EPP, f"its path is already in FULL_DUPLEX_STREAMED form (envoyfilter/{owner.name})"
+                )
         return ProfileChoice(
             HEADERS_EPP,
             "no InferencePool names its Service and the filter is not in FULL_DUPLEX_STREAMED form",
         )
+
+
+def _full_duplex(site: ModeSite | None) -> bool:
+    return site is not None and site.mode is not None and BODY_FULL_DUPLEX in site.mode.values()
