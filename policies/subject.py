@@ -203,6 +203,11 @@ class Subject:
             return Reach(ref, f"google_grpc target {google_target!r}")
         return Reach(None, f"cluster {cluster_name!r}" if cluster_name else "no cluster", cluster_name)
 
+    def _installs_one_filter(self, owner: EnvoyFilter) -> bool:
+        """Whether an EnvoyFilter (this one or a neighbour) installs or changes no more than one ext_proc."""
+        pieces = self.pieces if owner is self.envoy_filter else self.workload.pieces_of(owner)
+        return pieces is None or len(pieces.filters) <= 1
+
     def _decide_filter(self, owner: EnvoyFilter, piece: FilterPiece) -> RoleDecision:
         candidate = Candidate(
             envoy_filter=owner,
@@ -210,6 +215,7 @@ class Subject:
             match_context=piece.patch.context,
             uses_google_grpc=piece.uses_google_grpc,
             reach=self._reach(owner, piece.cluster_name, piece.google_target),
+            names_document=self._installs_one_filter(owner),
         )
         return decide_role(candidate, policy=self.policy, context=self.context)
 
@@ -234,6 +240,7 @@ class Subject:
                 target.cluster_name if target is not None else None,
                 target.google_target if target is not None else None,
             ),
+            names_document=self._installs_one_filter(owner),
         )
         return decide_role(candidate, policy=self.policy, context=self.context)
 

@@ -339,3 +339,30 @@ def test_another_users_filter_is_denied_only_for_what_envoy_cannot_run(shape: st
         finding.rule for document in envoy_filters(documents) for finding in run.evaluate(document).enforced
     }
     assert enforced <= {"EPX005", "EPX007", "EPX008", "EPX014"}
+
+
+@pytest.mark.parametrize("other", ["bbr", "unmarked"], ids=["another user", "undecided"])
+def test_in_one_envoyfilter_only_the_epps_patches_are_changed(other: str) -> None:
+    """The EPP's path (GIE form, its filter streamed) shares one EnvoyFilter with another ext_proc filter;
+    the EnvoyFilter's name ('vicuna-picker-path') then speaks for neither filter."""
+    gie_path, *rest = load_shape("gie-epp")
+    mode = gie_path["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["processing_mode"]
+    mode["request_body_mode"] = "STREAMED"
+    mode["request_header_mode"] = "SEND"
+    foreign = envoy_filters(load_shape(other))[0]["spec"]["configPatches"]
+    gie_path["spec"]["configPatches"] = [*foreign, *gie_path["spec"]["configPatches"]]
+    run = inputs([gie_path, *rest])
+    expected = Role.OTHER if other == "bbr" else Role.UNDECIDED
+    foreign_role, epp_role = run.roles(gie_path)[:2]
+    assert foreign_role.role is expected, foreign_role.why
+    assert epp_role.role is Role.EPP
+    result = run.evaluate(gie_path)
+    assert result.changed
+    assert result.fixed["spec"]["configPatches"][: len(foreign)] == foreign
+    touched = {op.path.split("/")[3] for op in result.patch if op.path.startswith("/spec/configPatches/")}
+    assert touched
+    assert all(int(index) >= len(foreign) for index in touched)
+    fixed_mode = result.fixed["spec"]["configPatches"][len(foreign)]["patch"]["value"]["typed_config"][
+        "processing_mode"
+    ]
+    assert fixed_mode["request_body_mode"] != "STREAMED"
