@@ -21,7 +21,14 @@ from policies.findings import Finding
 from policies.model import EnvoyFilter
 from policies.pieces import locate_ext_proc
 from policies.policy import Policy, default_policy
-from policies.resolver import ChainResolver, ServiceAddress, ServiceRef, StaticResolver
+from policies.resolver import (
+    ChainResolver,
+    ServiceAddress,
+    ServiceNotFound,
+    ServiceRef,
+    ServiceUnknown,
+    StaticResolver,
+)
 from policies.role import ROLE_ANNOTATION, RoleDecision
 from policies.subject import Subject
 from policies.workload import workload_of
@@ -102,6 +109,18 @@ def inference_pool(ref: ServiceRef, *, name: str = "pool", port: int = 9002) -> 
     }
 
 
+class AbsentServices:
+    """An authoritative source (like the live informer) that knows these Services do not exist."""
+
+    def __init__(self, absent: Iterable[ServiceRef]) -> None:
+        self._absent = frozenset(absent)
+
+    def lookup(self, ref: ServiceRef) -> ServiceAddress:
+        if ref in self._absent:
+            raise ServiceNotFound(ref, "does not exist in the cluster")
+        raise ServiceUnknown(ref, "not in this test's cluster")
+
+
 @dataclass(frozen=True)
 class Inputs:
     """Documents given together, and what a run adds: `--service` answers and the policy."""
@@ -110,6 +129,7 @@ class Inputs:
     declared: Mapping[ServiceRef, ServiceAddress]
     policy: Policy
     settled: bool = True
+    absent: frozenset[ServiceRef] = frozenset()
 
     def context(self) -> Context:
         objects = collect_context(self.documents)
@@ -125,7 +145,9 @@ class Inputs:
 
     def resolver(self) -> ChainResolver:
         services = collect_context(self.documents).services
-        return ChainResolver((StaticResolver(self.declared), StaticResolver(services)))
+        return ChainResolver(
+            (StaticResolver(self.declared), StaticResolver(services), AbsentServices(self.absent))
+        )
 
     def evaluate(self, document: Mapping[str, Any]) -> Evaluation:
         return evaluate(document, policy=self.policy, resolver=self.resolver(), context=self.context())
@@ -154,8 +176,10 @@ def inputs(
     declared: Mapping[ServiceRef, str | ServiceAddress] | None = None,
     policy: Policy | None = None,
     settled: bool = True,
+    absent: Iterable[ServiceRef] = (),
 ) -> Inputs:
-    """`declared` maps a Service to `IP[:PORT]` (as `--service` says it) or to an address."""
+    """`declared` maps a Service to `IP[:PORT]` (as `--service` says it) or to an address; `absent` are
+    Services an authoritative source says do not exist."""
     answers: dict[ServiceRef, ServiceAddress] = {}
     for ref, value in (declared or {}).items():
         if isinstance(value, ServiceAddress):
@@ -163,7 +187,7 @@ def inputs(
         else:
             ip, _, port = value.partition(":")
             answers[ref] = ServiceAddress(ip, (int(port),) if port else ())
-    return Inputs(list(documents), answers, policy or default_policy(), settled)
+    return Inputs(list(documents), answers, policy or default_policy(), settled, frozenset(absent))
 
 
 def rules_of(findings: Iterable[Finding]) -> list[str]:

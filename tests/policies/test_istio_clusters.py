@@ -49,6 +49,22 @@ def test_an_istio_cluster_whose_service_lacks_the_port_is_denied() -> None:
     assert not missing.fixable
 
 
+@pytest.mark.parametrize(
+    ("settled", "level"), [(True, Level.ENFORCE), (False, Level.WARN)], ids=["settled", "admission"]
+)
+def test_an_istio_cluster_whose_service_does_not_exist_is_denied_only_when_settled(
+    settled: bool, level: Level
+) -> None:
+    """At admission the Service may come later in the same apply, as a cluster of another EnvoyFilter may."""
+    documents = merge()
+    result = inputs(documents, absent=[MERGE_EPP], settled=settled).evaluate(documents[0])
+    (missing,) = only(result.findings, "EPX007")
+    assert missing.level is level
+    assert "Service models/tinyllama-epp does not exist in the cluster" in missing.message
+    if not settled:
+        assert "resolves once it is stored" in missing.message
+
+
 def test_an_istio_cluster_whose_service_is_not_in_the_inputs_is_not_judged() -> None:
     documents = merge()
     assert "EPX007" not in rules_of(inputs(documents).evaluate(documents[0]).findings)
