@@ -12,8 +12,9 @@ what Envoy itself rejects or cannot run is denied for them. A role is decided, f
    filter's cluster reaches;
 5. the heuristic, in this order: a sidecar context (`SIDECAR_INBOUND`, `SIDECAR_OUTBOUND`) or a
    `google_grpc` service is `other` (a gateway reaches its EPP with `envoy_grpc`); a filter, cluster,
-   Service or EnvoyFilter name with a token of another known ext_proc user (`bbr`, `body-based`,
-   `activator`, `semantic-router`, `payload-processor`, `authz`) is `other`; one with an EPP token (`epp`,
+   Service or EnvoyFilter name (the EnvoyFilter's only when it installs one ext_proc filter) with a token
+   of another known ext_proc user (`bbr`, `body-based`, `activator`, `semantic-router`,
+   `payload-processor`, `authz`) is `other`; one with an EPP token (`epp`,
    `endpoint-picker`, `picker`, `inference-scheduler`, `inference-scheduling`) is `epp`; a filter whose
    own name is not the policy's `filter_name` (e.g. `envoy.filters.http.ext_proc.custom`) is `other`;
 6. otherwise the role is undecided: the filter is reported with a warning that says how to mark it, and
@@ -74,6 +75,9 @@ class Candidate:
     match_context: str | None
     uses_google_grpc: bool
     reach: Reach
+    names_document: bool = True
+    """Whether the EnvoyFilter's name speaks for this piece: false when the document installs several ext_proc
+    filters (its name cannot tell which of them it is about)."""
 
 
 MARK_HINT: Final = (
@@ -84,7 +88,7 @@ MARK_HINT: Final = (
 
 def decide_role(candidate: Candidate, *, policy: Policy, context: Context) -> RoleDecision:
     """The role of one ext_proc filter or override; see the module docstring for the order."""
-    marked = _annotation(candidate.envoy_filter)
+    marked = annotated_role(candidate.envoy_filter)
     if marked is not None:
         return marked
     by_policy = _from_policy(candidate, policy)
@@ -103,7 +107,8 @@ def decide_role(candidate: Candidate, *, policy: Policy, context: Context) -> Ro
     return _heuristic(candidate, policy)
 
 
-def _annotation(envoy_filter: EnvoyFilter) -> RoleDecision | None:
+def annotated_role(envoy_filter: EnvoyFilter) -> RoleDecision | None:
+    """The role the EnvoyFilter's annotation gives all its ext_proc pieces (an invalid value: undecided)."""
     value = envoy_filter.annotations.get(ROLE_ANNOTATION)
     if value is None:
         return None
@@ -157,7 +162,8 @@ def _heuristic(candidate: Candidate, policy: Policy) -> RoleDecision:
     reach = candidate.reach
     name = candidate.filter_name
     names = [n for n in (name, reach.cluster_name, reach.service.name if reach.service else None) if n]
-    names.append(candidate.envoy_filter.name)
+    if candidate.names_document:
+        names.append(candidate.envoy_filter.name)
     other = _has_word(names, OTHER_WORDS)
     if other is not None:
         return RoleDecision(Role.OTHER, f"heuristic: {other!r} names another ext_proc user")

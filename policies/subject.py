@@ -20,13 +20,14 @@ from policies.pieces import (
     ClusterPiece,
     ExtProcPieces,
     FilterPiece,
+    ModeSite,
     RoutePiece,
     is_ip_address,
 )
 from policies.policy import Policy
 from policies.profile import GIE_EPP, HEADERS_EPP, PROFILES, Profile
 from policies.resolver import ServiceAddress, ServiceLookupError, ServiceRef, ServiceResolver
-from policies.role import Candidate, Reach, Role, RoleDecision, decide_role
+from policies.role import Candidate, Reach, Role, RoleDecision, annotated_role, decide_role
 from policies.spelling import Spelling
 from policies.workload import EMPTY_WORKLOAD, Workload, workload_of
 
@@ -202,6 +203,11 @@ class Subject:
             return Reach(ref, f"google_grpc target {google_target!r}")
         return Reach(None, f"cluster {cluster_name!r}" if cluster_name else "no cluster", cluster_name)
 
+    def _installs_one_filter(self, owner: EnvoyFilter) -> bool:
+        """Whether an EnvoyFilter (this one or a neighbour) installs or changes no more than one ext_proc."""
+        pieces = self.pieces if owner is self.envoy_filter else self.workload.pieces_of(owner)
+        return pieces is None or len(pieces.filters) <= 1
+
     def _decide_filter(self, owner: EnvoyFilter, piece: FilterPiece) -> RoleDecision:
         candidate = Candidate(
             envoy_filter=owner,
@@ -209,10 +215,16 @@ class Subject:
             match_context=piece.patch.context,
             uses_google_grpc=piece.uses_google_grpc,
             reach=self._reach(owner, piece.cluster_name, piece.google_target),
+            names_document=self._installs_one_filter(owner),
         )
         return decide_role(candidate, policy=self.policy, context=self.context)
 
     def _decide_route(self, owner: EnvoyFilter, route: RoutePiece) -> RoleDecision:
+        """An override's own EnvoyFilter's annotation first; then, when it names no server of its own, the
+        role of the filter it configures; else its own answers."""
+        marked = annotated_role(owner)
+        if marked is not None:
+            return marked
         target = route.target
         if target is None or (target.cluster_name is None and not target.google_target):
             configured = self._filter_role_by_name(route.filter_name)
@@ -228,6 +240,7 @@ class Subject:
                 target.cluster_name if target is not None else None,
                 target.google_target if target is not None else None,
             ),
+            names_document=self._installs_one_filter(owner),
         )
         return decide_role(candidate, policy=self.policy, context=self.context)
 
@@ -267,7 +280,11 @@ class Subject:
         return cached
 
     def _decide_cluster(self, cluster: ClusterPiece) -> RoleDecision:
-        """A cluster's role is its users': `epp` if the EPP's filter or override uses it."""
+        """A cluster's role is its EnvoyFilter's annotation, else its users': `epp` if the EPP's filter or
+        override uses it."""
+        marked = annotated_role(self.envoy_filter)
+        if marked is not None:
+            return marked
         decisions: list[RoleDecision] = []
         for piece in self.pieces.filters:
             if piece.cluster_name == cluster.name:
@@ -320,8 +337,32 @@ class Subject:
             self._profile = self._choose_profile()
         return self._profile
 
+    def path_neighbours(self) -> tuple[tuple[EnvoyFilter, FilterPiece | RoutePiece], ...]:
+        """The EPP pieces other EnvoyFilters of the workload add to this document's EPP path: filters of the
+        same name or that use one of its clusters, then the enabled overrides of those filters."""
+        epp = self.epp
+        names = {self.filter_name_of(piece) for piece in epp.filters} | {
+            route.filter_name for route in epp.routes
+        }
+        clusters = {cluster.name for cluster in epp.epp_clusters}
+        found: list[tuple[EnvoyFilter, FilterPiece | RoutePiece]] = []
+        for owner, piece in self.workload.filters():
+            joins = self.filter_name_of(piece) in names or piece.cluster_name in clusters
+            if joins and self._decide_filter(owner, piece).role is Role.EPP:
+                found.append((owner, piece))
+                names.add(self.filter_name_of(piece))
+        for owner, route in self.workload.routes():
+            if (
+                route.filter_name in names
+                and not route.disabled
+                and self._decide_route(owner, route).role is Role.EPP
+            ):
+                found.append((owner, route))
+        return tuple(found)
+
     def picker_pool(self) -> InferencePool | None:
-        """The InferencePool whose endpoint picker one of this document's EPP pieces reaches."""
+        """The InferencePool whose endpoint picker one of this document's EPP pieces reaches (or, for a piece
+        that names no server of its own, another piece of the same path in the workload)."""
         for piece in self.epp.filters:
             pool = self._pool_of(self._reach(self.envoy_filter, piece.cluster_name, piece.google_target))
             if pool is not None:
@@ -337,6 +378,12 @@ class Subject:
             pool = self.context.pool_of(ref) if ref is not None else None
             if pool is not None:
                 return pool
+        for owner, neighbour in self.path_neighbours():
+            target = neighbour if isinstance(neighbour, FilterPiece) else neighbour.target
+            if target is not None:
+                pool = self._pool_of(self._reach(owner, target.cluster_name, target.google_target))
+                if pool is not None:
+                    return pool
         return None
 
     def _pool_of(self, reach: Reach) -> InferencePool | None:
@@ -349,10 +396,18 @@ class Subject:
         pool = self.picker_pool()
         if pool is not None:
             return ProfileChoice(GIE_EPP, f"its Service is the endpoint picker of InferencePool {pool}")
-        for site in self.epp.mode_sites:
-            if site.mode is not None and any(value == BODY_FULL_DUPLEX for value in site.mode.values()):
-                return ProfileChoice(GIE_EPP, "the filter is already in FULL_DUPLEX_STREAMED form")
+        if any(_full_duplex(site) for site in self.epp.mode_sites):
+            return ProfileChoice(GIE_EPP, "the filter is already in FULL_DUPLEX_STREAMED form")
+        for owner, neighbour in self.path_neighbours():
+            if _full_duplex(neighbour.mode_site):
+                return ProfileChoice(
+                    GIE_EPP, f"its path is already in FULL_DUPLEX_STREAMED form (envoyfilter/{owner.name})"
+                )
         return ProfileChoice(
             HEADERS_EPP,
             "no InferencePool names its Service and the filter is not in FULL_DUPLEX_STREAMED form",
         )
+
+
+def _full_duplex(site: ModeSite | None) -> bool:
+    return site is not None and site.mode is not None and BODY_FULL_DUPLEX in site.mode.values()

@@ -74,6 +74,13 @@ class Workload:
                 return cluster, neighbour.envoy_filter
         return None
 
+    def pieces_of(self, envoy_filter: EnvoyFilter) -> ExtProcPieces | None:
+        """The ext_proc pieces of one of the neighbours (as `filters()` and `routes()` name it)."""
+        for neighbour in self.neighbours:
+            if neighbour.envoy_filter is envoy_filter:
+                return neighbour.pieces
+        return None
+
     def filters(self) -> Iterator[tuple[EnvoyFilter, FilterPiece]]:
         for neighbour in self.neighbours:
             if neighbour.pieces is not None:

@@ -246,28 +246,31 @@ def _references(subject: Subject) -> Iterator[tuple[FilterPiece | RoutePiece, st
         yield route, target.cluster_name, target.cluster_name_path
 
 
-def _istio_port_problem(subject: Subject, name: str) -> str | None:
+def _istio_port_problem(subject: Subject, name: str) -> tuple[str, bool] | None:
+    """(what is wrong, whether the Service is missing) for Istio's cluster of a Service port."""
     istio = subject.istio_cluster(name)
     if istio is None or istio.service is None:
         return None
     answer = subject.lookup(istio.service)
     if isinstance(answer, ServiceNotFound):
-        return f"names Istio's cluster {name!r}, but Service {istio.service} {answer.reason}"
+        return f"names Istio's cluster {name!r}, but Service {istio.service} {answer.reason}", True
     if isinstance(answer, ServiceAddress) and answer.ports and istio.port not in answer.ports:
         ports = ", ".join(map(str, answer.ports))
-        return (
+        what = (
             f"names Istio's cluster {name!r}, but Service {istio.service} has no port {istio.port} ({ports})"
         )
+        return what, False
     return None
 
 
 def check_cluster_ref(subject: Subject) -> Iterator[Violation]:
     for piece, name, path in _references(subject):
-        if name and subject.istio_cluster(name) is not None:
+        istio = subject.istio_cluster(name)
+        if name and istio is not None:
             problem = _istio_port_problem(subject, name)
             if problem is None:
                 continue
-            what, dangling = problem, False
+            what, dangling = problem
         elif name and subject.find_cluster(name) is not None:
             continue
         elif name:
@@ -279,8 +282,13 @@ def check_cluster_ref(subject: Subject) -> Iterator[Violation]:
             what = f"names no cluster (the policy's EPP cluster is {subject.policy.epp_cluster!r})"
             dangling = False
         if dangling and not subject.context.settled:
+            later = (
+                "another EnvoyFilter of the same apply defines it"
+                if istio is None
+                else "the same apply creates the Service"
+            )
             remedy = (
-                "if another EnvoyFilter of the same apply defines it, this resolves once it is stored "
+                f"if {later}, this resolves once it is stored "
                 "(the reconciler checks again); otherwise define the cluster or name the one that exists"
             )
         else:
