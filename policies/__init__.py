@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         ServiceRef,
         ServiceResolver,
         ServiceUnknown,
+        ServiceWithoutClusterIP,
         StaticResolver,
     )
     from policies.rules import RULES
@@ -63,6 +64,7 @@ _HOMES: dict[str, str] = {
     "ServiceRef": "policies.resolver",
     "ServiceResolver": "policies.resolver",
     "ServiceUnknown": "policies.resolver",
+    "ServiceWithoutClusterIP": "policies.resolver",
     "split_pointer": "policies.patch",
     "StaticResolver": "policies.resolver",
 }
@@ -92,6 +94,7 @@ __all__ = [
     "ServiceRef",
     "ServiceResolver",
     "ServiceUnknown",
+    "ServiceWithoutClusterIP",
     "StaticResolver",
     "apply_op",
     "apply_patch",

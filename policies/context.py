@@ -20,7 +20,14 @@ from types import MappingProxyType
 from typing import Any, Final, Protocol
 
 from policies.model import as_mapping, is_envoy_filter
-from policies.resolver import ServiceAddress, ServiceLookupError, ServiceNotFound, ServicePort, ServiceRef
+from policies.resolver import (
+    ServiceAddress,
+    ServiceLookupError,
+    ServiceNotFound,
+    ServicePort,
+    ServiceRef,
+    ServiceWithoutClusterIP,
+)
 
 DEFAULT_ROOT_NAMESPACE: Final = "istio-system"
 INFERENCE_GROUPS: Final = frozenset({"inference.networking.k8s.io", "inference.networking.x-k8s.io"})
@@ -165,10 +172,14 @@ def service_address(ref: ServiceRef, document: Mapping[str, Any]) -> ServiceAddr
     if spec.get("type") == "ExternalName":
         target = spec.get("externalName")
         named = f" (it names {target})" if isinstance(target, str) and target else ""
-        return ServiceNotFound(ref, f"is an ExternalName Service{named}, so it has no ClusterIP to pin")
+        return ServiceWithoutClusterIP(
+            ref, f"is an ExternalName Service{named}, so it has no ClusterIP to pin"
+        )
     cluster_ip = spec.get("clusterIP")
     if not isinstance(cluster_ip, str) or not cluster_ip or cluster_ip == "None":
-        return ServiceNotFound(ref, "is headless (no ClusterIP), so no STATIC address can point at it")
+        return ServiceWithoutClusterIP(
+            ref, "is headless (no ClusterIP), so no STATIC address can point at it"
+        )
     specs: list[ServicePort] = []
     ports = spec.get("ports")
     for port in ports if isinstance(ports, list) else ():

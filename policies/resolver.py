@@ -84,6 +84,11 @@ class ServiceNotFound(ServiceLookupError):
     """The source is authoritative and the Service does not exist (or has no ClusterIP)."""
 
 
+class ServiceWithoutClusterIP(ServiceNotFound):
+    """The Service exists but has no ClusterIP to pin (headless, ExternalName). Istio still builds its own
+    `outbound|...` cluster for it, so only a STATIC pin cannot use it."""
+
+
 class ServiceUnknown(ServiceLookupError):
     """The source cannot answer now (no entry given, cache not synced, API unreachable)."""
 

@@ -9,7 +9,7 @@ from typing import Any, Final
 from policies.findings import Level
 from policies.patch import PatchOp, escape_token
 from policies.pieces import ClusterPiece, FilterPiece, RoutePiece, is_ip_address, type_name
-from policies.resolver import ServiceAddress, ServiceNotFound, ServiceRef
+from policies.resolver import ServiceAddress, ServiceNotFound, ServiceRef, ServiceWithoutClusterIP
 from policies.rules.base import Rule, Violation, for_role, set_field, set_key, spell_tree
 from policies.rules.modes import effective_mode
 from policies.spelling import find_key, get_field, get_mapping
@@ -252,6 +252,8 @@ def _istio_port_problem(subject: Subject, name: str) -> tuple[str, bool] | None:
     if istio is None or istio.service is None:
         return None
     answer = subject.lookup(istio.service)
+    if isinstance(answer, ServiceWithoutClusterIP):
+        return None  # headless or ExternalName: Istio builds the cluster all the same
     if isinstance(answer, ServiceNotFound):
         return f"names Istio's cluster {name!r}, but Service {istio.service} {answer.reason}", True
     if isinstance(answer, ServiceAddress) and answer.ports and istio.port not in answer.ports:

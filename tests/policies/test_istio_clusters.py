@@ -196,3 +196,19 @@ def test_a_port_level_tls_setting_wins_over_the_hosts() -> None:
 def test_tls_of_another_users_istio_cluster_is_not_judged(mode: str) -> None:
     documents = [*load_shape("bbr")[:1], destination_rule(BBR, mode)]
     assert "EPX010" not in rules_of(inputs(documents).evaluate(documents[0]).findings)
+
+
+@pytest.mark.parametrize("kind", ["headless", "ExternalName"], ids=["headless", "external-name"])
+def test_an_istio_cluster_of_a_service_without_cluster_ip_is_defined(kind: str) -> None:
+    """Istio builds `outbound|...` clusters for headless and ExternalName Services too: only a STATIC pin
+    needs a ClusterIP, so EPX007 has nothing to say about such a Service's Istio cluster."""
+    from policies import Context, ServiceWithoutClusterIP, evaluate
+    from policies.policy import default_policy
+
+    class NoClusterIP:
+        def lookup(self, ref: Any) -> Any:
+            raise ServiceWithoutClusterIP(ref, f"is {kind} (no ClusterIP)")
+
+    documents = merge()
+    result = evaluate(documents[0], policy=default_policy(), resolver=NoClusterIP(), context=Context())
+    assert "EPX007" not in rules_of(result.findings)
