@@ -13,25 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cli.settings import SettingsError, add_policy_argument, load_policy_file
-from policies import CATALOG, ProfileName
-from policies.doctor import (
-    DEFAULT_EPP_CLUSTER,
-    ClustersView,
-    Diagnosis,
-    DoctorSettings,
-    EnvoyStats,
-    Evidence,
-    FilterFacts,
-    StatsFormatError,
-    Verdict,
-    diagnose,
-    is_config_dump,
-    parse_clusters,
-    parse_stats,
-    read_config_dump_facts,
-    read_filter_facts,
-    subtract_stats,
-)
+from policies import ProfileName
+
+if TYPE_CHECKING:
+    from policies.doctor import ClustersView, Diagnosis, DoctorSettings, EnvoyStats, Evidence, FilterFacts
+
+DEFAULT_EPP_CLUSTER = "epp-cluster"
+"""The doctor engine's default (`policies.doctor.DEFAULT_EPP_CLUSTER`), named here so listing the command
+loads none of the engine; a test keeps the two equal."""
 
 if TYPE_CHECKING:
     from cli.envoyadmin import AdminSource
@@ -59,9 +48,6 @@ exit codes:
   2  usage error or unreadable input
   3  unknown: too little evidence (e.g. no requests in the window); send traffic and look again
 """
-
-
-_SLUGS = {info.id: info.slug for info in CATALOG}
 
 
 class _InputError(Exception):
@@ -124,6 +110,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run_doctor(args: argparse.Namespace) -> int:
+    from policies.doctor import Verdict, diagnose
+
     try:
         settings = _build_settings(args)
         inputs = _read_inputs(args)
@@ -149,6 +137,8 @@ def run_doctor(args: argparse.Namespace) -> int:
 def _build_settings(args: argparse.Namespace, found: FilterFacts | None = None) -> DoctorSettings:
     """Flags first, then the EnvoyFilter or config dump (`--filter`, or `found` in the gateway's own
     config_dump), then the policy (`--policy` or the built-in one)."""
+    from policies.doctor import DoctorSettings
+
     try:
         policy = load_policy_file(args.policy)
     except SettingsError as error:
@@ -184,6 +174,8 @@ def _read_filter(path: str) -> FilterFacts:
 
 
 def _facts_of(document: Mapping[str, Any]) -> FilterFacts | None:
+    from policies.doctor import is_config_dump, read_config_dump_facts, read_filter_facts
+
     if is_config_dump(document):
         return read_config_dump_facts(document)
     return read_filter_facts(document)
@@ -201,6 +193,7 @@ def _settings_from_config_dump(
     args: argparse.Namespace, settings: DoctorSettings, source: AdminSource, notes: list[str]
 ) -> DoctorSettings:
     from cli.envoyadmin import AdminReadError
+    from policies.doctor import is_config_dump, read_config_dump_facts
 
     """The EPP cluster (and profile) the gateway's own configuration names; the settings as they were when
     the config dump cannot be read or names none."""
@@ -234,6 +227,8 @@ def _read_text(path: str) -> str:
 
 
 def _parse_stats_text(text: str, origin: str) -> EnvoyStats:
+    from policies.doctor import StatsFormatError, parse_stats
+
     try:
         return parse_stats(text)
     except StatsFormatError as error:
@@ -241,6 +236,8 @@ def _parse_stats_text(text: str, origin: str) -> EnvoyStats:
 
 
 def _parse_clusters_text(text: str, origin: str) -> ClustersView:
+    from policies.doctor import StatsFormatError, parse_clusters
+
     try:
         return parse_clusters(text)
     except StatsFormatError as error:
@@ -248,6 +245,8 @@ def _parse_clusters_text(text: str, origin: str) -> ClustersView:
 
 
 def _read_inputs(args: argparse.Namespace) -> _Inputs:
+    from policies.doctor import subtract_stats
+
     if not 0 < args.timeout <= 600:
         raise _InputError("--timeout takes 0 < SECONDS <= 600")
     if args.stats is not None:
@@ -280,6 +279,7 @@ def _build_source(args: argparse.Namespace) -> AdminSource:
 
 def _read_live(source: AdminSource, watch: float | None) -> _Inputs:
     from cli.envoyadmin import AdminReadError
+    from policies.doctor import subtract_stats
 
     if watch is not None and not 0 < watch <= 3600:
         raise _InputError("--watch takes 0 < SECONDS <= 3600")
@@ -306,7 +306,7 @@ def render_text(diagnosis: Diagnosis, *, source: str, settings: DoctorSettings) 
     ]
     if diagnosis.causes:
         for number, cause in enumerate(diagnosis.causes, start=1):
-            rule = f"{cause.rule} {_SLUGS.get(cause.rule, '')}".strip() if cause.rule else "(no rule)"
+            rule = f"{cause.rule} {_slug(cause.rule)}".strip() if cause.rule else "(no rule)"
             lines.append(f"{number}. {rule}: {cause.cause}")
             lines.extend(_evidence_lines(cause.evidence, indent="     "))
             lines.append(f"   fix: {cause.fix}")
@@ -319,3 +319,9 @@ def render_text(diagnosis: Diagnosis, *, source: str, settings: DoctorSettings) 
 
 def _evidence_lines(evidence: Evidence, *, indent: str) -> list[str]:
     return [f"{indent}{name} = {value}" for name, value in evidence.items()]
+
+
+def _slug(rule_id: str) -> str:
+    from policies import CATALOG
+
+    return next((info.slug for info in CATALOG if info.id == rule_id), "")

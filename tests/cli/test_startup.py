@@ -106,3 +106,10 @@ def test_a_bare_call_lists_the_commands_and_exits_2() -> None:
     for name in command_names():
         assert f"\n    {name.replace('_', '-')} " in done.stderr
     assert done.stderr.rstrip().endswith("extproc-guard: error: give a COMMAND (listed above)")
+
+
+def test_the_doctor_command_names_the_engine_s_default_epp_cluster() -> None:
+    from cli.commands import doctor
+    from policies.doctor import DEFAULT_EPP_CLUSTER
+
+    assert doctor.DEFAULT_EPP_CLUSTER == DEFAULT_EPP_CLUSTER
