@@ -8,7 +8,7 @@ Envoy itself rejects read `pieces` and ask `role_of` before they offer a fix.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -281,28 +281,41 @@ class Subject:
 
     def _decide_cluster(self, cluster: ClusterPiece) -> RoleDecision:
         """A cluster's role is its EnvoyFilter's annotation, else its users': `epp` if the EPP's filter or
-        override uses it."""
+        override uses it.
+
+        Users are decided in order (this document's, then the workload's) and the first `epp` one ends
+        the search: with every EnvoyFilter of a namespace as neighbours, deciding all of them for every
+        cluster would cost the square of the namespace's size.
+        """
         marked = annotated_role(self.envoy_filter)
         if marked is not None:
             return marked
-        decisions: list[RoleDecision] = []
+        other: RoleDecision | None = None
+        undecided: RoleDecision | None = None
+        for decision in self._cluster_user_decisions(cluster.name):
+            if decision.role is Role.EPP:
+                return decision
+            if decision.role is Role.OTHER and other is None:
+                other = decision
+            elif decision.role is Role.UNDECIDED and undecided is None:
+                undecided = decision
+        return (
+            other
+            or undecided
+            or RoleDecision(Role.UNDECIDED, f"no ext_proc filter uses cluster {cluster.name!r}")
+        )
+
+    def _cluster_user_decisions(self, name: str) -> Iterator[RoleDecision]:
         for piece in self.pieces.filters:
-            if piece.cluster_name == cluster.name:
-                decisions.append(self.role_of(piece))
+            if piece.cluster_name == name:
+                yield self.role_of(piece)
         for route in self.pieces.routes:
-            if route.cluster_name == cluster.name:
-                decisions.append(self.role_of(route))
-        for owner, piece in self.workload.filters():
-            if piece.cluster_name == cluster.name:
-                decisions.append(self._decide_filter(owner, piece))
-        for owner, route in self.workload.routes():
-            if route.cluster_name == cluster.name:
-                decisions.append(self._decide_route(owner, route))
-        for role in (Role.EPP, Role.OTHER, Role.UNDECIDED):
-            for decision in decisions:
-                if decision.role is role:
-                    return decision
-        return RoleDecision(Role.UNDECIDED, f"no ext_proc filter uses cluster {cluster.name!r}")
+            if route.cluster_name == name:
+                yield self.role_of(route)
+        for owner, piece in self.workload.filters_using(name):
+            yield self._decide_filter(owner, piece)
+        for owner, route in self.workload.routes_using(name):
+            yield self._decide_route(owner, route)
 
     def is_epp(self, piece: Piece) -> bool:
         return self.role_of(piece).role is Role.EPP

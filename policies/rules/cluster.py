@@ -222,8 +222,13 @@ def _cluster_used(subject: Subject, piece: FilterPiece) -> bool:
     if _calls_out(piece):
         return True
     name = piece.name or subject.policy.filter_name
-    routes = [*subject.pieces.routes, *(route for _, route in subject.workload.routes())]
-    return any(route.filter_name == name and not route.disabled and route.target is None for route in routes)
+    own = any(_switches_on(route) for route in subject.pieces.routes if route.filter_name == name)
+    return own or subject.workload.has_route(name, _switches_on)
+
+
+def _switches_on(route: RoutePiece) -> bool:
+    """An enabled override that names no cluster of its own (it calls the filter's)."""
+    return not route.disabled and route.target is None
 
 
 def _fails_open(piece: FilterPiece | RoutePiece) -> bool:

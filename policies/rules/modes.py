@@ -142,7 +142,7 @@ def _has_send_override(subject: Subject) -> bool:
     if any(_sends_headers(route) for route in subject.epp.routes):
         return True
     names = {subject.filter_name_of(piece) for piece in subject.epp.filters}
-    return any(route.filter_name in names and _sends_headers(route) for _, route in subject.workload.routes())
+    return any(subject.workload.has_route(name, _sends_headers) for name in names)
 
 
 def check_header_mode(subject: Subject) -> Iterator[Violation]:

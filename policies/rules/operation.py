@@ -110,10 +110,11 @@ def _gateway_has(subject: Subject, filter_name: str) -> bool:
         return True
     if filter_name == ISTIO_INFERENCE_FILTER and subject.picker_pool() is not None:
         return True
-    return any(
-        piece.name == filter_name and piece.patch.operation in INSERTING
-        for _, piece in subject.workload.filters()
-    )
+    return subject.workload.has_filter(filter_name, _inserts)
+
+
+def _inserts(piece: FilterPiece) -> bool:
+    return piece.patch.operation in INSERTING
 
 
 def check_replace_target(subject: Subject) -> Iterable[Violation]:
