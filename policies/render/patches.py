@@ -5,9 +5,11 @@ Supported (the rest is reported as skipped, never raised):
 - ``HTTP_FILTER``: ADD (append), INSERT_FIRST, INSERT_BEFORE / INSERT_AFTER the named sub-filter (without a
   sub-filter: at the beginning / at the end), REPLACE the first filter of that name (none: no effect, as in
   Istio), MERGE into and REMOVE every filter of that name (these three need a sub-filter name and are
-  reported as skipped without one). The connection manager must match
-  ``listener.filterChain.filter.name`` (when given), ``listener.portNumber`` the gateway port,
-  ``listener.name`` the listener name.
+  reported as skipped without one). As in Istio, ``listener.name`` must be the listener's name,
+  ``listener.portNumber`` the gateway port, ``listener.filterChain.name`` the filter chain's own name
+  (a chain without a name matches no name), ``listener.filterChain.filter.name`` the network filter's
+  name (only the HTTP connection manager carries HTTP filters). A patch nothing matches is reported as
+  applying to nothing.
 - ``CLUSTER``: ADD, and REMOVE / MERGE / REPLACE on clusters matched by ``cluster.name`` (or Istio's
   ``outbound|PORT|SUBSET|HOST`` parts ``portNumber``, ``subset``, ``service``).
 - ``HTTP_ROUTE``: MERGE, REMOVE, INSERT_FIRST, INSERT_BEFORE / INSERT_AFTER; ``VIRTUAL_HOST``: MERGE, ADD,
@@ -126,7 +128,13 @@ def _apply_http_filter(bootstrap: dict[str, Any], patch: ConfigPatch, options: R
     sub_name = get_field(sub_filter, "name")
     chains = _matching_http_filter_lists(bootstrap, listener_match, options)
     if not chains:
-        return "no listener with an HTTP connection manager matches"
+        chain_name = get_field(filter_chain, "name")
+        if chain_name:
+            return (
+                f"the patch applies to nothing: no filter chain is named {chain_name!r} "
+                "(listener.filterChain.name matches a chain's own name, not a filter's)"
+            )
+        return "the patch applies to nothing: no listener with an HTTP connection manager matches"
     operation = patch.operation
     if operation in {"REPLACE", "MERGE", "REMOVE"} and not sub_name:
         return f"{operation} needs match.listener.filterChain.filter.subFilter.name"
@@ -187,11 +195,14 @@ def _matching_http_filter_lists(
     if network_name and network_name not in _HCM_NAMES:
         return []
     wanted_listener = get_field(listener_match, "name")
+    wanted_chain = get_field(filter_chain, "name")
     found: list[list[Any]] = []
     for listener in _list(_static(bootstrap), "listeners"):
         if wanted_listener and get_field(listener, "name") != wanted_listener:
             continue
         for chain in _list(listener, "filterChains"):
+            if wanted_chain and (get_field(chain, "name") or "") != wanted_chain:
+                continue
             for item in _list(chain, "filters"):
                 if _name_of(item) not in _HCM_NAMES:
                     continue
