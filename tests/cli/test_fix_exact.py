@@ -33,6 +33,7 @@ EMPTY_MATCH = DATA / "empty-match.yaml"
 SERVICE = ["--service", "llm-d/llm-d-epp=10.96.0.20:9002"]
 HCM = "envoy.filters.network.http_connection_manager"
 EXT_PROC = "envoy.filters.http.ext_proc"
+PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
 ISTIO_SHAPE = {
     "context": "GATEWAY",
     "listener": {"filterChain": {"filter": {"name": HCM, "subFilter": {"name": EXT_PROC}}}},
@@ -93,7 +94,7 @@ def test_fix_in_place_changes_only_rule_owned_lines_and_keeps_every_other_byte(
         "+      value:\n",
         "+        typed_per_filter_config:\n",
         f"+          {EXT_PROC}:\n",
-        '+            "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute\n',
+        f'+            "@type": {PER_ROUTE_TYPE}\n',
         "+            overrides:\n",
         "+              processing_mode:\n",
         "+                request_header_mode: SEND\n",
