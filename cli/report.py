@@ -19,7 +19,7 @@ from pathlib import PurePath
 from typing import Any, Final
 from urllib.parse import quote
 
-from cli.sources import STDIN_NAME, InputError
+from cli.sources import STDIN_NAME, InputError, SkippedInput
 from policies import CATALOG, Finding, Level
 
 TOOL_NAME: Final = "extproc-guard"
@@ -69,6 +69,9 @@ class Report:
     results: tuple[DocumentResult, ...]
     errors: tuple[InputError, ...]
     documents: int
+    skipped: tuple[SkippedInput, ...] = ()
+    strict: bool = False
+    """With `strict`, a skipped input (a Helm template) fails the run like an input error."""
 
     @property
     def envoyfilters(self) -> int:
@@ -85,7 +88,7 @@ class Report:
     @property
     def exit_code(self) -> int:
         """2 when an input could not be read, else 1 when an `enforce` finding exists, else 0."""
-        if self.errors:
+        if self.errors or (self.strict and self.skipped):
             return 2
         return 1 if self.count(Level.ENFORCE) else 0
 
@@ -93,10 +96,11 @@ class Report:
 def summary_line(report: Report) -> str:
     enforce, warn = report.count(Level.ENFORCE), report.count(Level.WARN)
     counts = f"{enforce} enforce, {warn} warn" if enforce or warn else "no findings"
-    skipped = f", {_plural(len(report.errors), 'input error')}" if report.errors else ""
+    errors = f", {_plural(len(report.errors), 'input error')}" if report.errors else ""
+    skipped = f", {len(report.skipped)} skipped" if report.skipped else ""
     return (
         f"{_plural(report.documents, 'document')}, {_plural(report.envoyfilters, 'envoyfilter')}: "
-        f"{counts}{skipped}"
+        f"{counts}{errors}{skipped}"
     )
 
 
@@ -140,6 +144,7 @@ def render_json(report: Report) -> str:
             "name": result.name,
             "path": located.finding.path,
             "message": located.finding.message,
+            "fix": located.finding.fix or None,
             "role": located.finding.role or None,
             "role_why": located.finding.role_why or None,
         }
@@ -150,8 +155,22 @@ def render_json(report: Report) -> str:
         "envoyfilters": report.envoyfilters,
         "enforce": report.count(Level.ENFORCE),
         "warn": report.count(Level.WARN),
+        "input_errors": len(report.errors),
+        "skipped": len(report.skipped),
     }
-    return json.dumps({"findings": findings, "summary": summary}, indent=2) + "\n"
+    document = {
+        "findings": findings,
+        "summary": summary,
+        "errors": [{"file": error.file, "reason": error.reason} for error in report.errors],
+        "skipped": [{"file": skip.file, "reason": skip.reason} for skip in report.skipped],
+    }
+    return json.dumps(document, indent=2) + "\n"
+
+
+def as_sentence(text: str) -> str:
+    """`text` ending in a full stop (unless it already ends in punctuation)."""
+    text = text.rstrip()
+    return text if not text or text[-1] in ".!?" else text + "."
 
 
 def tool_version() -> str:
@@ -205,7 +224,10 @@ def render_sarif(report: Report) -> str:
         entry: dict[str, Any] = {
             "ruleId": finding.rule,
             "level": _sarif_level(finding.level),
-            "message": {"text": finding.message + (f" Fix: {finding.fix}" if finding.fix else "")},
+            "message": {
+                "text": as_sentence(finding.message)
+                + (f"\nFix: {as_sentence(finding.fix)}" if finding.fix else "")
+            },
             "locations": [
                 {
                     "physicalLocation": {
@@ -232,11 +254,18 @@ def render_sarif(report: Report) -> str:
             "locations": [{"physicalLocation": {"artifactLocation": {"uri": artifact_uri(error.file)}}}],
         }
         for error in report.errors
+    ] + [
+        {
+            "level": "error" if report.strict else "note",
+            "message": {"text": f"skipped: {skip.reason}"},
+            "locations": [{"physicalLocation": {"artifactLocation": {"uri": artifact_uri(skip.file)}}}],
+        }
+        for skip in report.skipped
     ]
     run = {
         "tool": {"driver": {"name": TOOL_NAME, "version": tool_version(), "rules": rules}},
         "invocations": [
-            {"executionSuccessful": not report.errors, "toolExecutionNotifications": notifications}
+            {"executionSuccessful": report.exit_code != 2, "toolExecutionNotifications": notifications}
         ],
         "results": results,
     }
@@ -284,11 +313,16 @@ def render_junit(report: Report) -> str:
         ET.SubElement(case, "error", type="input", message=_xml_text(error.reason)).text = _xml_text(
             str(error)
         )
+    for skip in report.skipped:
+        case = ET.SubElement(
+            suite, "testcase", classname=_xml_text(skip.file), name="read input", file=_xml_text(skip.file)
+        )
+        ET.SubElement(case, "skipped", message=_xml_text(skip.reason))
     counts = {
-        "tests": str(len(report.results) + len(report.errors)),
+        "tests": str(len(report.results) + len(report.errors) + len(report.skipped)),
         "failures": str(failures),
         "errors": str(len(report.errors)),
-        "skipped": "0",
+        "skipped": str(len(report.skipped)),
     }
     for element in (suites, suite):
         element.attrib.update(counts)
@@ -325,6 +359,10 @@ def render_github(report: Report) -> str:
         )
     for error in report.errors:
         lines.append(f"::error file={escape_github_property(error.file)}::{escape_github_data(error.reason)}")
+    for skip in report.skipped:
+        command = "error" if report.strict else "notice"
+        reason = escape_github_data(f"skipped: {skip.reason}")
+        lines.append(f"::{command} file={escape_github_property(skip.file)}::{reason}")
     lines.append(summary_line(report))
     return "\n".join(lines) + "\n"
 

@@ -15,10 +15,12 @@ from cli.report import DocumentResult, LocatedFinding, Report
 from cli.sources import (
     DEFAULT_MAX_BYTES,
     InputError,
+    SkippedInput,
     Source,
     SourceDocument,
     iter_documents,
     read_source,
+    template_skip,
 )
 from policies import (
     ChainResolver,
@@ -55,6 +57,8 @@ class ScanSettings:
     max_bytes: int = DEFAULT_MAX_BYTES
     declared: Mapping[ServiceRef, ServiceAddress] = field(default_factory=dict)
     context: Context = EMPTY_CONTEXT
+    strict: bool = False
+    """Whether a skipped input (a Helm template) counts as an input error."""
 
 
 @dataclass(slots=True)
@@ -65,6 +69,7 @@ class ParsedSource:
     text: str | None
     items: list[SourceDocument | InputError]
     error: InputError | None = None
+    skipped: SkippedInput | None = None
 
     @property
     def documents(self) -> Iterator[SourceDocument]:
@@ -76,6 +81,9 @@ def parse_source(source: Source, text: str) -> ParsedSource:
     try:
         items.extend(iter_documents(source, text))
     except InputError as exc:
+        skipped = template_skip(source.name, text)
+        if skipped is not None:
+            return ParsedSource(source, text, [], skipped=skipped)
         return ParsedSource(source, text, items, exc)
     return ParsedSource(source, text, items)
 
@@ -263,12 +271,16 @@ def check_sources(
     """`check`: evaluate every document of every source; `errors` are earlier problems (path expansion)."""
     results: list[DocumentResult] = []
     problems = list(errors)
+    skipped: list[SkippedInput] = []
     documents = 0
     parsed = read_and_parse(sources, settings, stdin=stdin)
     settings = with_context(settings, parsed_only(parsed))
     for source in parsed:
         if isinstance(source, InputError):
             problems.append(source)
+            continue
+        if source.skipped is not None:
+            skipped.append(source.skipped)
             continue
         try:
             for item in iter_checked(source, settings):
@@ -280,4 +292,4 @@ def check_sources(
                     results.append(locate_findings(item.document, item.evaluation.findings))
         except InputError as exc:
             problems.append(exc)
-    return Report(tuple(results), tuple(problems), documents)
+    return Report(tuple(results), tuple(problems), documents, tuple(skipped), strict=settings.strict)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,28 @@ class InputError(Exception):
         super().__init__(f"{file}: {reason}")
         self.file = file
         self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedInput:
+    """An input that is deliberately not checked (a Helm template); `str()` is ``FILE: reason``."""
+
+    file: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.reason}"
+
+
+def template_skip(name: str, text: str) -> SkippedInput | None:
+    """A file with template actions that did not parse: a Helm chart's template, not YAML yet."""
+    line = template_line(text)
+    if line is None:
+        return None
+    return SkippedInput(
+        name,
+        f"a Helm template (template syntax at line {line}), not YAML: check what `helm template` renders",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +204,13 @@ def _walk_folder(folder: Path, errors: list[InputError]) -> Iterator[Path]:
                 yield Path(root) / name
 
 
+def read_input(arg: str, *, stdin: BinaryIO, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
+    """Read one input named on the command line (`-`: stdin) as text, the way every command reads its
+    inputs: the same size limit, encodings and one-line reasons (`InputError`)."""
+    source = Source(STDIN_NAME, None) if arg == STDIN_ARG else Source(arg, Path(arg))
+    return read_source(source, max_bytes=max_bytes, stdin=stdin)
+
+
 def read_source(source: Source, *, max_bytes: int, stdin: BinaryIO) -> str:
     """Read and decode one source; files over `max_bytes` are refused from their size, unread."""
     raw = stdin.read(max_bytes + 1) if source.path is None else _read_file(source, max_bytes)
@@ -234,6 +264,15 @@ def decode_text(name: str, raw: bytes) -> str:
     except UnicodeDecodeError as exc:
         byte = raw[exc.start]
         raise InputError(name, f"not UTF-8 text (byte 0x{byte:02x} at offset {exc.start})") from None
+
+
+_TEMPLATE_ACTION = re.compile(r"\{\{-?\s*(?:[.$\"(]|/\*|-|[a-z][A-Za-z]*\b).*?\}\}")
+
+
+def template_line(text: str) -> int | None:
+    """The first line holding a Go template action (`{{ .Values.x }}`, `{{- if ... }}`), if any."""
+    found = _TEMPLATE_ACTION.search(text)
+    return None if found is None else text.count("\n", 0, found.start()) + 1
 
 
 def iter_documents(source: Source, text: str) -> Iterator[SourceDocument | InputError]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from cli.settings import (
@@ -23,6 +24,7 @@ from cli.settings import (
 
 if TYPE_CHECKING:
     from cli.scan import ScanSettings
+    from cli.sources import SkippedInput
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +54,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments `check` and `fix` share: paths, policy, Service sources."""
     parser.add_argument("paths", metavar="PATH", nargs="+", help="file or folder to read; '-' for stdin")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail (exit 2) on inputs that are skipped, such as Helm templates, instead of noting them",
+    )
     add_policy_argument(parser)
     add_resolver_arguments(parser)
 
@@ -63,7 +70,18 @@ def build_scan_settings(args: argparse.Namespace) -> ScanSettings:
     policy = load_policy_file(args.policy)
     resolver_settings = resolver_settings_from_args(args)
     resolver = build_resolver(resolver_settings)
-    return ScanSettings(policy=policy, resolver=resolver, declared=resolver_settings.services)
+    return ScanSettings(
+        policy=policy, resolver=resolver, declared=resolver_settings.services, strict=bool(args.strict)
+    )
+
+
+def print_skipped(skipped: Iterable[SkippedInput], *, strict: bool) -> None:
+    """One line per skipped input on stderr: a note, or with `--strict` an error."""
+    for skip in skipped:
+        if strict:
+            print_error(str(skip))
+        else:
+            sys.stderr.write(f"extproc-guard: skipped {skip}\n")
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -81,6 +99,7 @@ def run_check(args: argparse.Namespace) -> int:
     report = check_sources(sources, settings, stdin=sys.stdin.buffer, errors=path_errors)
     for error in report.errors:
         print_error(str(error))
+    print_skipped(report.skipped, strict=report.strict)
     sys.stdout.write(render_report(report, OutputFormat(args.output)))
     sys.stdout.flush()
     return report.exit_code

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cli.settings import SettingsError, add_policy_argument, load_policy_file
+from cli.settings import SettingsError, add_policy_argument, load_policy_file, print_error
 from policies import ProfileName
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ def run_doctor(args: argparse.Namespace) -> int:
         settings = _build_settings(args)
         inputs = _read_inputs(args)
     except _InputError as error:
-        print(f"extproc-guard doctor: {error}", file=sys.stderr)
+        print_error(str(error))
         return EXIT_UNREADABLE
     notes: list[str] = []
     if inputs.live is not None and _may_look_up_cluster(args, settings, inputs.stats):
@@ -155,21 +155,21 @@ def _build_settings(args: argparse.Namespace, found: FilterFacts | None = None) 
 
 
 def _read_filter(path: str) -> FilterFacts:
-    text = _read_text(path)
-    try:
-        import yaml
+    """The EnvoyFilter's facts, its file read and parsed as `check` reads it."""
+    from cli.sources import STDIN_ARG, STDIN_NAME, InputError, Source, SourceDocument, iter_documents
 
-        documents = [doc for doc in yaml.safe_load_all(text) if isinstance(doc, dict)]
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise _InputError(f"{path}: not valid YAML{where}") from None
+    text = _read_text(path)
+    source = Source(STDIN_NAME, None) if path == STDIN_ARG else Source(path, Path(path))
+    try:
+        documents = [item.data for item in iter_documents(source, text) if isinstance(item, SourceDocument)]
+    except InputError as error:
+        raise _InputError(str(error)) from None
     for document in documents:
         facts = _facts_of(document)
         if facts is not None:
             return facts
     raise _InputError(
-        f"{path}: no EnvoyFilter with an ext_proc filter patch, nor a config dump with ext_proc"
+        f"{source.name}: no EnvoyFilter with an ext_proc filter patch, nor a config dump with ext_proc"
     )
 
 
@@ -216,14 +216,13 @@ def _settings_from_config_dump(
 
 
 def _read_text(path: str) -> str:
+    """One input file (`-`: stdin) read by the function every command reads its inputs with."""
+    from cli.sources import InputError, read_input
+
     try:
-        if path == "-":
-            return sys.stdin.read()
-        return Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise _InputError(f"{path}: not UTF-8 text") from None
-    except OSError as error:
-        raise _InputError(f"{path}: {error.strerror or error}") from None
+        return read_input(path, stdin=sys.stdin.buffer)
+    except InputError as error:
+        raise _InputError(str(error)) from None
 
 
 def _parse_stats_text(text: str, origin: str) -> EnvoyStats:

@@ -13,12 +13,13 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
-from cli.commands.check import EXIT_USAGE, add_input_arguments, build_scan_settings
+from cli.commands.check import EXIT_USAGE, add_input_arguments, build_scan_settings, print_skipped
 from cli.settings import SettingsError, print_error
 
 if TYPE_CHECKING:
     from cli.repair import SourceFix
     from cli.report import DocumentResult
+    from cli.sources import SkippedInput
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +57,15 @@ def run_fix(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     sources, errors = expand_paths(args.paths)
     outcomes: list[SourceFix] = []
+    skipped: list[SkippedInput] = []
     parsed = read_and_parse(sources, settings, stdin=sys.stdin.buffer)
     settings = with_context(settings, parsed_only(parsed))
     for item in parsed:
         if isinstance(item, InputError):
             errors.append(item)
+            continue
+        if item.skipped is not None:
+            skipped.append(item.skipped)
             continue
         assert item.text is not None
         outcome = fix_source(item.source, item.text, settings, item)
@@ -72,9 +77,10 @@ def run_fix(args: argparse.Namespace) -> int:
         print_documents(outcomes)
     for error in errors:
         print_error(str(error))
+    print_skipped(skipped, strict=settings.strict)
     remaining = [result for outcome in outcomes for result in outcome.remaining]
     report_remaining(remaining)
-    if errors:
+    if errors or (settings.strict and skipped):
         return EXIT_USAGE
     return 1 if any(enforced(result) for result in remaining) else 0
 
@@ -93,15 +99,20 @@ def write_outcome(outcome: SourceFix) -> None:
 
 
 def print_documents(outcomes: list[SourceFix]) -> None:
-    first = True
+    """Every file's documents as one stream, each file's text exactly as fixed (or as read); `---` goes
+    between two files unless the second starts with its own."""
+    previous: str | None = None
     for outcome in outcomes:
         text = outcome.yaml_text
         if not text or not text.strip():
             continue
-        if not first and not text.startswith("---"):
-            sys.stdout.write("---\n")
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
-        first = False
+        if previous is not None:
+            if not previous.endswith("\n"):
+                sys.stdout.write("\n")
+            if not text.startswith("---"):
+                sys.stdout.write("---\n")
+        sys.stdout.write(text)
+        previous = text
         if not outcome.kept_comments:
             sys.stderr.write(
                 f"extproc-guard: warning: {outcome.source.name}: printed without comments "

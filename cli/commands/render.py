@@ -9,17 +9,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cli.settings import print_error
 from policies.render import RenderError, RenderOptions, RouteSpec, SocketAddress
 
 logger = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_USAGE = 2
-MAX_INPUT_BYTES = 8 * 1024 * 1024
-
-
-class InputError(Exception):
-    """The input file cannot be read or holds no EnvoyFilter."""
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -71,12 +67,16 @@ def run_render(args: argparse.Namespace) -> int:
     import yaml
 
     from policies.render import render_gateway
+    from cli.sources import InputError
 
     try:
         envoy_filter = load_envoy_filter(args.file)
         rendering = render_gateway(envoy_filter, options=build_options(args))
-    except (InputError, RenderError) as error:
-        print(f"extproc-guard render: {args.file}: {error}", file=sys.stderr)
+    except InputError as error:
+        print_error(str(error))
+        return EXIT_USAGE
+    except RenderError as error:
+        print_error(f"{_display_name(args.file)}: {error}")
         return EXIT_USAGE
     for note in rendering.skipped:
         print(f"extproc-guard render: note: {note}", file=sys.stderr)
@@ -112,33 +112,35 @@ def build_options(args: argparse.Namespace) -> RenderOptions:
     )
 
 
-def load_envoy_filter(source: str) -> Mapping[str, Any]:
-    """The first EnvoyFilter document of a YAML/JSON file (``-``: stdin)."""
-    import yaml
+def load_envoy_filter(arg: str) -> Mapping[str, Any]:
+    """The first EnvoyFilter document of a YAML/JSON file (``-``: stdin), read as `check` reads it."""
+    from cli.sources import (
+        STDIN_ARG,
+        InputError,
+        Source,
+        SourceDocument,
+        iter_documents,
+        read_input,
+        template_skip,
+    )
 
+    name = _display_name(arg)
+    text = read_input(arg, stdin=sys.stdin.buffer)
+    source = Source(name, None if arg == STDIN_ARG else Path(arg))
     try:
-        if source == "-":
-            raw = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
-        else:
-            with Path(source).open("rb") as handle:
-                raw = handle.read(MAX_INPUT_BYTES + 1)
-    except OSError as error:
-        raise InputError(f"cannot read: {error.strerror or error}") from None
-    if len(raw) > MAX_INPUT_BYTES:
-        raise InputError(f"larger than {MAX_INPUT_BYTES // (1024 * 1024)} MiB")
-    try:
-        text = raw.decode("utf-8")
-        for document in yaml.safe_load_all(text):
-            if isinstance(document, Mapping) and document.get("kind") == "EnvoyFilter":
-                return document
-    except UnicodeDecodeError:
-        raise InputError("not UTF-8 text") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(error, "problem", None) or "unparseable"
-        raise InputError(f"invalid YAML{where}: {problem}") from None
-    raise InputError("no EnvoyFilter document")
+        for item in iter_documents(source, text):
+            if isinstance(item, SourceDocument) and item.data.get("kind") == "EnvoyFilter":
+                return item.data
+    except InputError:
+        skipped = template_skip(name, text)
+        if skipped is not None:
+            raise InputError(skipped.file, skipped.reason) from None
+        raise
+    raise InputError(name, "no EnvoyFilter document")
+
+
+def _display_name(arg: str) -> str:
+    return "<stdin>" if arg == "-" else arg
 
 
 def _port(text: str) -> int:

@@ -85,12 +85,14 @@ def test_findings_carry_the_line_of_the_offending_field(
 def test_json_output_has_the_documented_keys_and_summary(capsys: pytest.CaptureFixture[str]) -> None:
     code, data = check_json([str(EXAMPLES), *SERVICE], capsys)
     assert code == 1
-    assert set(data) == {"findings", "summary"}
+    assert set(data) == {"findings", "summary", "errors", "skipped"}
     assert data["summary"] == {
         "documents": 5,
         "envoyfilters": 4,
         "enforce": sum(1 for f in findings_of(data) if f["level"] == "enforce"),
         "warn": sum(1 for f in findings_of(data) if f["level"] == "warn"),
+        "input_errors": 0,
+        "skipped": 0,
     }
     keys = {
         "rule",
@@ -102,6 +104,7 @@ def test_json_output_has_the_documented_keys_and_summary(capsys: pytest.CaptureF
         "name",
         "path",
         "message",
+        "fix",
         "role",
         "role_why",
     }

@@ -186,3 +186,16 @@ def test_an_empty_match_is_an_empty_match_not_an_input_error(
         assert fixed["spec"]["configPatches"][0]["match"] == {
             key: value for key, value in ISTIO_SHAPE.items() if key != "context"
         }
+
+
+def test_epx004_on_a_global_send_filter_without_an_override_does_not_contradict_itself(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = run(["check", "-o", "json", str(EMPTY_MATCH), *SERVICE], capsys)
+    assert code == 1
+    messages = [f["message"] for f in json.loads(out)["findings"] if f["rule"] == "EPX004"]
+    assert len(messages) == 2, messages
+    global_mode, override = messages
+    assert "global request_header_mode is SEND" in global_mode
+    assert "once the global mode is SKIP" in override
+    assert not any("with the global mode SKIP" in message for message in messages)

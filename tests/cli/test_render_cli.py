@@ -108,7 +108,9 @@ def test_render_notes_patches_it_did_not_apply_on_stderr(
     [
         (b"kind: [unclosed\n", "invalid YAML"),
         (b"apiVersion: v1\nkind: Service\n", "no EnvoyFilter document"),
-        (b"\xff\xfe\x00binary", "not UTF-8 text"),
+        (b"\xff\xfe\x00binary", "not valid utf-16-le text"),
+        (b"kind: EnvoyFilter\n\x00\x01", "binary file"),
+        (b"kind: caf\xe9\n", "not UTF-8 text (byte 0xe9 at offset 9)"),
         (
             b"kind: EnvoyFilter\nspec:\n  configPatches:\n"
             b"  - applyTo: CLUSTER\n    patch: {operation: ADD, value: 3}\n",
@@ -116,7 +118,15 @@ def test_render_notes_patches_it_did_not_apply_on_stderr(
         ),
         (b"kind: EnvoyFilter\nspec:\n  configPatches: {}\n", "spec.configPatches must be a list"),
     ],
-    ids=["invalid-yaml", "no-envoyfilter", "binary", "value-not-a-mapping", "patches-not-a-list"],
+    ids=[
+        "invalid-yaml",
+        "no-envoyfilter",
+        "utf16-bom",
+        "binary",
+        "not-utf8",
+        "value-not-a-mapping",
+        "patches-not-a-list",
+    ],
 )
 def test_bad_input_is_one_line_on_stderr_with_exit_2(
     content: bytes, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -18,7 +18,7 @@ from cli.report import (
     escape_github_property,
     render_report,
 )
-from cli.sources import InputError
+from cli.sources import InputError, SkippedInput
 from policies.catalog import CATALOG
 from policies.findings import Finding, Level
 
@@ -182,6 +182,7 @@ def test_json_has_exactly_the_documented_shape() -> None:
                 "name": "epp",
                 "path": "/spec/configPatches/1/patch/value/type",
                 "message": "the EPP cluster is STRICT_DNS, resolved from the gateway pod",
+                "fix": "type: STATIC with the Service's ClusterIP",
                 "role": None,
                 "role_why": None,
             },
@@ -195,12 +196,46 @@ def test_json_has_exactly_the_documented_shape() -> None:
                 "name": "epp",
                 "path": "/spec/configPatches/0/patch/value/typed_config/failure_mode_allow",
                 "message": "failure_mode_allow: true hides a broken EPP, with 100% of traffic, and more",
+                "fix": None,
                 "role": None,
                 "role_why": None,
             },
         ],
-        "summary": {"documents": 3, "envoyfilters": 2, "enforce": 1, "warn": 1},
+        "summary": {
+            "documents": 3,
+            "envoyfilters": 2,
+            "enforce": 1,
+            "warn": 1,
+            "input_errors": 0,
+            "skipped": 0,
+        },
+        "errors": [],
+        "skipped": [],
     }
+
+
+def test_json_lists_input_errors_and_skipped_inputs_like_the_other_formats() -> None:
+    report = Report(
+        results=WITH_ERROR.results,
+        errors=WITH_ERROR.errors,
+        documents=1,
+        skipped=(SkippedInput("chart/templates/f.yaml", "a Helm template"),),
+    )
+    data = json.loads(render_report(report, OutputFormat.JSON))
+    assert data["errors"] == [{"file": "broken.yaml", "reason": "invalid YAML at line 2, column 3: x"}]
+    assert data["skipped"] == [{"file": "chart/templates/f.yaml", "reason": "a Helm template"}]
+    assert (data["summary"]["input_errors"], data["summary"]["skipped"]) == (1, 1)
+    assert data["findings"][0]["fix"] == "type: STATIC with the Service's ClusterIP"
+
+
+def test_sarif_gives_the_message_and_its_fix_as_two_sentences() -> None:
+    sarif = json.loads(render_report(REPORT, OutputFormat.SARIF))
+    texts = [result["message"]["text"] for result in sarif["runs"][0]["results"]]
+    assert texts[0] == (
+        "the EPP cluster is STRICT_DNS, resolved from the gateway pod.\n"
+        "Fix: type: STATIC with the Service's ClusterIP."
+    )
+    assert texts[1] == "failure_mode_allow: true hides a broken EPP, with 100% of traffic, and more."
 
 
 def test_sarif_is_valid_against_the_schema_subset_with_rules_levels_and_regions() -> None:

@@ -33,7 +33,7 @@ def run_doctor(argv: Sequence[str], *, stdin: str | None = None) -> DoctorRun:
     out, err = io.StringIO(), io.StringIO()
     saved_stdin = sys.stdin
     if stdin is not None:
-        sys.stdin = io.StringIO(stdin)
+        sys.stdin = io.TextIOWrapper(io.BytesIO(stdin.encode()), encoding="utf-8")  # like the real one
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
