@@ -6,8 +6,16 @@ This is the part `check` and `fix` share. Nothing here prints; results come back
 
 from __future__ import annotations
 
+import functools
+import gc
+import itertools
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+import os
+import pickle
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO
 
@@ -59,6 +67,8 @@ class ScanSettings:
     context: Context = EMPTY_CONTEXT
     strict: bool = False
     """Whether a skipped input (a Helm template) counts as an input error."""
+    workers: int = 1
+    """Processes that may judge documents at once (`check` over many documents; offline resolvers only)."""
 
 
 @dataclass(slots=True)
@@ -76,10 +86,11 @@ class ParsedSource:
         return (item for item in self.items if isinstance(item, SourceDocument))
 
 
-def parse_source(source: Source, text: str) -> ParsedSource:
+def parse_source(source: Source, text: str, *, fast: bool = False) -> ParsedSource:
+    """`fast`: see `iter_documents` (for `check`; `fix` edits the text through libyaml's marks)."""
     items: list[SourceDocument | InputError] = []
     try:
-        items.extend(iter_documents(source, text))
+        items.extend(iter_documents(source, text, fast=fast))
     except InputError as exc:
         skipped = template_skip(source.name, text)
         if skipped is not None:
@@ -224,7 +235,7 @@ def iter_checked(parsed: ParsedSource, settings: ScanSettings) -> Iterator[Check
 
 
 def read_and_parse(
-    sources: Iterable[Source], settings: ScanSettings, *, stdin: BinaryIO
+    sources: Iterable[Source], settings: ScanSettings, *, stdin: BinaryIO, fast: bool = False
 ) -> list[ParsedSource | InputError]:
     """Read and parse every source first (in order; an unreadable one is its `InputError`), so each
     document is judged with all of them as its context."""
@@ -235,7 +246,7 @@ def read_and_parse(
         except InputError as exc:
             parsed.append(exc)
             continue
-        parsed.append(parse_source(source, text))
+        parsed.append(parse_source(source, text, fast=fast))
     return parsed
 
 
@@ -261,35 +272,228 @@ def locate_findings(document: SourceDocument, findings: Iterable[Finding]) -> Do
     return DocumentResult(document.file, document.start_line, namespace, name, located)
 
 
+@dataclass(slots=True)
+class SourceOutcome:
+    """What judging one parsed source gave: its EnvoyFilters' results, its problems, its document count."""
+
+    results: list[DocumentResult] = field(default_factory=list)
+    problems: list[InputError] = field(default_factory=list)
+    documents: int = 0
+
+
+Verdict = DocumentResult | InputError | None
+"""One item of a source judged: an EnvoyFilter's result, a problem, or None for another document."""
+
+
+def judge_item(item: SourceDocument | InputError, settings: ScanSettings) -> Verdict:
+    """One document evaluated, its findings placed on lines (lines are read only for findings)."""
+    if isinstance(item, InputError):
+        return item
+    try:
+        checked = check_document(item, settings)
+    except InputError as exc:
+        return exc
+    if checked.evaluation is None:
+        return None
+    return locate_findings(item, checked.evaluation.findings)
+
+
+def _outcome(source: ParsedSource, verdicts: Iterable[Verdict]) -> SourceOutcome:
+    outcome = SourceOutcome()
+    for item, verdict in zip(source.items, verdicts, strict=True):
+        if isinstance(verdict, InputError):
+            outcome.problems.append(verdict)
+            continue
+        if isinstance(item, SourceDocument):
+            outcome.documents += 1
+        if verdict is not None:
+            outcome.results.append(verdict)
+    if source.error is not None:
+        outcome.problems.append(source.error)
+    return outcome
+
+
+def judge_source(source: ParsedSource, settings: ScanSettings) -> SourceOutcome:
+    """Every document of one source judged, in order; a syntax error that ended it comes last."""
+    return _outcome(source, [judge_item(item, settings) for item in source.items])
+
+
+@dataclass(slots=True)
+class ScanStats:
+    """Where a parallel run's CPU time went (for `bench/check_bench.py`): each forked worker's CPU seconds,
+    and the CPU seconds this process spent on its own share of the documents."""
+
+    worker_cpu: list[float] = field(default_factory=list)
+    own_share_cpu: float = 0.0
+
+
+PARALLEL_MIN_DOCUMENTS = 2000
+"""Below this many documents one process judges them all: starting workers would cost more than it saves."""
+
+Position = tuple[int, int]
+"""(source, item) of a document among the parsed sources."""
+
+
+def judge_all(
+    sources: Sequence[ParsedSource], settings: ScanSettings, stats: ScanStats | None = None
+) -> list[SourceOutcome]:
+    """Judge every source, in order.
+
+    With `settings.workers` > 1 and enough documents, this process and `workers - 1` forked ones judge
+    them at once: each sees the whole context (a worker inherits it) and takes the documents of some
+    namespaces, so that the index of a namespace's EnvoyFilters is built by one process only. A worker's
+    verdicts come back by position (its share is a little smaller: sending them back costs time) and
+    are put in order here; a worker that fails has its documents judged here."""
+    count = sum(len(source.items) for source in sources)
+    workers = settings.workers
+    if workers < 2 or count < PARALLEL_MIN_DOCUMENTS or not hasattr(os, "fork"):
+        return [judge_source(source, settings) for source in sources]
+    own, *shares = _shares_by_namespace(sources, workers, own_weight=OWN_SHARE_WEIGHT)
+    running = [_fork(functools.partial(_judge_share, sources, share, settings)) for share in shares]
+    started = time.process_time()
+    verdicts: dict[Position, Verdict] = dict(zip(own, _judge_share(sources, own, settings), strict=True))
+    if stats is not None:
+        stats.own_share_cpu = time.process_time() - started
+    for share, worker in zip(shares, running, strict=True):
+        result, cpu = worker.collect()
+        if stats is not None:
+            stats.worker_cpu.append(cpu)
+        if result is None:
+            logger.info("a worker failed; judging its %d documents here", len(share))
+            result = _judge_share(sources, share, settings)
+        verdicts.update(zip(share, result, strict=True))
+    return [
+        _outcome(source, [verdicts[(index, item)] for item in range(len(source.items))])
+        for index, source in enumerate(sources)
+    ]
+
+
+def _judge_share(
+    sources: Sequence[ParsedSource], share: Sequence[Position], settings: ScanSettings
+) -> list[Verdict]:
+    return [judge_item(sources[index].items[item], settings) for index, item in share]
+
+
+OWN_SHARE_WEIGHT = 1.2
+"""How much more this process takes than a forked worker, which also pickles its verdicts back."""
+
+
+def _shares_by_namespace(
+    sources: Sequence[ParsedSource], workers: int, *, own_weight: float = 1.0
+) -> list[list[Position]]:
+    """Positions of the documents, dealt to `workers` shares whole namespaces at a time: the largest
+    first, each to the share with the fewest documents so far; among namespaces of the same size in an
+    order that has nothing to do with their names (so `team-0`, `team-2`... do not all go together)."""
+    by_namespace: dict[str, list[Position]] = {}
+    for index, source in enumerate(sources):
+        for item, document in enumerate(source.items):
+            namespace = metadata_of(document.data)[0] if isinstance(document, SourceDocument) else None
+            by_namespace.setdefault(namespace or "", []).append((index, item))
+    shares: list[list[Position]] = [[] for _ in range(workers)]
+    ordered = sorted(by_namespace.items(), key=lambda entry: (-len(entry[1]), zlib.crc32(entry[0].encode())))
+    weights = [own_weight, *([1.0] * (workers - 1))]
+    for _, positions in ordered:
+        lightest = min(range(workers), key=lambda index: len(shares[index]) / weights[index])
+        shares[lightest].extend(positions)
+    total = sum(len(share) for share in shares)
+    fair = [total * weight / sum(weights) for weight in weights]
+    if all(len(share) >= 0.8 * want for share, want in zip(shares, fair, strict=True)):
+        return shares
+    # a namespace too large for one share (all filters in one namespace): cut the documents in order
+    every = [position for share in shares for position in share]
+    every.sort()
+    bounds = [0]
+    for want in fair:
+        bounds.append(bounds[-1] + round(want))
+    bounds[-1] = len(every)
+    return [every[begin:end] for begin, end in itertools.pairwise(bounds)]
+
+
+@dataclass(slots=True)
+class _Worker:
+    pid: int
+    reader: int
+
+    def collect(self) -> tuple[list[Verdict] | None, float]:
+        """The worker's verdicts (None if it failed) and its CPU seconds."""
+        chunks: list[bytes] = []
+        with os.fdopen(self.reader, "rb") as pipe:
+            while chunk := pipe.read(1 << 20):
+                chunks.append(chunk)
+        _, status, usage = os.wait4(self.pid, 0)
+        cpu = usage.ru_utime + usage.ru_stime
+        if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0 or not chunks:
+            return None, cpu
+        try:
+            verdicts: list[Verdict] = pickle.loads(b"".join(chunks))
+        except (pickle.UnpicklingError, EOFError, ValueError):
+            return None, cpu
+        return verdicts, cpu
+
+
+def _fork(work: Callable[[], list[Verdict]]) -> _Worker:
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the worker: judge, send, and leave without running the parent's cleanup
+        code = 1
+        try:
+            os.close(reader)
+            payload = pickle.dumps(work(), protocol=pickle.HIGHEST_PROTOCOL)
+            with os.fdopen(writer, "wb") as pipe:
+                pipe.write(payload)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(writer)
+    return _Worker(pid, reader)
+
+
+@contextmanager
+def collection_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while a run builds its (acyclic) documents and results:
+    with every document alive at once, each collection would walk all of them again."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            # Move what the run left to the oldest generation unscanned (freeze, then unfreeze): else the
+            # first collection after enabling walks every object the run ever made.
+            gc.freeze()
+            gc.unfreeze()
+            gc.enable()
+
+
 def check_sources(
     sources: Iterable[Source],
     settings: ScanSettings,
     *,
     stdin: BinaryIO,
     errors: Iterable[InputError] = (),
+    stats: ScanStats | None = None,
 ) -> Report:
-    """`check`: evaluate every document of every source; `errors` are earlier problems (path expansion)."""
+    """`check`: evaluate every document of every source; `errors` are earlier problems (path expansion).
+
+    Every input is read first, so that each document is judged with all of them as its context."""
     results: list[DocumentResult] = []
     problems = list(errors)
     skipped: list[SkippedInput] = []
     documents = 0
-    parsed = read_and_parse(sources, settings, stdin=stdin)
-    settings = with_context(settings, parsed_only(parsed))
-    for source in parsed:
-        if isinstance(source, InputError):
-            problems.append(source)
-            continue
-        if source.skipped is not None:
-            skipped.append(source.skipped)
-            continue
-        try:
-            for item in iter_checked(source, settings):
-                if isinstance(item, InputError):
-                    problems.append(item)
-                    continue
-                documents += 1
-                if item.evaluation is not None:
-                    results.append(locate_findings(item.document, item.evaluation.findings))
-        except InputError as exc:
-            problems.append(exc)
+    with collection_paused():
+        parsed = read_and_parse(sources, settings, stdin=stdin, fast=True)
+        settings = with_context(settings, parsed_only(parsed))
+        judged = [source for source in parsed_only(parsed) if source.skipped is None]
+        outcomes = iter(judge_all(judged, settings, stats))
+        for source in parsed:
+            if isinstance(source, InputError):
+                problems.append(source)
+                continue
+            if source.skipped is not None:
+                skipped.append(source.skipped)
+                continue
+            outcome = next(outcomes)
+            results.extend(outcome.results)
+            problems.extend(outcome.problems)
+            documents += outcome.documents
     return Report(tuple(results), tuple(problems), documents, tuple(skipped), strict=settings.strict)

@@ -22,6 +22,7 @@ from typing import Any, BinaryIO, Protocol
 
 import yaml
 
+from cli.rapidparse import StreamLines, parse_stream
 from policies import split_pointer
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,9 @@ class InputError(Exception):
         super().__init__(f"{file}: {reason}")
         self.file = file
         self.reason = reason
+
+    def __reduce__(self) -> tuple[type[InputError], tuple[str, str]]:
+        return InputError, (self.file, self.reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,17 +279,43 @@ def template_line(text: str) -> int | None:
     return None if found is None else text.count("\n", 0, found.start()) + 1
 
 
-def iter_documents(source: Source, text: str) -> Iterator[SourceDocument | InputError]:
+@dataclass(frozen=True, slots=True)
+class RapidLocator:
+    """Lines of one document read by the fast path (`cli.rapidparse`), computed when first asked for."""
+
+    lines: StreamLines
+    position: int
+
+    def line_of(self, pointer: str) -> int:
+        tokens = split_pointer(pointer)
+        line = self.lines.line_of(self.position, tokens)
+        if line is not None:
+            return line
+        if self.lines.fallback is None:
+            text = self.lines.raw.decode("utf-8")
+            self.lines.fallback = list(yaml.compose_all(text, Loader=yaml.CSafeLoader))
+        roots = self.lines.fallback
+        return locate_line(roots[self.position], tokens) if self.position < len(roots) else 1
+
+
+def iter_documents(source: Source, text: str, *, fast: bool = False) -> Iterator[SourceDocument | InputError]:
     """The mapping documents of one source, in order.
 
     A document that cannot be used (not a mapping, a bad `List` item) is yielded as an `InputError` and
     the stream goes on; a syntax error ends the stream by raising `InputError` (nothing after it can be
-    trusted). Empty documents are skipped.
+    trusted). Empty documents are skipped. `fast` lets rapidyaml read YAML when its result is provably
+    libyaml's (`cli.rapidparse`); line numbers then come from rapidyaml too, and only when asked for.
     """
     if source.is_json or (source.path is None and text.lstrip()[:1] in ("{", "[")):
         parsed = _parse_json(source, text)
         if parsed is not None:
             yield from _documents_of(source.name, 0, parsed, JsonLocator(text))
+            return
+    if fast:
+        documents = parse_stream(text)
+        if documents is not None:
+            for data, lines, position in documents:
+                yield from _documents_of(source.name, position, data, RapidLocator(lines, position))
             return
     yield from _iter_yaml(source, text)
 

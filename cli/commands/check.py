@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -70,9 +71,22 @@ def build_scan_settings(args: argparse.Namespace) -> ScanSettings:
     policy = load_policy_file(args.policy)
     resolver_settings = resolver_settings_from_args(args)
     resolver = build_resolver(resolver_settings)
+    offline = resolver_settings.kubeconfig is None and not resolver_settings.in_cluster
     return ScanSettings(
-        policy=policy, resolver=resolver, declared=resolver_settings.services, strict=bool(args.strict)
+        policy=policy,
+        resolver=resolver,
+        declared=resolver_settings.services,
+        strict=bool(args.strict),
+        workers=available_cores() if offline else 1,
     )
+
+
+def available_cores() -> int:
+    """The CPUs this process may run on (a live resolver's connections are never shared with workers)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - platforms without affinity
+        return os.cpu_count() or 1
 
 
 def print_skipped(skipped: Iterable[SkippedInput], *, strict: bool) -> None:

@@ -1,0 +1,262 @@
+"""The fast way to read a YAML stream for `check`: rapidyaml parses, and only libyaml's answer is accepted.
+
+rapidyaml (C++) parses a stream several times faster than libyaml builds PyYAML objects. Its JSON output of
+each document, loaded by the `json` module, is taken only when it is provably what PyYAML's safe loader
+gives for the same text; otherwise `parse_stream` returns None and the caller reads the text with libyaml,
+so results (and error messages) never depend on which parser ran:
+
+- text with anchors, aliases, tags, merge keys, directives, complex keys or tabs goes to libyaml;
+- rapidyaml writes a plain scalar that YAML 1.1 resolves to a bool, null or number as JSON `true`,
+  `null`, `8080`; a number is kept only when PyYAML's own int or float pattern matches its text;
+- a JSON string whose text a YAML 1.1 resolver would turn into something else (`"yes"`, `"0x1F"`,
+  `"2001-12-14"`, `"~"`) may have been plain in the source, where PyYAML reads it differently: such a
+  stream goes to libyaml too.
+
+Line numbers are computed only when a finding asks for one: the stream is parsed again by rapidyaml and
+the node's byte offset (of its key, or of its value) is turned into a line.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ctypes
+import json
+import os
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from yaml.resolver import Resolver
+
+_NONE: Final = 2**64 - 1
+"""rapidyaml's "no node" id (`ryml.NONE`) as the bindings return it."""
+
+_NODE_PROPERTY: Final = re.compile(r"(?<![^\s\[\{,])[&*!][^\s,\]\}]")
+"""An anchor, alias or tag: `&name`, `*name`, `!tag` where a node may start."""
+_DIRECTIVE_OR_COMPLEX_KEY: Final = re.compile(r"^(?:%|[ -]*\?(?:\s|$))", re.MULTILINE)
+_WORDS: Final = "yes|Yes|YES|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF|~|null|Null|NULL"
+_CANDIDATE: Final = re.compile(f'"(?:(?:{_WORDS}|<<|=|!|&|\\*)"|[-+.0-9][^"\\\\]*")')
+"""A JSON string that may be a YAML 1.1 bool, null, merge or value key, or (checked further) a number or a
+timestamp: what PyYAML's implicit resolvers other than str match starts like one of these."""
+
+
+_UNUSUAL_CHARACTER: Final = re.compile(
+    "[^\x0a\x0d\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]"
+)
+"""Tabs, control characters (which libyaml refuses), YAML 1.1's other line breaks (NEL, U+2028, U+2029)
+and byte-order marks: the two parsers may disagree on them."""
+
+
+def _needs_libyaml(text: str) -> bool:
+    """Constructs whose JSON form is not PyYAML's data, or that only libyaml words errors for."""
+    if "<<" in text or _UNUSUAL_CHARACTER.search(text):
+        return True
+    if ("&" in text or "*" in text or "!" in text) and _NODE_PROPERTY.search(text):
+        return True
+    return ("%" in text or "?" in text) and _DIRECTIVE_OR_COMPLEX_KEY.search(text) is not None
+
+
+def _resolves_to_non_string(text: str) -> bool:
+    for tag, regexp in Resolver.yaml_implicit_resolvers.get(text[:1], ()):
+        if not tag.endswith(":str") and regexp.match(text):
+            return True
+    return False
+
+
+_INT: Final = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
+_FLOAT: Final = next(
+    regexp for tag, regexp in Resolver.yaml_implicit_resolvers["1"] if tag.endswith(":float")
+)
+
+
+class _NotTheSame(Exception):
+    """rapidyaml's reading of a scalar may differ from PyYAML's."""
+
+
+def _parse_int(text: str) -> int:
+    if not _INT.fullmatch(text):
+        raise _NotTheSame(text)
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    if not _FLOAT.match(text):
+        raise _NotTheSame(text)
+    return float(text)
+
+
+def _parse_constant(text: str) -> Any:
+    raise _NotTheSame(text)
+
+
+def _has_ambiguous_string(encoded: str) -> bool:
+    """Whether a string of the JSON may have been a plain scalar PyYAML reads as something else."""
+    for match in _CANDIDATE.finditer(encoded):
+        found = match.group()
+        if found[1:2] not in "-+.0123456789" or _resolves_to_non_string(found[1:-1]):
+            return True
+    return False
+
+
+def parse_stream(text: str) -> list[tuple[Any, StreamLines, int]] | None:
+    """Every document of the stream as (data, line finder, position), or None: let libyaml read it."""
+    if _needs_libyaml(text):
+        return None
+    try:
+        import ryml  # type: ignore[import-untyped]
+    except ImportError:  # pragma: no cover - a declared dependency
+        return None
+    raw = text.encode("utf-8")
+    try:
+        with _stderr_silenced():
+            tree = ryml.parse_in_arena(raw)
+    except Exception:  # rapidyaml's own exception types: libyaml reads it and words the error
+        return None
+    lines = StreamLines(raw)
+    documents: list[tuple[Any, StreamLines, int]] = []
+    for position, node in enumerate(_document_nodes(ryml, tree)):
+        encoded = ryml.emit_json_malloc(tree, node)
+        if encoded is None or _has_ambiguous_string(encoded):
+            return None
+        try:
+            data = json.loads(
+                encoded, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant
+            )
+        except (_NotTheSame, ValueError, RecursionError):
+            return None
+        documents.append((data, lines, position))
+    return documents
+
+
+@contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """rapidyaml prints a parse error on file descriptor 2 before it raises; libyaml words it for us."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # pragma: no cover - no stderr at all
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _document_nodes(ryml: Any, tree: Any) -> list[int]:
+    root = tree.root_id()
+    if tree.is_stream(root):
+        return list(ryml.children(tree, root))
+    if tree.type_str(root) == "NOTYPE":
+        return []
+    return [root]
+
+
+class _PyBuffer(ctypes.Structure):
+    _fields_ = (
+        ("buf", ctypes.c_void_p),
+        ("obj", ctypes.py_object),
+        ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t),
+        ("readonly", ctypes.c_int),
+        ("ndim", ctypes.c_int),
+        ("format", ctypes.c_char_p),
+        ("shape", ctypes.c_void_p),
+        ("strides", ctypes.c_void_p),
+        ("suboffsets", ctypes.c_void_p),
+        ("internal", ctypes.c_void_p),
+    )
+
+
+def _address(view: Any) -> int:
+    """The memory address a (read-only) buffer starts at."""
+    buffer = _PyBuffer()
+    get = ctypes.pythonapi.PyObject_GetBuffer
+    get.argtypes = (ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int)
+    release = ctypes.pythonapi.PyBuffer_Release
+    release.argtypes = (ctypes.POINTER(_PyBuffer),)
+    get(view, ctypes.byref(buffer), 0)
+    try:
+        return int(buffer.buf or 0)
+    finally:
+        release(ctypes.byref(buffer))
+
+
+@dataclass(slots=True)
+class StreamLines:
+    """Lines of a stream's nodes, found by parsing it again (in place) when a finding first needs one."""
+
+    raw: bytes
+    _tree: Any = field(default=None, init=False)
+    _buffer: bytearray | None = field(default=None, init=False)
+    _base: int = field(default=0, init=False)
+    _newlines: list[int] = field(default_factory=list, init=False)
+    _documents: list[int] = field(default_factory=list, init=False)
+    _last: tuple[int, Sequence[str], list[int]] = field(default=(-1, (), []), init=False)
+    fallback: list[Any] | None = field(default=None, init=False)
+    """libyaml's node trees of the stream, for the rare node rapidyaml has no position for."""
+
+    def line_of(self, position: int, tokens: Sequence[str]) -> int | None:
+        """1-based line of the node at `tokens` in document `position` (or of its deepest ancestor);
+        None when rapidyaml keeps no position for that node (an empty collection without a key)."""
+        import ryml
+
+        tree = self._parsed(ryml)
+        # the findings of a document come one after another and share most of their paths: start from
+        # the longest prefix of the last walk
+        last_position, last_tokens, last_path = self._last
+        path = [self._documents[position]]
+        if last_position == position:
+            for token, last_token, node in zip(tokens, last_tokens, last_path[1:], strict=False):
+                if token != last_token:
+                    break
+                path.append(node)
+        for token in tokens[len(path) - 1 :]:
+            node = path[-1]
+            if tree.is_map(node):
+                child = tree.find_child(node, token.encode("utf-8"))
+            elif tree.is_seq(node) and token.isdigit() and int(token) < tree.num_children(node):
+                child = tree.child(node, int(token))
+            else:
+                break
+            if child == _NONE:
+                break
+            path.append(child)
+        self._last = (position, tokens, path)
+        return self._line_of_node(tree, path[-1])
+
+    def release(self) -> None:
+        """Drop the parse (the next `line_of` parses again)."""
+        self._tree = self._buffer = None
+        self._last = (-1, (), [])
+
+    def _parsed(self, ryml: Any) -> Any:
+        if self._tree is None:
+            self._buffer = bytearray(self.raw)
+            self._tree = ryml.parse_in_place(self._buffer)
+            self._base = _address(memoryview(self._buffer))
+            self._documents = _document_nodes(ryml, self._tree)
+            if not self._newlines:
+                self._newlines = [match.start() for match in re.finditer(b"\n", self.raw)]
+        return self._tree
+
+    def _line_of_node(self, tree: Any, node: int) -> int | None:
+        """A member's line is its key's; a value's its text's; a collection's its first member's."""
+        while True:
+            if tree.has_key(node) and len(tree.key(node)):
+                return self._line_at(tree.key(node))
+            if tree.has_val(node) and len(tree.val(node)):
+                return self._line_at(tree.val(node))
+            if not tree.has_children(node):
+                return None
+            node = tree.first_child(node)
+
+    def _line_at(self, view: Any) -> int | None:
+        offset = _address(view) - self._base
+        if not 0 <= offset <= len(self.raw):
+            return None
+        return bisect.bisect_left(self._newlines, offset) + 1
