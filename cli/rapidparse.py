@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import ctypes
+import functools
 import json
 import os
 import re
@@ -172,18 +173,31 @@ class _PyBuffer(ctypes.Structure):
     )
 
 
-def _address(view: Any) -> int:
-    """The memory address a (read-only) buffer starts at."""
-    buffer = _PyBuffer()
+@functools.cache
+def _buffer_api() -> tuple[Any, Any]:
+    """`PyObject_GetBuffer` and `PyBuffer_Release`, typed once."""
     get = ctypes.pythonapi.PyObject_GetBuffer
     get.argtypes = (ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int)
+    get.restype = ctypes.c_int
     release = ctypes.pythonapi.PyBuffer_Release
     release.argtypes = (ctypes.POINTER(_PyBuffer),)
-    get(view, ctypes.byref(buffer), 0)
+    release.restype = None
+    return get, release
+
+
+def _address(view: Any, buffer: _PyBuffer | None = None) -> int:
+    """The memory address a (read-only) buffer starts at."""
+    get, release = _buffer_api()
+    buffer = buffer if buffer is not None else _PyBuffer()
+    reference = ctypes.byref(buffer)
+    get(view, reference, 0)
     try:
         return int(buffer.buf or 0)
     finally:
-        release(ctypes.byref(buffer))
+        release(reference)
+
+
+_ANCHOR_SPACING: Final = 2048
 
 
 @dataclass(slots=True)
@@ -194,7 +208,11 @@ class StreamLines:
     _tree: Any = field(default=None, init=False)
     _buffer: bytearray | None = field(default=None, init=False)
     _base: int = field(default=0, init=False)
-    _newlines: list[int] = field(default_factory=list, init=False)
+    _scratch: _PyBuffer = field(default_factory=_PyBuffer, init=False)
+    _starts: dict[int, int | None] = field(default_factory=dict, init=False)
+    _anchors: list[int] = field(default_factory=lambda: [0], init=False)
+    """Byte offsets whose line is known (`_anchor_lines`), sorted: a line is counted from the nearest."""
+    _anchor_lines: list[int] = field(default_factory=lambda: [1], init=False)
     _documents: list[int] = field(default_factory=list, init=False)
     _last: tuple[int, Sequence[str], list[int]] = field(default=(-1, (), []), init=False)
     fallback: list[Any] | None = field(default=None, init=False)
@@ -205,6 +223,8 @@ class StreamLines:
         None when rapidyaml keeps no position for that node (an empty collection without a key)."""
         import ryml
 
+        if not tokens and position in self._starts:
+            return self._starts[position]
         tree = self._parsed(ryml)
         # the findings of a document come one after another and share most of their paths: start from
         # the longest prefix of the last walk
@@ -227,7 +247,10 @@ class StreamLines:
                 break
             path.append(child)
         self._last = (position, tokens, path)
-        return self._line_of_node(tree, path[-1])
+        line = self._line_of_node(tree, path[-1])
+        if not tokens:
+            self._starts[position] = line
+        return line
 
     def release(self) -> None:
         """Drop the parse (the next `line_of` parses again)."""
@@ -240,8 +263,6 @@ class StreamLines:
             self._tree = ryml.parse_in_place(self._buffer)
             self._base = _address(memoryview(self._buffer))
             self._documents = _document_nodes(ryml, self._tree)
-            if not self._newlines:
-                self._newlines = [match.start() for match in re.finditer(b"\n", self.raw)]
         return self._tree
 
     def _line_of_node(self, tree: Any, node: int) -> int | None:
@@ -256,7 +277,18 @@ class StreamLines:
             node = tree.first_child(node)
 
     def _line_at(self, view: Any) -> int | None:
-        offset = _address(view) - self._base
+        offset = _address(view, self._scratch) - self._base
         if not 0 <= offset <= len(self.raw):
             return None
-        return bisect.bisect_left(self._newlines, offset) + 1
+        return self._line_at_offset(offset)
+
+    def _line_at_offset(self, offset: int) -> int:
+        """Newlines are counted from the nearest known offset before this one, which is remembered when
+        it is far: the findings of a document are close to each other, documents follow each other."""
+        index = bisect.bisect_right(self._anchors, offset) - 1
+        anchor = self._anchors[index]
+        line = self._anchor_lines[index] + self.raw.count(b"\n", anchor, offset)
+        if offset - anchor > _ANCHOR_SPACING:
+            self._anchors.insert(index + 1, offset)
+            self._anchor_lines.insert(index + 1, line)
+        return line
