@@ -66,8 +66,8 @@ def run_render(args: argparse.Namespace) -> int:
     # The renderer and the YAML loader load here, not when the CLI lists its commands.
     import yaml
 
-    from policies.render import render_gateway
     from cli.sources import InputError
+    from policies.render import render_gateway
 
     try:
         envoy_filter = load_envoy_filter(args.file)
