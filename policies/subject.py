@@ -391,6 +391,8 @@ class Subject:
             pool = self.context.pool_of(ref) if ref is not None else None
             if pool is not None:
                 return pool
+        if not self.context.inference_pools:
+            return None  # no pool to find (and the path's neighbours cost a pass over the namespace)
         for owner, neighbour in self.path_neighbours():
             target = neighbour if isinstance(neighbour, FilterPiece) else neighbour.target
             if target is not None:
@@ -411,7 +413,8 @@ class Subject:
             return ProfileChoice(GIE_EPP, f"its Service is the endpoint picker of InferencePool {pool}")
         if any(_full_duplex(site) for site in self.epp.mode_sites):
             return ProfileChoice(GIE_EPP, "the filter is already in FULL_DUPLEX_STREAMED form")
-        for owner, neighbour in self.path_neighbours():
+        full_duplex = self.workload.has_any(_piece_full_duplex)
+        for owner, neighbour in self.path_neighbours() if full_duplex else ():
             if _full_duplex(neighbour.mode_site):
                 return ProfileChoice(
                     GIE_EPP, f"its path is already in FULL_DUPLEX_STREAMED form (envoyfilter/{owner.name})"
@@ -424,3 +427,7 @@ class Subject:
 
 def _full_duplex(site: ModeSite | None) -> bool:
     return site is not None and site.mode is not None and BODY_FULL_DUPLEX in site.mode.values()
+
+
+def _piece_full_duplex(piece: FilterPiece | RoutePiece) -> bool:
+    return _full_duplex(piece.mode_site)

@@ -208,6 +208,12 @@ class Workload:
         entries = self.index.routes_by_filter.get(filter_name, ())
         return self._any_visible(self.index.positions(("route", filter_name, test), entries, test))
 
+    def has_any(self, test: Callable[[FilterPiece | RoutePiece], bool]) -> bool:
+        """Whether any filter or per-route override of the neighbours passes `test` (as `has_filter`)."""
+        filters = self.index.positions(("any-filter", test), self.index.filters, test)
+        routes = self.index.positions(("any-route", test), self.index.routes, test)
+        return self._any_visible(filters) or self._any_visible(routes)
+
     def _any_visible(self, positions: tuple[int, ...]) -> bool:
         return any(position not in self.excluded for position in positions)
 
