@@ -104,6 +104,7 @@ class Processor:
         self._subsets = SubsetReader()
         self._pass = {kind: responses.build_pass_through(kind).SerializeToString() for kind in MESSAGE_KINDS}
         self._tally = metrics.tally
+        self._lines: list[tuple[str, tuple[object, ...]]] = []  # per-request lines not written yet
 
     def rpc_handler(self) -> grpc.GenericRpcHandler:
         """The generic handler for `Process`; messages stay bytes until this class parses them."""
@@ -285,8 +286,7 @@ class Processor:
         tally.decisions[outcome] += 1
         tally.latency.observe(elapsed / 1e9)
         if outcome == PICKED:
-            log_info(
-                logger,
+            self._log(
                 "decision request_id=%s method=%s path=%s model=%s endpoint=%s outcome=%s decision_us=%d",
                 stream.request_id,
                 stream.method,
@@ -297,8 +297,7 @@ class Processor:
                 elapsed // 1000,
             )
         else:
-            log_info(
-                logger,
+            self._log(
                 "decision request_id=%s method=%s path=%s model=%s endpoint=%s outcome=%s decision_us=%d"
                 " reason=%r",
                 stream.request_id,
@@ -343,6 +342,7 @@ class Processor:
             stream.model = document["model"]
 
     def _note_unexpected(self, stream: ProcessStream, kind: str, why: str) -> None:
+        self.write_log()  # the lines before this warning stay before it
         self._metrics.unexpected.labels(kind).inc()
         logger.warning("unexpected message request_id=%s kind=%s detail=%r", stream.request_id, kind, why)
 
@@ -351,8 +351,7 @@ class Processor:
         tally = self._tally
         tally.open -= 1
         tally.streams[outcome] += 1
-        log_info(
-            logger,
+        self._log(
             "stream request_id=%s method=%s path=%s model=%s endpoint=%s served=%s outcome=%s messages=%s"
             " duration_us=%d",
             stream.request_id,
@@ -365,3 +364,23 @@ class Processor:
             ",".join(stream.kinds) or "-",
             (time.perf_counter_ns() - stream.started) // 1000,
         )
+
+    def _log(self, message: str, *args: object) -> None:
+        """An INFO line per decision or stream, written once the answers in hand are out: the event loop
+        writes the lines queued in one callback (one read of the connection) right after that callback,
+        so formatting them never delays an answer. Without a running loop the line is written now."""
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        if not self._lines:
+            try:
+                asyncio.get_running_loop().call_soon(self.write_log)
+            except RuntimeError:
+                log_info(logger, message, *args)
+                return
+        self._lines.append((message, args))
+
+    def write_log(self) -> None:
+        """Write the queued per-request lines now (also what the loop runs after each callback)."""
+        lines, self._lines = self._lines, []
+        for message, args in lines:
+            log_info(logger, message, *args)

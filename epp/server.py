@@ -135,6 +135,7 @@ class EppServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        self.processor.write_log()  # the lines of the streams the stop ended
 
     async def _start_metrics(self) -> None:
         async def metrics(_: web.Request) -> web.Response:
