@@ -247,6 +247,10 @@ class Informer(Generic[K, T]):
         with self._lock:
             return self._known.get(key)
 
+    def size(self) -> int:
+        with self._lock:
+            return len(self._known)
+
     # -- lifecycle -----------------------------------------------------------------------------------
     def start(self) -> None:
         if self._thread is not None:
