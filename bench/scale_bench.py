@@ -397,7 +397,7 @@ def measure_webhook(
         time.sleep(1.0)  # let the last list's garbage go before taking the resident size
         rss_ready = memory_kib(process.pid)["VmRSS"] / 1024
         runs: dict[str, list[Run]] = {mode: [] for mode in MODES}
-        for mode, body in bodies.items():
+        for body in bodies.values():
             run_wrk(server, "/mutate", body, script, connections=16, seconds=2)  # warm up
         for _ in range(rounds):
             for mode, body in bodies.items():
@@ -481,69 +481,102 @@ def measure_size(size: int, args: argparse.Namespace, folder: Path) -> SizeResul
         info = plane.start()
         install_crds(info.kubectl, info.bin_dir / "crds")
         api = Api(info)
-        print(f"N = {size:,}: populating ({size // 10:,} namespaces, {2 * size:,} Services, {size:,} EnvoyFilters)",
-              flush=True)  # fmt: skip
+        what = f"{size // 10:,} namespaces, {2 * size:,} Services, {size:,} EnvoyFilters"
+        print(f"N = {size:,}: creating {what} with {args.threads} concurrent requests", flush=True)
         population = populate(api, size, threads=args.threads)
-        print(
-            f"  mix: {', '.join(f'{k} {v}' for k, v in sorted(population.counts.items()) if k in list(Kind))}"
-        )
-        print(f"  load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; webhook", flush=True)
+        total = sum(population.seconds.values())
+        mix = ", ".join(f"{kind} {population.counts[kind]}" for kind in Kind if kind in population.counts)
+        print(f"  created in {total:.0f} s; mix: {mix}")
+        print(f"  load average {load_average()}; webhook", flush=True)
         webhook = measure_webhook(info, population, folder, rounds=args.rounds, duration=args.duration)
-        print(f"    ready {webhook.ready_seconds:.1f} s, RSS {webhook.rss_ready_mib:.0f} MiB at ready, "
-              f"{webhook.rss_after_mib:.0f} MiB after load (peak {webhook.peak_mib:.0f}); GC: {webhook.gc}",
-              flush=True)  # fmt: skip
+        print(
+            f"    ready {webhook.ready_seconds:.1f} s, RSS {webhook.rss_ready_mib:.0f} MiB at ready, "
+            f"{webhook.rss_after_mib:.0f} MiB after the load (peak {webhook.peak_mib:.0f} MiB); "
+            f"GC {webhook.gc}",
+            flush=True,
+        )
         reconciles = []
         for index in range(args.rounds):
             if index:
                 put_back_bad_filters(api, population, threads=args.threads)
             run = measure_reconcile(api, info, population, folder, index)
             reconciles.append(run)
-            print(f"  reconcile --once: audit {run.audit_seconds:.1f} s (command {run.total_seconds:.1f} s), "
-                  f"peak RSS {run.peak_mib:.0f} MiB, {run.objects} objects, wrote {run.written} EnvoyFilters "
-                  f"({run.written_bad} of {len(population.bad)} bad, {run.written_other} others), "
-                  f"{run.events} Events, exit {run.exit_code}", flush=True)  # fmt: skip
+            print(
+                f"  reconcile --once: audit {run.audit_seconds:.1f} s (command {run.total_seconds:.1f} s), "
+                f"peak RSS {run.peak_mib:.1f} MiB, {run.objects} objects, wrote {run.written} EnvoyFilters "
+                f"({run.written_bad} of {len(population.bad)} bad ones, {run.written_other} others) and "
+                f"{run.events} Events, exit {run.exit_code}",
+                flush=True,
+            )
         return SizeResult(size, population, webhook, reconciles)
     finally:
-        if args.keep:
-            print(f"  kept {plane.work_dir}")
         plane.stop()
 
 
-def spread(values: list[float], unit: str, digits: int = 1) -> str:
-    low, high = min(values), max(values)
-    median = statistics.median(values)
-    if len(values) == 1 or round(low, digits) == round(high, digits):
-        return f"{median:.{digits}f} {unit}"
-    return f"{median:.{digits}f} {unit} ({low:.{digits}f}–{high:.{digits}f})"
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def spread(values: list[float], digits: int = 1) -> str:
+    """The median, and the range when the values differ."""
+    low, high, median = min(values), max(values), statistics.median(values)
+    if round(low, digits) == round(high, digits):
+        return f"{median:.{digits}f}"
+    return f"{median:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})"
 
 
 def report(results: list[SizeResult]) -> None:
-    print("\nN: webhook ready, RSS | /mutate c16 p50 / p99 (distinct objects; same object) | reconcile audit, "
-          "peak RSS, EnvoyFilters written")  # fmt: skip
-    for r in results:
-        distinct, same = r.webhook.runs["distinct"], r.webhook.runs["same"]
-        print(
-            f"{r.size:<7,} {r.webhook.ready_seconds:4.1f} s {r.webhook.peak_mib:4.0f} MiB | "
-            f"{spread([x.p50_ms for x in distinct], 'ms', 2)} / {spread([x.p99_ms for x in distinct], 'ms', 2)}; "
-            f"{spread([x.p50_ms for x in same], 'ms', 2)} / {spread([x.p99_ms for x in same], 'ms', 2)} | "
-            f"{spread([x.audit_seconds for x in r.reconciles], 's')}   "
-            f"{spread([x.peak_mib for x in r.reconciles], 'MiB', 0)}   "
-            f"{statistics.median([x.written for x in r.reconciles]):.0f} of {len(r.population.bad)} bad"
-        )
-    if len(results) >= 2:
-        small, large = results[0], results[-1]
-        thousands = (large.size - small.size) / 1000
-        webhook = (large.webhook.peak_mib - small.webhook.peak_mib) / thousands
-        reconcile = (
-            statistics.median(x.peak_mib for x in large.reconciles)
-            - statistics.median(x.peak_mib for x in small.reconciles)
-        ) / thousands
-        audit = (
-            statistics.median(x.audit_seconds for x in large.reconciles)
-            - statistics.median(x.audit_seconds for x in small.reconciles)
-        ) / thousands
-        print(f"growth per 1,000 filters (with 2,000 Services): webhook RSS {webhook:.2f} MiB, reconciler peak RSS "
-              f"{reconcile:.2f} MiB, audit {audit:.2f} s")  # fmt: skip
+    """One row per size (medians, ranges in brackets), then the growth per 1,000 filters."""
+    print("\nmedians (range over the rounds); MiB = 2^20 bytes")
+
+    def webhook(mode: str, field: str, digits: int = 1) -> Callable[[SizeResult], str]:
+        return lambda r: spread([getattr(x, field) for x in r.webhook.runs[mode]], digits)
+
+    def reconcile(field: str) -> Callable[[SizeResult], str]:
+        return lambda r: spread([getattr(x, field) for x in r.reconciles])
+
+    def rss_and_peak(r: SizeResult) -> str:
+        return f"{r.webhook.rss_after_mib:.0f} ({r.webhook.peak_mib:.0f})"
+
+    def written(r: SizeResult) -> str:
+        return f"{max(x.written for x in r.reconciles)} / {len(r.population.bad)}"
+
+    rows: list[tuple[str, Callable[[SizeResult], str]]] = [
+        ("webhook ready, s", lambda r: f"{r.webhook.ready_seconds:.1f}"),
+        ("webhook RSS after the load (peak), MiB", rss_and_peak),
+        ("/mutate c16 p50, ms (distinct objects)", webhook("distinct", "p50_ms")),
+        ("/mutate c16 p99, ms (distinct objects)", webhook("distinct", "p99_ms")),
+        ("/mutate c16 p50, ms (same object)", webhook("same", "p50_ms", 2)),
+        ("/mutate c16 p99, ms (same object)", webhook("same", "p99_ms", 2)),
+        ("reconcile audit, s", reconcile("audit_seconds")),
+        ("reconcile peak RSS, MiB", reconcile("peak_mib")),
+        ("EnvoyFilters written / bad", written),
+        ("of them not bad", lambda r: f"{max(x.written_other for x in r.reconciles)}"),
+    ]  # fmt: skip
+    print(f"{'':<40}" + "".join(f"{f'N = {r.size:,}':>22}" for r in results))
+    for label, cell in rows:
+        print(f"{label:<40}" + "".join(f"{cell(r):>22}" for r in results))
+    if len(results) < 2:
+        return
+    small, large = results[0], results[-1]
+    thousands = (large.size - small.size) / 1000
+
+    def growth(value: Callable[[SizeResult], float]) -> float:
+        return (value(large) - value(small)) / thousands
+
+    def median_peak(r: SizeResult) -> float:
+        return statistics.median(x.peak_mib for x in r.reconciles)
+
+    def median_audit(r: SizeResult) -> float:
+        return statistics.median(x.audit_seconds for x in r.reconciles)
+
+    webhook_growth = growth(lambda r: r.webhook.rss_after_mib)
+    print(
+        f"growth per 1,000 EnvoyFilters (and 2,000 Services): webhook RSS after the load "
+        f"{webhook_growth:.2f} MiB, "
+        f"reconciler peak RSS {growth(median_peak):.2f} MiB ({growth(median_peak) * 1.048576:.2f} MB), "
+        f"audit {growth(median_audit):.2f} s"
+    )
 
 
 def main() -> int:
@@ -553,8 +586,8 @@ def main() -> int:
     parser.add_argument("--sizes", default="1000,10000", help="numbers of EnvoyFilters (default 1000,10000)")
     parser.add_argument("--rounds", type=int, default=3, help="wrk rounds and reconcile runs per size")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk round (default 10)")
-    parser.add_argument("--threads", type=int, default=16, help="concurrent creates (default 16)")
-    parser.add_argument("--keep", action="store_true", help="print the work folder (logs) before removing it")
+    parser.add_argument("--threads", type=int, default=64, help="concurrent creates (default 64)")
+    parser.add_argument("--logs", type=Path, metavar="DIR", help="keep the servers' logs in DIR")
     args = parser.parse_args()
     bin_dir = find_bin_dir()
     missing = missing_binaries(bin_dir) + missing_crd_files(bin_dir)
@@ -565,20 +598,20 @@ def main() -> int:
         print("scale_bench: wrk is not on PATH", file=sys.stderr)
         return 2
     sizes = [int(x) for x in args.sizes.split(",") if x]
-    print(f"cpus {os.cpu_count()}, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    print(f"cpus {os.cpu_count()}, load average {load_average()}", flush=True)
     results = []
     with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp:
         for size in sizes:
             folder = Path(tmp) / str(size)
             folder.mkdir()
             results.append(measure_size(size, args, folder))
-            if args.keep:
-                kept = Path(tempfile.mkdtemp(prefix=f"scale-bench-logs-{size}-"))
+            if args.logs is not None:
+                kept = args.logs / str(size)
+                kept.mkdir(parents=True, exist_ok=True)
                 for log in folder.glob("*.log"):
                     shutil.copy(log, kept / log.name)
-                print(f"  logs kept in {kept}")
     report(results)
-    print(f"load average after {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load average after {load_average()}")
     return 0
 
 

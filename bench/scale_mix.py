@@ -33,6 +33,7 @@ EPP_PORT = 9002
 BBR_PORT = 9004
 APP_PORT = 8080
 OPERATOR = "llm-d-operator"
+PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
 
 
 class Kind(StrEnum):
@@ -343,7 +344,7 @@ def _epp_bad(slot: Slot) -> dict[str, Any]:
             "value": {
                 "typed_per_filter_config": {
                     "envoy.filters.http.ext_proc": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
+                        "@type": PER_ROUTE,
                         "overrides": {"processing_mode": dict(mode)},
                     }
                 }

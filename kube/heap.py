@@ -16,6 +16,13 @@ the long-lived objects out of the collector's way:
 - `start()` also sets generation thresholds for a long-lived server (young collections a little less
   often; full collections only after many promotions, and cheap ones since the long-lived objects are
   frozen); `stop()` restores the previous thresholds and unfreezes, so the process's collector is as it was.
+- With glibc, `start()` fixes two of malloc's settings (`mallopt`): blocks from 128 KiB up always get their
+  own mapping, returned to the system when freed (by default glibc raises that threshold after the first
+  such block is freed, so every later list page, a megabyte or more, is carved out of the heap, which the
+  small objects the caches keep then pin), and at most two malloc arenas for the process's threads (each
+  informer thread would otherwise get an arena of its own, each holding its own high-water mark). Together
+  they take about ten megabytes off a process that lists thousands of objects; they last for the process.
+  A settle also gives free heap memory back (`malloc_trim`).
 
 Pause times are observed elsewhere (`gc.callbacks`, e.g. the webhook's metrics); `Heap` counts its own
 settles and their duration.
@@ -24,12 +31,14 @@ settles and their duration.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +54,22 @@ class GcThresholds:
 
 
 SERVER_THRESHOLDS = GcThresholds()
+
+M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
+MMAP_THRESHOLD_BYTES = 128 * 1024
+ARENA_MAX = 2
+
+
+def _glibc() -> Any:
+    """The C library's `mallopt` and `malloc_trim`, or None when it is not glibc (musl, macOS)."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 class Heap:
@@ -62,6 +87,7 @@ class Heap:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending = False
         self._saved: tuple[int, int, int] | None = None
+        self._libc: Any = None
         self.settles = 0
         self.settle_seconds = 0.0
         self.last_settle_seconds = 0.0
@@ -78,6 +104,11 @@ class Heap:
             if self._thresholds is not None and self._saved is None:
                 self._saved = gc.get_threshold()
                 gc.set_threshold(self._thresholds.young, self._thresholds.middle, self._thresholds.full)
+            if self._libc is None:
+                self._libc = _glibc()
+                if self._libc is not None:
+                    self._libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+                    self._libc.mallopt(M_ARENA_MAX, ARENA_MAX)
 
     def stop(self) -> None:
         """Restore the thresholds (unless someone changed them since) and unfreeze: the process's collector
@@ -115,6 +146,8 @@ class Heap:
             started = self._clock()
             gc.collect()
             gc.freeze()
+            if self._libc is not None:
+                self._libc.malloc_trim(0)
             seconds = self._clock() - started
             self.settles += 1
             self.settle_seconds += seconds

@@ -24,7 +24,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -154,11 +154,13 @@ class ServiceCache:
 
         return unsubscribe
 
-    def _notify(self, changes: list[tuple[ServiceRef, ServiceAddress | None, ServiceAddress | None]]) -> None:
-        if not changes:
-            return
+    def _notify(
+        self, changes: Iterable[tuple[ServiceRef, ServiceAddress | None, ServiceAddress | None]]
+    ) -> None:
         with self._lock:
             callbacks = list(self._subscribers.values())
+        if not callbacks:
+            return
         for ref, old, new in changes:
             for callback in callbacks:
                 try:
@@ -221,7 +223,7 @@ class ServiceCache:
             self._after_list()
         self._synced.set()
         logger.info("service cache listed services=%d resource_version=%s", len(services), version)
-        self._notify([moved for change in changes if (moved := _address_change(change)) is not None])
+        self._notify(moved for change in changes if (moved := _address_change(change)) is not None)
 
     def _apply(self, change: Change[ServiceRef, Entry], version: str) -> None:
         with self._lock:

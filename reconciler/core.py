@@ -251,13 +251,23 @@ class Reconciler:
 
     async def _audit_page(self, namespace: str | None, token: str | None, run: _AuditRun) -> str | None:
         """Read one page, reconcile each object on it, and return the next page's token (None = done).
-        The page is let go when this returns, before the next one is read."""
+
+        Up to `audit_concurrency` objects of the page are in flight at once, so the writes of one (a patch,
+        an Event) overlap the judging of the next instead of queueing behind it; the page's outcomes keep
+        its order. The page is let go when this returns, before the next one is read."""
         page = await asyncio.to_thread(self._kube.list_page, ENVOY_FILTERS, namespace, token)
+        slots = asyncio.Semaphore(max(1, self._settings.audit_concurrency))
+
+        async def reconcile(obj: dict[str, Any]) -> Outcome:
+            async with slots:
+                return await self._reconcile_guarded(obj, cause="audit")
+
         for obj in page.items:
             key = object_ref(obj)
             if key in run.tracked:
                 run.seen.add(key)
-            run.add(await self._reconcile_guarded(obj, cause="audit"))
+        for outcome in await asyncio.gather(*(reconcile(obj) for obj in page.items)):
+            run.add(outcome)
         return page.next_token
 
     def _tracked_keys(self) -> set[ObjectKey]:
