@@ -22,6 +22,10 @@ The environment is read when the function is called, from the `environ` mapping 
 process environment), never from what the `kubernetes` package captured at import. Every client has its own
 `Configuration`; the package's global default configuration is never touched, so clients for different
 clusters live side by side. Every failure is a `KubeConfigError` whose message is one plain line.
+
+A configuration that skips TLS verification (`insecure-skip-tls-verify: true`) is said once, in the log,
+when its client is built; urllib3's `InsecureRequestWarning`, which would otherwise be printed for every
+request, is silenced (`urllib3.disable_warnings`, for that warning only).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import urllib3
 from kubernetes import client
 from kubernetes.config import incluster_config, kube_config
 
@@ -66,6 +71,14 @@ def build_api_client(
         service_account_dir=service_account_dir,
     )
     logger.debug("kubernetes client configured from %s host=%s", source, configuration.host)
+    if not configuration.verify_ssl:
+        logger.warning(
+            "TLS verification of the Kubernetes API server is off (%s: insecure-skip-tls-verify); "
+            "its identity is not checked for any request to %s",
+            source,
+            configuration.host,
+        )
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
     api_client = client.ApiClient(configuration)
     if user_agent is not None:
         api_client.user_agent = user_agent

@@ -6,20 +6,29 @@ namespace and Istio's root namespace), the DestinationRules and the InferencePoo
 schedule); `context_for(namespace)` answers from memory and never waits on the API.
 
 Cached objects keep only what the rules read: an EnvoyFilter as its name, namespace, extproc-guard
-annotations and the patches that can matter to an ext_proc path (none at all for the many that cannot);
-a DestinationRule as its host and TLS modes; an InferencePool as its picker Service. A collection whose
-CRD is not served (no GIE installed, an Istio without v1 InferencePools) is skipped with one log line and
-counts as synced and empty.
+annotations and the patches that can matter to an ext_proc path (none at all for the many that cannot),
+packed (compressed compact JSON, about a fiftieth of the decoded size) and unpacked only into a
+namespace's context; a DestinationRule as its host and TLS modes; an InferencePool as its picker Service.
+Objects are indexed by namespace, and a namespace's context is memoized until that namespace (or the root
+namespace, or a rule or pool) changes, so a write elsewhere in the cluster costs it nothing. A collection
+whose CRD is not served (no GIE installed, an Istio without v1 InferencePools) is skipped with one log line
+and counts as synced and empty. `after_list` (optional) is called on a cache thread after every complete
+list, e.g. to settle the heap (`kube.heap`).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import sys
 import threading
 import time
+import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Final
 
 from kube.informer import Change, Informer, InformerLog, InformerSettings, ObjectKey, object_key
@@ -30,8 +39,12 @@ from policies.workload import context_view
 
 logger = logging.getLogger(__name__)
 
-PAGE_SIZE: Final = 500
+PAGE_SIZE: Final = 100
 PROBE_TIMEOUT_SECONDS: Final = 10.0
+CONTEXT_MEMO_SIZE: Final = 16
+PACK_LEVEL: Final = 6
+
+Stamp = tuple[int, int, int, tuple[int, ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,12 +67,71 @@ INFERENCE_POOLS: Final = (
 )
 
 
-def _decode_filter(filter_name: str, document: Mapping[str, Any]) -> tuple[ObjectKey, dict[str, Any]] | None:
-    """An EnvoyFilter as the context keeps it (`policies.workload.context_view`); None (not cached) for one
-    that cannot matter to an ext_proc path."""
+# What context views are made of: the patch structure, ext_proc, cluster and route vocabulary. Compressing
+# with it as zlib's preset dictionary packs a view to about a quarter of what zlib alone makes of it
+# (views are small: zlib has little of their own text to refer back to).
+PACK_DICTIONARY: Final = "".join(
+    (
+        '{"apiVersion":"networking.istio.io/v1alpha3","kind":"EnvoyFilter","metadata":{"name":"","namespace":"",',
+        '"annotations":{"extproc-guard.io/role":"epp","extproc-guard.io/epp-service":""}},"spec":{"configPatches":[',
+        '{"applyTo":"HTTP_FILTER","match":{"context":"GATEWAY","listener":{"filterChain":{"filter":{"name":',
+        '"envoy.filters.network.http_connection_manager","subFilter":{"name":"envoy.filters.http.router"}}}}},',
+        '"patch":{"operation":"INSERT_BEFORE","value":{"name":"envoy.filters.http.ext_proc","typed_config":{',
+        '"@type":"type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",',
+        '"grpc_service":{"envoy_grpc":{"cluster_name":"outbound|9002||"},"timeout":"10s"},',
+        '"failure_mode_allow":false,"message_timeout":"5s","allow_mode_override":true,"processing_mode":{',
+        '"request_header_mode":"SEND","request_body_mode":"FULL_DUPLEX_STREAMED","response_header_mode":"SKIP",',
+        '"response_body_mode":"NONE","request_trailer_mode":"SKIP","response_trailer_mode":"SEND"}}}}},',
+        '{"applyTo":"CLUSTER","match":{"context":"GATEWAY"},"patch":{"operation":"ADD","value":{"name":"",',
+        '"type":"STATIC","connect_timeout":"5s","lb_policy":"ROUND_ROBIN","typed_extension_protocol_options":{',
+        '"envoy.extensions.upstreams.http.v3.HttpProtocolOptions":{',
+        '"@type":"type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",',
+        '"explicit_http_config":{"http2_protocol_options":{}}}},"transport_socket":{"name":"envoy.transport_sockets.tls",',
+        '"typed_config":{"@type":"type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"}},',
+        '"load_assignment":{"cluster_name":"","endpoints":[{"lb_endpoints":[{"endpoint":{"address":{',
+        '"socket_address":{"address":".svc.cluster.local","port_value":9002}}}}]}]}}}},',
+        '{"applyTo":"HTTP_ROUTE","match":{"context":"GATEWAY"},"patch":{"operation":"MERGE","value":{',
+        '"typed_per_filter_config":{"envoy.filters.http.ext_proc":{',
+        '"@type":"type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",',
+        '"overrides":{"processing_mode":{"request_header_mode":"SEND","request_body_mode":"NONE"}}}}}}}]}}',
+    )
+).encode()
+PACK_WINDOW_BITS: Final = 12
+"""4 KiB: a view and the dictionary fit, and each packing costs kilobytes of zlib state, not 256."""
+
+
+@dataclass(frozen=True, slots=True)
+class PackedView:
+    """An EnvoyFilter's context view (`policies.workload.context_view`) as compressed compact JSON.
+
+    A decoded view of an EPP filter takes about 7 KB of dicts and strings; packed it takes about 150 bytes.
+    Views are unpacked only when a namespace's context is built, which is memoized per namespace."""
+
+    namespace: str
+    name: str
+    data: bytes
+
+    def unpack(self) -> dict[str, Any]:
+        inflate = zlib.decompressobj(PACK_WINDOW_BITS, zdict=PACK_DICTIONARY)
+        view: dict[str, Any] = json.loads(inflate.decompress(self.data) + inflate.flush())
+        return view
+
+
+def pack_view(namespace: str, name: str, view: Mapping[str, Any]) -> PackedView:
+    text = json.dumps(view, separators=(",", ":"), ensure_ascii=False).encode()
+    deflate = zlib.compressobj(PACK_LEVEL, zlib.DEFLATED, PACK_WINDOW_BITS, 5, zdict=PACK_DICTIONARY)
+    return PackedView(sys.intern(namespace), name, deflate.compress(text) + deflate.flush())
+
+
+def decode_envoy_filter(filter_name: str, document: Mapping[str, Any]) -> tuple[ObjectKey, PackedView] | None:
+    """An EnvoyFilter as the context keeps it: its context view, packed; None (not cached) for one that
+    cannot matter to an ext_proc path."""
     key = object_key(document)
     view = context_view(document, filter_name) if key is not None else None
-    return None if key is None or view is None else (key, view)
+    if key is None or view is None:
+        return None
+    namespace = sys.intern(key[0])
+    return (namespace, key[1]), pack_view(namespace, key[1], view)
 
 
 def _decode_rule(document: Mapping[str, Any]) -> tuple[ObjectKey, DestinationTls] | None:
@@ -79,30 +151,79 @@ def _decode_pool(api_version: str, document: Mapping[str, Any]) -> tuple[ObjectK
 
 
 class _Store:
-    """One collection's objects, replaced on a list and updated per watch event (any thread)."""
+    """One collection's objects, indexed by namespace; replaced on a list and updated per watch event.
 
-    def __init__(self, on_change: Callable[[], None]) -> None:
-        self.items: dict[ObjectKey, Any] = {}
+    Writers are the collection's informer thread; readers (any thread) take `values()` or `namespace()`,
+    which are never modified after they are handed out (an update replaces the namespace's map).
+    `stamp(namespace)` moves whenever that namespace's objects change, `generation` on every change."""
+
+    def __init__(self, on_change: Callable[[], None], after_list: Callable[[], None] | None = None) -> None:
         self.synced = threading.Event()
+        self.generation = 0
         self._on_change = on_change
+        self._after_list = after_list
         self._lock = threading.Lock()
+        self._by_namespace: dict[str, dict[str, Any]] = {}
+        self._stamps: dict[str, int] = {}
+        self._values: tuple[Any, ...] | None = ()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(len(items) for items in self._by_namespace.values())
+
+    def namespace(self, namespace: str) -> Mapping[str, Any]:
+        """The objects of one namespace, by name (do not modify)."""
+        with self._lock:
+            return self._by_namespace.get(namespace, _EMPTY)
+
+    def stamp(self, namespace: str) -> int:
+        with self._lock:
+            return self._stamps.get(namespace, 0)
+
+    def values(self) -> tuple[Any, ...]:
+        """Every object, in namespace/name order (built once per change)."""
+        with self._lock:
+            values = self._values
+            if values is None:
+                values = self._values = tuple(
+                    value
+                    for namespace in sorted(self._by_namespace)
+                    for _, value in sorted(self._by_namespace[namespace].items())
+                )
+            return values
 
     def replace(
         self, items: Mapping[ObjectKey, Any], changes: Sequence[Change[ObjectKey, Any]], version: str
     ) -> None:
+        grouped: dict[str, dict[str, Any]] = {}
+        for (namespace, name), value in items.items():
+            grouped.setdefault(sys.intern(namespace), {})[name] = value
         with self._lock:
-            self.items = dict(items)
+            self._by_namespace = grouped
+            for namespace in {change.key[0] for change in changes}:
+                self._stamps[namespace] = self._stamps.get(namespace, 0) + 1
+            self._values = None
+            self.generation += 1
+        if self._after_list is not None:
+            self._after_list()
         self.synced.set()
         self._on_change()
 
     def apply(self, change: Change[ObjectKey, Any], version: str) -> None:
+        namespace, name = change.key
         with self._lock:
-            items = dict(self.items)
+            items = dict(self._by_namespace.get(namespace, _EMPTY))
             if change.kind == "DELETED":
-                items.pop(change.key, None)
+                items.pop(name, None)
             else:
-                items[change.key] = change.value
-            self.items = items
+                items[name] = change.value
+            if items:
+                self._by_namespace[sys.intern(namespace)] = items
+            else:
+                self._by_namespace.pop(namespace, None)
+            self._stamps[namespace] = self._stamps.get(namespace, 0) + 1
+            self._values = None
+            self.generation += 1
         self._on_change()
 
 
@@ -111,6 +232,9 @@ def custom_objects_api(core_api: Any) -> Any:
     from kubernetes import client
 
     return client.CustomObjectsApi(core_api.api_client)
+
+
+_EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
 
 
 class ContextCache:
@@ -131,6 +255,8 @@ class ContextCache:
         settled: bool,
         filter_name: str = "envoy.filters.http.ext_proc",
         clock: Callable[[], float] = time.monotonic,
+        after_list: Callable[[], None] | None = None,
+        memo_size: int = CONTEXT_MEMO_SIZE,
     ) -> None:
         self._api = custom_api
         self._filter_name = filter_name
@@ -140,11 +266,13 @@ class ContextCache:
         self._declared = dict(declared or {})
         self._settled = settled
         self._clock = clock
+        self._after_list = after_list
+        self._memo_size = memo_size
         self._generation = 0
         self._lock = threading.Lock()
-        self._contexts: dict[str, tuple[int, Context]] = {}
-        self._filters = _Store(self._changed)
-        self._rules = _Store(self._changed)
+        self._contexts: OrderedDict[str, tuple[Stamp, Context]] = OrderedDict()
+        self._filters = _Store(self._changed, after_list)
+        self._rules = _Store(self._changed, after_list)
         self._pools: list[_Store] = []
         self._informers: list[Informer[ObjectKey, Any]] = []
         self._skipped: list[str] = []
@@ -167,7 +295,7 @@ class ContextCache:
         return True
 
     def size(self) -> int:
-        return len(self._filters.items) + len(self._rules.items) + sum(len(p.items) for p in self._pools)
+        return len(self._filters) + len(self._rules) + sum(len(p) for p in self._pools)
 
     @property
     def skipped(self) -> tuple[str, ...]:
@@ -175,33 +303,51 @@ class ContextCache:
         return tuple(self._skipped)
 
     def context_for(self, namespace: str) -> Context:
-        """The context of a filter in `namespace`; one snapshot per namespace and generation, so the
-        engine's indexes are built once between changes."""
-        generation = self._generation
+        """The context of a filter in `namespace`: the EnvoyFilters of that namespace and the root namespace
+        (unpacked), every DestinationRule and InferencePool. One snapshot per namespace, rebuilt only when
+        one of those changed, so the engine's indexes are built once between changes; the most recently
+        used `memo_size` namespaces are remembered."""
+        stamp = self._stamp(namespace)
         with self._lock:
             cached = self._contexts.get(namespace)
-            if cached is not None and cached[0] == generation:
+            if cached is not None and cached[0] == stamp:
+                self._contexts.move_to_end(namespace)
                 return cached[1]
-        filters = self._filters.items
-        wanted = {namespace, self._root}
+        views = dict(self._filters.namespace(namespace))
+        root = {} if namespace == self._root else self._filters.namespace(self._root)
+        packed = sorted(
+            [*((namespace, name, view) for name, view in views.items()),
+             *((self._root, name, view) for name, view in root.items())],
+            key=lambda item: (item[0], item[1]),
+        )  # fmt: skip
         context = Context(
-            envoy_filters=tuple(doc for (ns, _), doc in sorted(filters.items()) if ns in wanted),
-            inference_pools=tuple(pool for store in self._pools for pool in store.items.values()),
-            destination_rules=tuple(self._rules.items.values()),
+            envoy_filters=tuple(view.unpack() for _, _, view in packed),
+            inference_pools=tuple(pool for store in self._pools for pool in store.values()),
+            destination_rules=self._rules.values(),
             declared=self._declared,
             root_namespace=self._root,
             cluster_domain=self._domain,
             settled=self._settled,
         )
         with self._lock:
-            if len(self._contexts) > 4096:
-                self._contexts.clear()
-            self._contexts[namespace] = (generation, context)
+            self._contexts[namespace] = (stamp, context)
+            self._contexts.move_to_end(namespace)
+            while len(self._contexts) > self._memo_size:
+                self._contexts.popitem(last=False)
         return context
 
     def envoy_filters(self) -> dict[ObjectKey, dict[str, Any]]:
-        """The cached EnvoyFilters (slimmed), by namespace/name."""
-        return dict(self._filters.items)
+        """The cached EnvoyFilters (their context views, unpacked), by namespace/name."""
+        return {(view.namespace, view.name): view.unpack() for view in self._filters.values()}
+
+    def _stamp(self, namespace: str) -> Stamp:
+        """What a namespace's context depends on: its filters, the root namespace's, the rules and pools."""
+        return (
+            self._filters.stamp(namespace),
+            self._filters.stamp(self._root),
+            self._rules.generation,
+            tuple(store.generation for store in self._pools),
+        )
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -209,10 +355,10 @@ class ContextCache:
         one bounded request each)."""
         if self._informers:
             raise RuntimeError("the context cache is already running")
-        self._start(ENVOY_FILTERS, functools.partial(_decode_filter, self._filter_name), self._filters)
+        self._start(ENVOY_FILTERS, functools.partial(decode_envoy_filter, self._filter_name), self._filters)
         self._start(DESTINATION_RULES, _decode_rule, self._rules)
         for collection in INFERENCE_POOLS:
-            store = _Store(self._changed)
+            store = _Store(self._changed, self._after_list)
             decode = functools.partial(_decode_pool, f"{collection.group}/{collection.version}")
             if self._start(collection, decode, store):
                 self._pools.append(store)

@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 if TYPE_CHECKING:
     from _typeshed import SupportsRichComparison
@@ -166,15 +166,48 @@ def decode_object(document: Mapping[str, Any]) -> tuple[ObjectKey, dict[str, Any
 
 def diff_items(old: Mapping[K, T], new: Mapping[K, T]) -> list[Change[K, T]]:
     """What turns `old` into `new`, object by object, in key order."""
-    changes: list[Change[K, T]] = []
-    for key in sorted(set(old) | set(new)):
+    return list(iter_changes(old, new))
+
+
+def iter_changes(old: Mapping[K, T], new: Mapping[K, T]) -> Iterator[Change[K, T]]:
+    """`diff_items`, one change at a time."""
+    for key in sorted(old.keys() | new.keys()):
         if key not in new:
-            changes.append(Change("DELETED", key, old[key], old[key]))
+            yield Change("DELETED", key, old[key], old[key])
         elif key not in old:
-            changes.append(Change("ADDED", key, None, new[key]))
+            yield Change("ADDED", key, None, new[key])
         elif old[key] != new[key]:
-            changes.append(Change("MODIFIED", key, old[key], new[key]))
-    return changes
+            yield Change("MODIFIED", key, old[key], new[key])
+
+
+class Changes(Sequence[Change[K, T]]):
+    """The changes a list found, made one at a time as they are read: a first list of 20,000 Services is
+    20,000 changes, which need not all exist at once. Indexing or `len` makes them all (once)."""
+
+    def __init__(self, old: Mapping[K, T], new: Mapping[K, T]) -> None:
+        self._old = old
+        self._new = new
+        self._made: list[Change[K, T]] | None = None
+
+    def __iter__(self) -> Iterator[Change[K, T]]:
+        return iter(self._made) if self._made is not None else iter_changes(self._old, self._new)
+
+    def _all(self) -> list[Change[K, T]]:
+        if self._made is None:
+            self._made = diff_items(self._old, self._new)
+        return self._made
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    @overload
+    def __getitem__(self, index: int) -> Change[K, T]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Change[K, T]]: ...
+
+    def __getitem__(self, index: int | slice) -> Change[K, T] | Sequence[Change[K, T]]:
+        return self._all()[index]
 
 
 class Informer(Generic[K, T]):
@@ -246,6 +279,10 @@ class Informer(Generic[K, T]):
     def get(self, key: K) -> T | None:
         with self._lock:
             return self._known.get(key)
+
+    def size(self) -> int:
+        with self._lock:
+            return len(self._known)
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -347,7 +384,7 @@ class Informer(Generic[K, T]):
             previous, self._known = self._known, found
             self._last_contact = self._clock()
             self._last_error = ""
-        self._on_listed(found, diff_items(previous, found), version)
+        self._on_listed(found, Changes(previous, found), version)
         return version
 
     def _watch(self, version: str, *, timeout_seconds: int) -> None:

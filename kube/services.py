@@ -6,6 +6,12 @@ from the list's resourceVersion, relists on `410 Gone` and every `resync_seconds
 exponentially while the API is unreachable. Meanwhile the cache keeps answering with what it has and
 `age()` says how long it has been out of touch.
 
+The cache keeps per Service only what an answer needs: its ClusterIP and ports (a Service object's other
+fields, its labels, selector and metadata, are dropped as it is read), with namespace names interned and
+identical port lists shared, about 300 bytes a Service; a Service without a usable address keeps only why.
+`after_list` (optional) is called on the cache thread after every complete list, e.g. to settle the heap
+(`kube.heap`).
+
 `subscribe(callback)` tells a caller when an answer changes: the cache thread calls it with
 `(ref, old_address, new_address)` (None = no usable address) for every watch event and every difference a
 relist finds. Callbacks run on the cache thread, after the cache is updated, so they must be quick (hand the
@@ -15,11 +21,13 @@ change over, e.g. with `loop.call_soon_threadsafe`); one that raises is logged a
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from kubernetes import client
 
@@ -29,13 +37,25 @@ from kube.client import build_api_client
 from kube.informer import Change, Informer, InformerLog, InformerSettings
 from kube.settings import KubeSettings
 from policies import ServiceAddress, ServiceLookupError, ServiceNotFound, ServiceRef, ServiceUnknown
+from policies.resolver import ServicePort
 
 logger = logging.getLogger(__name__)
 
 LIST_PAGE_SIZE = 500
+SHAPES_LIMIT: Final = 4096
+"""Distinct port lists shared at most; beyond that the table starts again (sharing is only a saving)."""
 
 
-Entry = ServiceAddress | ServiceLookupError
+@dataclass(frozen=True, slots=True)
+class NoAddress:
+    """A Service the cache holds that has no usable address (headless, ExternalName): why, and the error
+    a lookup raises (a new one each time)."""
+
+    error: type[ServiceLookupError]
+    reason: str
+
+
+Entry = ServiceAddress | NoAddress
 ChangeCallback = Callable[[ServiceRef, ServiceAddress | None, ServiceAddress | None], None]
 """Called as `(ref, old_address, new_address)`; None = the Service has no usable address (absent,
 headless, ExternalName)."""
@@ -47,6 +67,35 @@ def build_core_api(*, kubeconfig: Path | None, context: str | None) -> Any:
     return client.CoreV1Api(build_api_client(kubeconfig=kubeconfig, context=context))
 
 
+class ServiceDecoder:
+    """A Service object (plain JSON) -> `(ref, entry)` as the cache keeps it: the ClusterIP and ports, or
+    why there is no usable address. Namespace names are interned and identical port lists shared between
+    Services (up to `SHAPES_LIMIT` distinct ones), since most Services of a cluster have the same few.
+    Called on the cache's thread only."""
+
+    def __init__(self) -> None:
+        self._shapes: dict[tuple[ServicePort, ...], tuple[tuple[int, ...], tuple[ServicePort, ...]]] = {}
+
+    def __call__(self, service: Mapping[str, Any]) -> tuple[ServiceRef, Entry] | None:
+        ref = ref_of(service)
+        if ref is None:
+            return None
+        ref = ServiceRef(sys.intern(ref.namespace), ref.name)
+        address = address_of(ref, service)
+        if isinstance(address, ServiceLookupError):
+            return ref, NoAddress(type(address), address.reason)
+        shape = self._shapes.get(address.port_specs)
+        if shape is None:
+            if len(self._shapes) >= SHAPES_LIMIT:
+                self._shapes.clear()
+            specs = tuple(
+                ServicePort(p.port, sys.intern(p.name), sys.intern(p.app_protocol))
+                for p in address.port_specs
+            )
+            shape = self._shapes[specs] = (tuple(p.port for p in specs), specs)
+        return ref, ServiceAddress(address.cluster_ip, shape[0], shape[1])
+
+
 class ServiceCache:
     """Every Service's ClusterIP, kept current by list + watch; implements `ServiceResolver`.
 
@@ -55,10 +104,15 @@ class ServiceCache:
     """
 
     def __init__(
-        self, api: Any, settings: KubeSettings, *, clock: Callable[[], float] = time.monotonic
+        self,
+        api: Any,
+        settings: KubeSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        after_list: Callable[[], None] | None = None,
     ) -> None:
         self._lock = threading.Lock()
-        self._services: dict[ServiceRef, Entry] = {}
+        self._after_list = after_list
         self._synced = threading.Event()
         self._generation = 0
         self._subscribers: dict[int, ChangeCallback] = {}
@@ -66,7 +120,7 @@ class ServiceCache:
         self._informer: Informer[ServiceRef, Entry] = Informer(
             name="service-cache",
             call=api.list_service_for_all_namespaces,
-            decode=_decode_service,
+            decode=ServiceDecoder(),
             on_listed=self._replace,
             on_event=self._apply,
             settings=InformerSettings(
@@ -100,11 +154,13 @@ class ServiceCache:
 
         return unsubscribe
 
-    def _notify(self, changes: list[tuple[ServiceRef, ServiceAddress | None, ServiceAddress | None]]) -> None:
-        if not changes:
-            return
+    def _notify(
+        self, changes: Iterable[tuple[ServiceRef, ServiceAddress | None, ServiceAddress | None]]
+    ) -> None:
         with self._lock:
             callbacks = list(self._subscribers.values())
+        if not callbacks:
+            return
         for ref, old, new in changes:
             for callback in callbacks:
                 try:
@@ -116,12 +172,11 @@ class ServiceCache:
     def lookup(self, ref: ServiceRef) -> ServiceAddress:
         if not self._synced.is_set():
             raise ServiceUnknown(ref, "the Service cache has not synced with the Kubernetes API yet")
-        with self._lock:
-            entry = self._services.get(ref)
+        entry = self._informer.get(ref)
         if entry is None:
             raise ServiceNotFound(ref, "does not exist in the cluster")
-        if isinstance(entry, ServiceLookupError):
-            raise entry
+        if isinstance(entry, NoAddress):
+            raise entry.error(ref, entry.reason)
         return entry
 
     @property
@@ -134,8 +189,7 @@ class ServiceCache:
         return self._generation
 
     def size(self) -> int:
-        with self._lock:
-            return len(self._services)
+        return self._informer.size()
 
     def age(self) -> float | None:
         """Seconds out of touch with the API: 0 while a watch is open, None before the first list."""
@@ -164,28 +218,20 @@ class ServiceCache:
         self, services: Mapping[ServiceRef, Entry], changes: Sequence[Change[ServiceRef, Entry]], version: str
     ) -> None:
         with self._lock:
-            self._services = dict(services)
             self._generation += 1
+        if self._after_list is not None:
+            self._after_list()
         self._synced.set()
         logger.info("service cache listed services=%d resource_version=%s", len(services), version)
-        self._notify([moved for change in changes if (moved := _address_change(change)) is not None])
+        self._notify(moved for change in changes if (moved := _address_change(change)) is not None)
 
     def _apply(self, change: Change[ServiceRef, Entry], version: str) -> None:
         with self._lock:
-            if change.kind == "DELETED":
-                self._services.pop(change.key, None)
-            else:
-                self._services[change.key] = change.value
             self._generation += 1
         logger.debug("service %s %s resource_version=%s", change.kind, change.key, version)
         moved = _address_change(change)
         if moved is not None:
             self._notify([moved])
-
-
-def _decode_service(service: Mapping[str, Any]) -> tuple[ServiceRef, Entry] | None:
-    ref = ref_of(service)
-    return None if ref is None else (ref, address_of(ref, service))
 
 
 def _address_change(

@@ -1,18 +1,19 @@
 """The reconciler's reads and writes on the Kubernetes API, as plain JSON objects.
 
 Every call here blocks (the `kubernetes` client is synchronous): the reconciler runs them with
-`asyncio.to_thread`. EnvoyFilters, Leases, Events and PolicyReports all go through `CustomObjectsApi`,
-which addresses any `/apis/GROUP/VERSION` resource and keeps objects as plain dicts, the shape the policy
-engine reads. Errors become three small exceptions: `ConflictError` (a precondition failed: 409, or a 422
-from a JSON Patch `test` op on a resourceVersion that moved on), `NotFoundError` (404) and `KubeAPIError`
-(anything else).
+`asyncio.to_thread`. Lists are read a page at a time (`list_page`), so a caller can finish with one page
+before it asks for the next and never holds more than one page of objects. EnvoyFilters, Leases, Events
+and PolicyReports all go through `CustomObjectsApi`, which addresses any `/apis/GROUP/VERSION` resource
+and keeps objects as plain dicts, the shape the policy engine reads. Errors become three small exceptions:
+`ConflictError` (a precondition failed: 409, or a 422 from a JSON Patch `test` op on a resourceVersion
+that moved on), `NotFoundError` (404) and `KubeAPIError` (anything else).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,14 @@ ENVOY_FILTERS = Resource("networking.istio.io", "v1alpha3", "envoyfilters")
 LEASES = Resource("coordination.k8s.io", "v1", "leases")
 EVENTS = Resource("events.k8s.io", "v1", "events")
 POLICY_REPORTS = Resource("wgpolicyk8s.io", "v1alpha2", "policyreports")
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a list: its objects and the token for the next page (None = this was the last)."""
+
+    items: list[dict[str, Any]]
+    next_token: str | None
 
 
 class KubeAPIError(Exception):
@@ -125,42 +134,35 @@ class KubeObjects:
         return _as_object(answer, what)
 
     # -- generic -----------------------------------------------------------------------------------
-    def list_objects(self, resource: Resource, namespace: str | None) -> list[dict[str, Any]]:
-        """Every object of `resource` in `namespace` (None = all namespaces), page by page."""
-        return list(self._iter_objects(resource, namespace))
-
-    def _iter_objects(self, resource: Resource, namespace: str | None) -> Iterator[dict[str, Any]]:
-        token: str | None = None
-        where = f"list {resource.plural}" + (f" in {namespace}" if namespace else "")
-        while True:
-            kwargs: dict[str, Any] = {"limit": self._page_size}
-            if token:
-                kwargs["_continue"] = token
-            if namespace is None:
-                page = self._request(
-                    where,
-                    self._custom.list_cluster_custom_object,
-                    resource.group,
-                    resource.version,
-                    resource.plural,
-                    **kwargs,
-                )
-            else:
-                page = self._request(
-                    where,
-                    self._custom.list_namespaced_custom_object,
-                    resource.group,
-                    resource.version,
-                    namespace,
-                    resource.plural,
-                    **kwargs,
-                )
-            for item in page.get("items") or ():
-                if isinstance(item, dict):
-                    yield item
-            token = (page.get("metadata") or {}).get("continue")
-            if not token:
-                return
+    def list_page(self, resource: Resource, namespace: str | None, token: str | None = None) -> Page:
+        """One page of `resource` in `namespace` (None = all namespaces): up to the page size of objects,
+        from the start or from the `continue` token of the page before."""
+        kwargs: dict[str, Any] = {"limit": self._page_size}
+        if token:
+            kwargs["_continue"] = token
+        if namespace is None:
+            page = self._request(
+                f"list {resource.plural}",
+                self._custom.list_cluster_custom_object,
+                resource.group,
+                resource.version,
+                resource.plural,
+                **kwargs,
+            )
+        else:
+            page = self._request(
+                f"list {resource.plural} in {namespace}",
+                self._custom.list_namespaced_custom_object,
+                resource.group,
+                resource.version,
+                namespace,
+                resource.plural,
+                **kwargs,
+            )
+        items = [item for item in page.get("items") or () if isinstance(item, dict)]
+        metadata = page.get("metadata")
+        following = metadata.get("continue") if isinstance(metadata, Mapping) else None
+        return Page(items, following if isinstance(following, str) and following else None)
 
     def get_object(self, resource: Resource, namespace: str, name: str) -> dict[str, Any]:
         return self._request(

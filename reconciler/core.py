@@ -1,7 +1,9 @@
 """The reconciler: keeps stored EnvoyFilters in their corrected form over time.
 
 Three entry points, each one explicit step so the run loop (and tests) drive it:
-- `audit()` lists every EnvoyFilter in scope, runs the policy and applies the engine's minimal JSON Patch,
+- `audit()` lists every EnvoyFilter in scope a page at a time (each page judged and written before the next
+  is read, so memory stays flat however many filters there are), runs the policy and applies the engine's
+  minimal JSON Patch,
   guarded by a `test` op on the resourceVersion read: a concurrent write makes the patch fail instead of
   being overwritten, and the reconciler re-reads and retries on the fresh object (bounded). Unfixable
   findings become Events and a PolicyReport per namespace.
@@ -23,7 +25,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -111,11 +113,34 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class AuditResult:
+    """What an audit did: an outcome per filter the policy applies to, and how many it does not apply to
+    (those are only counted, so a large cluster's audit keeps little per object)."""
+
     outcomes: tuple[Outcome, ...]
     errors: tuple[str, ...]
+    not_applicable: int = 0
 
     def by_action(self, action: Action) -> tuple[Outcome, ...]:
         return tuple(o for o in self.outcomes if o.action is action)
+
+
+@dataclass(slots=True)
+class _AuditRun:
+    """One audit's bookkeeping while it streams through the pages."""
+
+    tracked: set[ObjectKey]
+    seen: set[ObjectKey] = field(default_factory=set)
+    outcomes: list[Outcome] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    objects: int = 0
+    not_applicable: int = 0
+
+    def add(self, outcome: Outcome) -> None:
+        self.objects += 1
+        if outcome.action is Action.NOT_APPLICABLE:
+            self.not_applicable += 1
+        else:
+            self.outcomes.append(outcome)
 
 
 def _utc_now() -> datetime:
@@ -178,29 +203,34 @@ class Reconciler:
 
     # -- audit -----------------------------------------------------------------------------------------
     async def audit(self) -> AuditResult:
-        """List every EnvoyFilter in scope and reconcile each; then write the PolicyReports."""
+        """List every EnvoyFilter in scope and reconcile each; then write the PolicyReports.
+
+        The list is read a page at a time, and each page is judged and written (patches, Events) before
+        the next one is asked for, so memory does not grow with the number of filters: what an audit keeps
+        per object is its outcome, and only for filters the policy applies to (the others are counted)."""
         async with self._lock:
-            errors: list[str] = []
-            objects: list[dict[str, Any]] = []
+            started = self._clock()
+            run = _AuditRun(tracked=self._tracked_keys())
             scopes: tuple[str | None, ...] = self._settings.namespaces or (None,)
             for namespace in scopes:
                 try:
-                    objects.extend(await asyncio.to_thread(self._kube.list_objects, ENVOY_FILTERS, namespace))
+                    token: str | None = None
+                    while True:
+                        token = await self._audit_page(namespace, token, run)
+                        if token is None:
+                            break
                 except KubeAPIError as error:
                     self._metrics.errors.labels("list").inc()
-                    errors.append(str(error))
+                    run.errors.append(str(error))
                     logger.warning("audit: %s", error)
-            outcomes = [await self._reconcile_guarded(obj, cause="audit") for obj in objects]
-            self._metrics.audited.inc(len(objects))
-            errors.extend(f"{o.namespace}/{o.name}: {o.action}" for o in outcomes if o.action is Action.ERROR)
+            outcomes = run.outcomes
+            self._metrics.audited.inc(run.objects)
+            errors = [
+                *run.errors,
+                *(f"{o.namespace}/{o.name}: {o.action}" for o in outcomes if o.action is Action.ERROR),
+            ]
             if not errors:
-                seen = {object_ref(obj) for obj in objects}
-                self._fights.forget_except(f"{ns}/{name}" for ns, name in seen)
-                self._reporter.forget_objects_except(seen)
-                for key in [k for k in self._pinned_to if k not in seen]:
-                    del self._pinned_to[key]
-                for key in [k for k in self._versions if k not in seen]:
-                    del self._versions[key]
+                self._forget_unseen(run.tracked - run.seen)
             self._metrics.unfixable.set(sum(1 for o in outcomes if o.unfixed))
             self._metrics.backing_off.set(self._fights.in_backoff(now=self._clock()))
             if self.writes_allowed:
@@ -208,8 +238,49 @@ class Reconciler:
             if not errors:
                 self._metrics.last_success.set(time.time())
             counts = {a.value: n for a in Action if (n := sum(1 for o in outcomes if o.action is a))}
-            logger.info("audit done objects=%d %s errors=%d", len(objects), counts, len(errors))
-            return AuditResult(tuple(outcomes), tuple(errors))
+            if run.not_applicable:
+                counts[Action.NOT_APPLICABLE.value] = run.not_applicable
+            logger.info(
+                "audit done objects=%d %s errors=%d seconds=%.1f",
+                run.objects,
+                counts,
+                len(errors),
+                self._clock() - started,
+            )
+            return AuditResult(tuple(outcomes), tuple(errors), not_applicable=run.not_applicable)
+
+    async def _audit_page(self, namespace: str | None, token: str | None, run: _AuditRun) -> str | None:
+        """Read one page, reconcile each object on it, and return the next page's token (None = done).
+
+        Up to `audit_concurrency` objects of the page are in flight at once, so the writes of one (a patch,
+        an Event) overlap the judging of the next instead of queueing behind it; the page's outcomes keep
+        its order. The page is let go when this returns, before the next one is read."""
+        page = await asyncio.to_thread(self._kube.list_page, ENVOY_FILTERS, namespace, token)
+        slots = asyncio.Semaphore(max(1, self._settings.audit_concurrency))
+
+        async def reconcile(obj: dict[str, Any]) -> Outcome:
+            async with slots:
+                return await self._reconcile_guarded(obj, cause="audit")
+
+        for obj in page.items:
+            key = object_ref(obj)
+            if key in run.tracked:
+                run.seen.add(key)
+        for outcome in await asyncio.gather(*(reconcile(obj) for obj in page.items)):
+            run.add(outcome)
+        return page.next_token
+
+    def _tracked_keys(self) -> set[ObjectKey]:
+        """Objects the reconciler keeps state for (versions, pins, fights, reported violations)."""
+        keys = set(self._versions) | set(self._pinned_to) | self._reporter.objects()
+        keys.update(_object_key(key) for key in self._fights.tracked())
+        return keys
+
+    def _forget_unseen(self, gone: set[ObjectKey]) -> None:
+        """After a complete audit: drop the state of objects it did not see (they no longer exist)."""
+        for key in gone:
+            self._forget(key)
+        self._reporter.forget_objects(gone)
 
     def _filter_results(self, outcomes: list[Outcome]) -> dict[str, list[FilterResult]]:
         by_namespace: dict[str, list[FilterResult]] = {}
@@ -445,6 +516,12 @@ class Reconciler:
                 obj, reason=Reason.WRITER_FIGHT, note=note, action="BackOff", warning=True
             )
         return writer
+
+
+def _object_key(fight_key: str) -> ObjectKey:
+    """The (namespace, name) of a fight tracker's `NAMESPACE/NAME` key."""
+    namespace, _, name = fight_key.partition("/")
+    return namespace, name
 
 
 def _namespace_of(obj: Mapping[str, Any]) -> str:

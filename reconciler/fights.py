@@ -98,11 +98,9 @@ class FightTracker:
     def in_backoff(self, *, now: float) -> int:
         return sum(1 for s in self._states.values() if s.reverts >= self.threshold and now < s.retry_at)
 
-    def forget_except(self, keys: Iterable[str]) -> None:
-        """Drop objects that no longer exist (not seen in a full audit)."""
-        keep = set(keys)
-        for key in [k for k in self._states if k not in keep]:
-            del self._states[key]
+    def tracked(self) -> list[str]:
+        """The objects with fight state (there is none for an object that was never fixed)."""
+        return list(self._states)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,8 @@ from the next audit on, without a restart.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -49,7 +51,9 @@ class Reporter:
         self._instance = instance
         self._wall = wall
         self._violations: dict[tuple[str, str], frozenset[tuple[str, str]]] = {}
-        self._reports: dict[str, Any] = {}
+        self._reports: dict[str, bytes] = {}
+        """The digest of each namespace's last written report content (not the content: a report lists
+        every filter of its namespace)."""
         self._reports_unavailable = False
 
     async def record_event(
@@ -90,10 +94,13 @@ class Reporter:
         ):
             self._violations[key] = mark
 
-    def forget_objects_except(self, keys: Iterable[tuple[str, str]]) -> None:
-        keep = set(keys)
-        for key in [k for k in self._violations if k not in keep]:
-            del self._violations[key]
+    def objects(self) -> set[tuple[str, str]]:
+        """The objects whose violations were recorded (the only per-object state kept here)."""
+        return set(self._violations)
+
+    def forget_objects(self, keys: Iterable[tuple[str, str]]) -> None:
+        for key in keys:
+            self._violations.pop(key, None)
 
     @property
     def reports_served(self) -> bool:
@@ -108,7 +115,8 @@ class Reporter:
         for namespace in sorted(set(by_namespace) | set(self._reports)):
             report = build_policy_report(namespace, by_namespace.get(namespace, []), now_seconds=now_seconds)
             content = report_content(report)
-            if self._reports.get(namespace) == content:
+            digest = content_digest(content)
+            if self._reports.get(namespace) == digest:
                 continue
             try:
                 written = await asyncio.to_thread(self._upsert, namespace, report, content)
@@ -133,7 +141,7 @@ class Reporter:
                 logger.info(
                     "policyreport %s/%s written summary=%s", namespace, REPORT_NAME, report["summary"]
                 )
-            self._reports[namespace] = content
+            self._reports[namespace] = digest
 
     def _upsert(self, namespace: str, report: dict[str, Any], content: Any) -> str:
         """Create or replace the report; "written", "unchanged" or "conflict"."""
@@ -153,3 +161,8 @@ class Reporter:
         except ConflictError:
             return "conflict"
         return "written"
+
+
+def content_digest(content: Any) -> bytes:
+    """A fingerprint of a report's content, to tell whether it changed since it was written."""
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).digest()

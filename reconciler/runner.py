@@ -26,6 +26,7 @@ from aiohttp import web
 from kubernetes import client
 
 from kube.context import ContextCache
+from kube.heap import Heap
 from kube.services import ServiceCache
 from kube.settings import KubeSettings
 from policies import ChainResolver, Policy, ServiceAddress, ServiceRef, ServiceResolver, StaticResolver
@@ -54,6 +55,8 @@ class Parts:
     api_client: Any
     may_write: Callable[[], bool]
     """True while this process may write: it holds the Lease, or runs without one."""
+    heap: Heap
+    """Settled after each cache list, so the collector does not walk the caches during audits."""
 
 
 def build_parts(
@@ -69,7 +72,8 @@ def build_parts(
         api_client, field_manager=settings.field_manager, timeout=settings.request_timeout_seconds
     )
     kube_settings = KubeSettings(kubeconfig=settings.kubeconfig)
-    cache = ServiceCache(client.CoreV1Api(api_client), kube_settings)
+    heap = Heap()
+    cache = ServiceCache(client.CoreV1Api(api_client), kube_settings, after_list=heap.settle_soon)
     context = ContextCache(
         client.CustomObjectsApi(api_client),
         kube_settings,
@@ -78,6 +82,7 @@ def build_parts(
         declared=services,
         settled=True,
         filter_name=policy.filter_name,
+        after_list=heap.settle_soon,
     )
     resolver: ServiceResolver = cache
     if services:
@@ -97,7 +102,7 @@ def build_parts(
         may_write=may_write,
         context=context,
     )
-    return Parts(kube, cache, context, reconciler, elector, metrics, api_client, may_write)
+    return Parts(kube, cache, context, reconciler, elector, metrics, api_client, may_write, heap)
 
 
 def _always() -> bool:
@@ -246,6 +251,7 @@ async def _start_metrics(settings: ReconcileSettings, metrics: ReconcileMetrics)
 
 async def run_reconciler(parts: Parts, settings: ReconcileSettings, *, stop: asyncio.Event) -> None:
     """Run until `stop` is set; then stop every part (bounded) and release the Lease."""
+    parts.heap.start(asyncio.get_running_loop())
     parts.cache.start()
     await asyncio.to_thread(parts.context.start)
     metrics_runner: web.AppRunner | None = None
@@ -332,12 +338,14 @@ async def _shutdown(
             logger.warning("lease release did not finish within %.0fs", STOP_TIMEOUT_SECONDS)
     await asyncio.to_thread(parts.cache.stop, STOP_TIMEOUT_SECONDS)
     await asyncio.to_thread(parts.context.stop, STOP_TIMEOUT_SECONDS)
+    parts.heap.stop()
     if metrics_runner is not None:
         await metrics_runner.cleanup()
 
 
 async def audit_once(parts: Parts, settings: ReconcileSettings) -> AuditResult | None:
     """One audit (for `--once`): None when another replica holds the Lease (nothing was written)."""
+    parts.heap.start(asyncio.get_running_loop())
     parts.cache.start()
     await asyncio.to_thread(parts.context.start)
     try:
@@ -350,6 +358,7 @@ async def audit_once(parts: Parts, settings: ReconcileSettings) -> AuditResult |
             await asyncio.to_thread(parts.elector.release)
         await asyncio.to_thread(parts.cache.stop, STOP_TIMEOUT_SECONDS)
         await asyncio.to_thread(parts.context.stop, STOP_TIMEOUT_SECONDS)
+        parts.heap.stop()
 
 
 def audit_exit_code(result: AuditResult) -> int:

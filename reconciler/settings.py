@@ -53,6 +53,8 @@ class ReconcileSettings:
     watch_backoff_initial_seconds: float = 0.5
     watch_backoff_max_seconds: float = 30.0
     cache_sync_timeout_seconds: float = 30.0
+    audit_concurrency: int = 8
+    """Objects of one page an audit has in flight at once (their API writes overlap)."""
     lease: LeaseSettings | None = None
     metrics_host: str = "0.0.0.0"
     metrics_port: int | None = None

@@ -2,17 +2,76 @@
 
 from __future__ import annotations
 
+import gc
+import time
 from collections import Counter as Counter_
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from telemetry.tally import LatencyTally
 from webhook.admission import Outcome, Webhook
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+GC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+GC_GENERATIONS = 3
+
+
+class GcPauses(Collector):
+    """Every garbage collection's pause, by generation, from `gc.callbacks` (the interpreter calls them
+    around each collection, on whichever thread triggered it, with the GIL held: nothing else runs, so
+    plain numbers need no lock). `install()` / `uninstall()` add and remove the callback; the server's
+    lifecycle owns them. A pause is everything the process stood still for, requests included."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._clock = clock
+        self._started = 0.0
+        self.pauses = [LatencyTally(GC_BUCKETS) for _ in range(GC_GENERATIONS)]
+        self.collected = [0] * GC_GENERATIONS
+        self.longest = 0.0
+
+    def install(self) -> None:
+        if self._observe not in gc.callbacks:
+            gc.callbacks.append(self._observe)
+
+    def uninstall(self) -> None:
+        if self._observe in gc.callbacks:
+            gc.callbacks.remove(self._observe)
+
+    def _observe(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = self._clock()
+            return
+        generation = min(int(info.get("generation", 0)), GC_GENERATIONS - 1)
+        seconds = self._clock() - self._started
+        self.pauses[generation].observe(seconds)
+        self.collected[generation] += int(info.get("collected", 0))
+        self.longest = max(self.longest, seconds)
+
+    def collect(self) -> Iterator[Metric]:
+        pauses = HistogramMetricFamily(
+            "extproc_guard_gc_pause_seconds",
+            "Garbage collection pauses of the server process, by generation (2 = a full collection).",
+            labels=["generation"],
+        )
+        collected = CounterMetricFamily(
+            "extproc_guard_gc_collected_objects",
+            "Objects the garbage collector freed (unreachable cycles), by generation.",
+            labels=["generation"],
+        )
+        for generation, tally in enumerate(self.pauses):
+            pauses.add_metric([str(generation)], tally.cumulative(), sum_value=tally.sum)
+            collected.add_metric([str(generation)], self.collected[generation])
+        yield pauses
+        yield collected
+        yield GaugeMetricFamily(
+            "extproc_guard_gc_frozen_objects",
+            "Objects moved out of the collector's way (gc.freeze) after the caches' lists.",
+            value=gc.get_freeze_count(),
+        )
 
 
 class ReviewTally(Collector):
@@ -89,6 +148,8 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.tally = ReviewTally()
         self.registry.register(self.tally)
+        self.gc = GcPauses()
+        self.registry.register(self.gc)
         self.malformed = Counter(
             "extproc_guard_malformed_requests",
             "Requests refused with HTTP 4xx before a review (not JSON, wrong kind, too large, ...).",

@@ -2,6 +2,10 @@
 
 `make_app(settings)` builds everything a running server owns (policy, resolver, Service cache, certificate
 reloader, metrics) and hands the long-lived parts to `cleanup_ctx`, so `AppRunner.cleanup()` stops them.
+The heap is one of them (`kube.heap`): while the server runs, its garbage collector has a long-lived
+server's thresholds, and after every complete list of a cache (the first sync, each relist) what is alive
+is frozen on the event loop, so full collections never walk the caches or the Kubernetes client in the
+request path; every collection's pause is a metric.
 The review handlers only translate: they read the body (refusing one too large or too slow), make one call,
 `Reviewer.review(body)`, which parses, decides and encodes, and turn its result into HTTP: an `Answer` is a
 200 AdmissionReview (a denial included: `allowed: false`), a `Refusal` a 400 with one plain line. They
@@ -22,6 +26,7 @@ from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from kube.context import ContextCache, custom_objects_api
+from kube.heap import Heap
 from kube.services import ServiceCache, build_core_api
 from policies import (
     ChainResolver,
@@ -51,6 +56,7 @@ METRICS_KEY = web.AppKey("metrics", Metrics)
 REVIEWER_KEY = web.AppKey("reviewer", Reviewer)
 CACHE_KEY = web.AppKey("service_cache", ServiceCache)
 CONTEXT_KEY = web.AppKey("context_cache", ContextCache)
+HEAP_KEY = web.AppKey("heap", Heap)
 TLS_KEY = web.AppKey("tls", CertReloader)
 
 
@@ -77,6 +83,9 @@ def make_app(settings: ServeSettings, *, kube_api: Any = None) -> web.Applicatio
         middlewares=[translate_errors],
     )
     metrics = Metrics()
+    heap = Heap()
+    app[HEAP_KEY] = heap
+    app.cleanup_ctx.append(_run_heap)
     cache: ServiceCache | None = None
     policy = settings.policy if settings.policy is not None else default_policy()
     context: ContextSource = FixedContext(
@@ -93,7 +102,7 @@ def make_app(settings: ServeSettings, *, kube_api: Any = None) -> web.Applicatio
             if kube_api is not None
             else build_core_api(kubeconfig=settings.kube.kubeconfig, context=settings.kube.context)
         )
-        cache = ServiceCache(api, settings.kube)
+        cache = ServiceCache(api, settings.kube, after_list=heap.settle_soon)
         app[CACHE_KEY] = cache
         app.cleanup_ctx.append(_run_service_cache)
         metrics.bind_cache(age=cache.age, synced=lambda: cache.synced, size=cache.size)
@@ -105,6 +114,7 @@ def make_app(settings: ServeSettings, *, kube_api: Any = None) -> web.Applicatio
             declared=settings.services,
             settled=False,
             filter_name=policy.filter_name,
+            after_list=heap.settle_soon,
         )
         app[CONTEXT_KEY] = live
         app.cleanup_ctx.append(_run_context_cache)
@@ -124,6 +134,21 @@ def make_app(settings: ServeSettings, *, kube_api: Any = None) -> web.Applicatio
     app.router.add_get("/readyz", handle_readyz)
     app.router.add_get("/metrics", handle_metrics)
     return app
+
+
+async def _run_heap(app: web.Application) -> AsyncIterator[None]:
+    """Server thresholds and pause metrics while the app runs; settles go to this loop. Without caches the
+    heap is settled once at start (the modules and the policy are all there is to freeze)."""
+    heap, pauses = app[HEAP_KEY], app[METRICS_KEY].gc
+    heap.start(asyncio.get_running_loop())
+    pauses.install()
+    if CACHE_KEY not in app:
+        heap.settle_soon()
+    try:
+        yield
+    finally:
+        pauses.uninstall()
+        heap.stop()
 
 
 async def _run_context_cache(app: web.Application) -> AsyncIterator[None]:

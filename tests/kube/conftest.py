@@ -1,9 +1,10 @@
-"""Shared fixtures for the `kube/` tests: kubeconfig files, a pod's service account folder, and a loopback
-API server over real TLS (a CA of its own, a bearer token it checks) for the in-cluster path."""
+"""Shared fixtures for the `kube/` tests: kubeconfig files, a pod's service account folder, a loopback
+API server over real TLS (a CA of its own, a bearer token it checks) for the in-cluster path, and the
+reconciler tests' stand-in API (lists and watches of any collection) for the informer caches."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 
 from certs.pki import generate_ca
 from tests.kube.rig import TOKEN, TlsApiServer, WriteKubeconfig, serving_tls_api, write_kubeconfig_file
+from tests.reconciler.fakeapi import FakeKubeAPI
 
 
 @pytest.fixture
@@ -41,3 +43,13 @@ def service_account(tmp_path: Path) -> Path:
 def tls_api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsApiServer]:
     with serving_tls_api(tmp_path_factory.mktemp("tls-api-server")) as server:
         yield server
+
+
+@pytest.fixture
+async def fake_api() -> AsyncIterator[FakeKubeAPI]:
+    api = FakeKubeAPI()
+    await api.start()
+    try:
+        yield api
+    finally:
+        await api.stop()

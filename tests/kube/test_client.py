@@ -8,9 +8,13 @@ to a loopback HTTPS server with the in-cluster client, so the token and the CA a
 
 from __future__ import annotations
 
+import json
+import logging
+import warnings
 from pathlib import Path
 
 import pytest
+import urllib3
 from kubernetes import client
 
 from kube.client import KubeConfigError, build_api_client
@@ -199,3 +203,43 @@ def test_an_in_cluster_client_reads_through_tls_with_the_service_account(
     with pytest.raises(ServiceNotFound):
         resolver.lookup(ServiceRef("llm-d", "gone"))
     assert tls_api_server.requests[0] == (f"bearer {TOKEN}", "/api/v1/namespaces/llm-d/services/epp")
+
+
+def test_a_kubeconfig_that_skips_tls_verification_is_logged_once_not_warned_for_each_request(
+    tls_api_server: TlsApiServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    kubeconfig = tmp_path / "insecure"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "c",
+                        "cluster": {
+                            "server": f"https://127.0.0.1:{tls_api_server.port}",
+                            "insecure-skip-tls-verify": True,
+                        },
+                    }
+                ],
+                "users": [{"name": "u", "user": {"token": TOKEN}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "c",
+            }
+        )
+    )
+    requests = len(tls_api_server.requests)
+    caplog.set_level(logging.WARNING, logger="kube.client")
+
+    with warnings.catch_warnings(record=True) as caught:
+        resolver = KubeServiceResolver(client.CoreV1Api(build_api_client(kubeconfig=kubeconfig, environ={})))
+        for name in ("one", "two", "three"):
+            with pytest.raises(ServiceNotFound):
+                resolver.lookup(ServiceRef("llm-d", name))
+
+    assert len(tls_api_server.requests) == requests + 3
+    assert [w for w in caught if issubclass(w.category, urllib3.exceptions.InsecureRequestWarning)] == []
+    said = [r.getMessage() for r in caplog.records if "TLS verification" in r.getMessage()]
+    assert len(said) == 1
+    assert "insecure-skip-tls-verify" in said[0]

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import gc
 import uuid
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -17,15 +19,15 @@ import yaml
 
 from policies.patch import PatchOp
 from policies.policy import default_policy
-from reconciler.api import KubeObjects, Resource, build_api_client
+from reconciler.api import KubeObjects, Page, Resource, build_api_client
 from reconciler.core import Action, Reconciler
 from reconciler.leader import LeaseElector
 from reconciler.metrics import ReconcileMetrics
 from reconciler.settings import FIELD_MANAGER, LeaseSettings, ReconcileSettings
-from tests.documents import load_document
+from tests.documents import load_document, renamed
 from tests.e2e.cluster import ControlPlaneInfo, Kubectl
 from tests.reconciler.conftest import OPERATOR, FakeClock, fixed_wall, static_epp, without_server_fields
-from tests.reconciler.test_audit import with_unrelated_content
+from tests.reconciler.test_audit import LUA_PATCH, with_unrelated_content
 
 pytestmark = pytest.mark.e2e
 
@@ -283,3 +285,84 @@ async def test_an_audit_reads_every_page_of_a_paged_list(
         ("three", Action.FIXED),
         ("two", Action.FIXED),
     ]
+
+
+class Watched(dict[str, Any]):
+    """An object as the API returned it, that a test can hold a weak reference to."""
+
+    __slots__ = ("__weakref__",)
+
+
+class PageWatchingKube(CountingKube):
+    """The real client reading small pages. When the next page is asked for, it records how many objects
+    of earlier pages are still alive somewhere and which bad filters of earlier pages are not patched yet."""
+
+    def __init__(self, *args: Any, bad: set[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.bad = bad
+        self.pages: list[list[str]] = []
+        self.held_at_fetch: list[int] = []
+        self.unpatched_at_fetch: list[str] = []
+        self.patched: list[str] = []
+        self.reads: list[str] = []
+        self._alive: list[weakref.ref[Watched]] = []
+
+    def list_page(self, resource: Resource, namespace: str | None, token: str | None = None) -> Page:
+        gc.collect()
+        self.held_at_fetch.append(sum(1 for ref in self._alive if ref() is not None))
+        listed = {name for page in self.pages for name in page}
+        self.unpatched_at_fetch += sorted((listed & self.bad) - set(self.patched))
+        page = super().list_page(resource, namespace, token)
+        items = [Watched(item) for item in page.items]
+        self._alive = [weakref.ref(item) for item in items]
+        self.pages.append([item["metadata"]["name"] for item in items])
+        return Page(items, page.next_token)
+
+    def patch_object(
+        self, resource: Resource, namespace: str, name: str, *, expected_version: str, ops: Sequence[PatchOp]
+    ) -> dict[str, Any]:
+        self.patched.append(name)
+        return super().patch_object(resource, namespace, name, expected_version=expected_version, ops=ops)
+
+    def get_object(self, resource: Resource, namespace: str, name: str) -> dict[str, Any]:
+        if resource.plural == "envoyfilters":
+            self.reads.append(name)
+        return super().get_object(resource, namespace, name)
+
+
+async def test_an_audit_visits_each_object_once_and_holds_at_most_one_page(
+    control_plane: ControlPlaneInfo, kubectl: Kubectl, namespace: str
+) -> None:
+    bad = {f"bad-{i}" for i in range(5)}
+    clean = {f"clean-{i}" for i in range(2)}
+    unrelated = {f"lua-{i}" for i in range(3)}
+    for name in sorted(bad):
+        create(kubectl, renamed(load_document("seed-bad.yaml"), name), namespace)
+    for name in sorted(clean):
+        create(kubectl, renamed(load_document("seed-corrected.yaml"), name), namespace)
+    lua = {
+        "apiVersion": "networking.istio.io/v1alpha3",
+        "kind": "EnvoyFilter",
+        "spec": {"configPatches": [LUA_PATCH]},
+    }
+    for name in sorted(unrelated):
+        create(kubectl, {**lua, "metadata": {"name": name}}, namespace)
+    api_client = build_api_client(
+        kubeconfig=control_plane.kubeconfig, context=None, user_agent="extproc-guard-reconciler/pages"
+    )
+    kube = PageWatchingKube(api_client, field_manager=FIELD_MANAGER, timeout=30.0, page_size=3, bad=bad)
+
+    result = await reconciler_for(kube, namespace).audit()
+
+    assert result.errors == ()
+    listed = [name for page in kube.pages for name in page]
+    assert sorted(listed) == sorted(bad | clean | unrelated)  # every object, each once
+    assert [len(page) for page in kube.pages] == [3, 3, 3, 1]
+    assert kube.held_at_fetch == [0, 0, 0, 0]  # no object of an earlier page outlived it
+    assert kube.unpatched_at_fetch == []  # each page was written before the next was read
+    assert sorted(kube.patched) == sorted(bad)  # one patch per bad filter, nothing else written
+    assert kube.reads == []  # no filter was read again
+    assert sorted((o.name, o.action) for o in result.outcomes) == sorted(
+        [(name, Action.FIXED) for name in bad] + [(name, Action.CLEAN) for name in clean]
+    )
+    assert result.not_applicable == len(unrelated)
