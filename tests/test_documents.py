@@ -29,3 +29,20 @@ def test_renamed_copies_and_leaves_the_original_alone() -> None:
     assert copied["metadata"]["name"] == "other"
     assert copied["metadata"]["namespace"] == "elsewhere"
     assert document == load_document("seed-bad.yaml")
+
+
+def test_the_repository_tracks_no_symbolic_links() -> None:
+    """A build output linked in by hand (the control plane's bin/) must never be committed."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    listing = subprocess.run(
+        ["git", "-C", str(root), "ls-files", "-s"], capture_output=True, text=True, check=False
+    )
+    if listing.returncode != 0:
+        import pytest
+
+        pytest.skip("not a git checkout")
+    links = [line.split("\t", 1)[1] for line in listing.stdout.splitlines() if line.startswith("120000 ")]
+    assert links == []

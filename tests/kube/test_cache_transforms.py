@@ -11,7 +11,7 @@ import pytest
 
 from kube.context import PackedView, decode_envoy_filter
 from kube.services import NoAddress, ServiceDecoder
-from policies import ServiceAddress, ServiceNotFound, ServiceRef
+from policies import ServiceAddress, ServiceNotFound, ServiceRef, ServiceWithoutClusterIP
 from policies.resolver import ServicePort
 from tests.kube.objects import (
     CLUSTER_MERGE,
@@ -73,7 +73,8 @@ def test_a_service_without_an_address_keeps_only_why(spec: dict[str, Any], reaso
     ref, entry = decoded_afresh(ServiceDecoder(), service("epp", "llm-d", **spec))
 
     assert type(entry) is NoAddress
-    assert entry.error is ServiceNotFound
+    assert entry.error is ServiceWithoutClusterIP, "Istio still builds its cluster: the kind of 'no' is kept"
+    assert issubclass(entry.error, ServiceNotFound)
     assert reason in entry.reason
     with pytest.raises(ServiceNotFound, match=reason):
         raise entry.error(ref, entry.reason)

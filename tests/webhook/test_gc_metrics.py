@@ -9,12 +9,7 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
-from tests.webhook.serverkit import (
-    metric_value,
-    pki_fixture,  # noqa: F401  (a shared fixture)
-    session_fixture,  # noqa: F401  (a shared fixture)
-    static_server_fixture,  # noqa: F401  (a shared fixture)
-)
+from tests.webhook.serverkit import metric_value
 from tests.webhook.webhookrig import ServerThread
 from webhook.metrics import GcPauses
 
