@@ -19,6 +19,7 @@ from cli.demo.gateway import INFERENCE_PATH
 from epp.children import Child, free_port, start_child, stop_child, wait_for_port
 from tests.envoy_rig import EnvoyStartError, find_envoy
 from tests.epp.stack import CLI
+from tests.polling import wait_until
 
 EXT_PROC = "envoy.filters.http.ext_proc"
 
@@ -72,14 +73,19 @@ def post(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
 def first_pick(url: str) -> tuple[int, str]:
     """The first answer once the EPP picks: until its first scrape of the simulator it has no endpoint it
     can vouch for and answers 503 (bounded wait)."""
-    deadline = time.monotonic() + 30
-    while True:
+    answers: list[tuple[int, str]] = []
+
+    def picked() -> bool:
         try:
-            return post(url)
+            answers.append(post(url))
         except urllib.error.HTTPError as error:
-            if error.code != 503 or time.monotonic() > deadline:
+            if error.code != 503:
                 raise
-        time.sleep(0.2)
+            return False
+        return True
+
+    wait_until(picked, "the EPP's first pick (after its first scrape)", timeout=30)
+    return answers[-1]
 
 
 @pytest.fixture(scope="module")
