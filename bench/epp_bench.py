@@ -28,10 +28,10 @@ counters, /proc/PID/stat, divided by its decision counter).
 costs some CPU of its own, so read that run's throughput with care); `--profile` runs the EPP under
 cProfile instead (exact call counts, heavy overhead: read it as proportions).
 
-Last measured on this 2-core machine, three runs started at load average 1.8-1.9 (the README's benchmark
-table has the same): EPP/lwepp throughput 1.13-1.15x (rounds 0.87-1.34x), p50 0.19-0.36 ms lower;
-EPP/minimal 1.06-1.12x (rounds 0.80-1.49x), p50 0.15-0.24 ms lower; EPP/baseline 45-49% (rounds
-33-66%), p50 +1.08 to +1.16 ms; EPP CPU per decision 59-60 us. lwepp runs at its defaults (its development
+Last measured on this 2-core machine, five runs started at load average 1.8-1.9 (the README's benchmark
+table has the same): EPP/lwepp throughput 1.06-1.17x (rounds 0.84-1.64x), p50 0.08-0.38 ms lower;
+EPP/minimal 1.01-1.12x (rounds 0.73-2.13x), p50 0.05-0.24 ms lower; EPP/baseline 45-51% (rounds
+28-70%), p50 +0.97 to +1.16 ms; EPP CPU per decision 55-60 us. lwepp runs at its defaults (its development
 logger writes three lines per request); the EPP at its own (two lines per request).
 
 Not a test: numbers depend on the machine. Needs `wrk` on PATH, and Go for the peers.
