@@ -5,22 +5,26 @@ and GIE CRDs, built by tests/e2e/controlplane/build.sh):
 
 1. creates N/10 namespaces, 2N Services and N EnvoyFilters in the mix of `bench/scale_mix.py` (80% unrelated,
    15% EPP filters, half of them in the bad form, 5% other ext_proc users), concurrently through the API
-   (a thread pool, one keep-alive TLS connection per thread), and says how long that took;
+   (`--threads` requests in flight, one keep-alive TLS connection per thread), and says how long it took;
 2. starts `extproc-guard serve --kubeconfig` and reports the time until `/readyz` answers 200 (both caches
-   synced), its RSS, and `/mutate` p50/p99 at concurrency 16 over TLS (`wrk` with a Lua body, the bad EPP
-   filter of a populated namespace under a fresh uid per request), in `--rounds` rounds, and the server's
-   garbage collections from its own `/metrics`;
+   synced), its RSS, and `/mutate` p50/p99 at concurrency 16 over TLS (`wrk` with a Lua body: the bad EPP
+   filter of a populated namespace, a fresh uid per request) in two modes, `--rounds` rounds each:
+   "distinct", a new object name per request, so the server evaluates every review, and "same", the same
+   object again (the apiserver's reinvocations and re-applies), answered from the server's memo as
+   `bench/webhook_bench.py` measures it; then the server's garbage collections from its own `/metrics`
+   (`--py-spy` also samples where its time goes in the last distinct round);
 3. runs `extproc-guard reconcile --once --kubeconfig` `--rounds` times (the bad filters put back between
    rounds) and reports the audit's time (its own log line), the whole command's time, its peak RSS (the
-   kernel's maximum resident set of the process) and which objects it wrote: the EnvoyFilters whose
-   resourceVersion moved, checked against the bad EPP filters, and the Events it recorded.
+   kernel's maximum resident set of the process) and what it wrote: the EnvoyFilters whose resourceVersion
+   moved, checked against the bad EPP filters, and the Events it recorded.
 
-Then prints one table with the growth per 1,000 filters between the two sizes.
+Then prints one table (medians, ranges over the rounds) and the growth per 1,000 filters between the first
+and the last size.
 
 Not a test: the numbers depend on the machine and what else runs on it (the load average is printed).
 Needs the control-plane build outputs and `wrk` on PATH.
 
-    python bench/scale_bench.py [--sizes 1000,10000] [--rounds 3] [--duration 10] [--threads 16]
+    python bench/scale_bench.py [--sizes 1000,10000] [--rounds 3] [--duration 10] [--threads 64] [--py-spy]
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.sampling import Sampler, summarize  # noqa: E402
 from bench.scale_mix import (  # noqa: E402
     OPERATOR,
     Kind,
@@ -318,6 +323,7 @@ class WebhookResult:
     peak_mib: float
     runs: dict[str, list[Run]]
     gc: str
+    profile: str = ""
 
 
 def review_body(folder: Path, population: Population, mode: str) -> Path:
@@ -366,7 +372,13 @@ def gc_summary(metrics: str) -> str:
 
 
 def measure_webhook(
-    info: ControlPlaneInfo, population: Population, folder: Path, *, rounds: int, duration: float
+    info: ControlPlaneInfo,
+    population: Population,
+    folder: Path,
+    *,
+    rounds: int,
+    duration: float,
+    py_spy: bool = False,
 ) -> WebhookResult:
     cert, key = write_certs(folder)
     script = folder / "review.lua"
@@ -399,9 +411,16 @@ def measure_webhook(
         runs: dict[str, list[Run]] = {mode: [] for mode in MODES}
         for body in bodies.values():
             run_wrk(server, "/mutate", body, script, connections=16, seconds=2)  # warm up
-        for _ in range(rounds):
+        sampler = Sampler(process.pid, folder) if py_spy else None
+        for round_index in range(rounds):
             for mode, body in bodies.items():
+                last = round_index == rounds - 1 and mode == "distinct"
+                sampling = sampler if last else None
+                if sampling is not None:
+                    sampling.start(duration)
                 run = run_wrk(server, "/mutate", body, script, connections=16, seconds=duration)
+                if sampling is not None:
+                    sampling.finish()
                 runs[mode].append(run)
                 print(f"    /mutate c16 {mode:<8}: {run.rps:5.0f} req/s, p50 {run.p50_ms:5.2f} ms, "
                       f"p99 {run.p99_ms:5.2f} ms, {run.errors} errors", flush=True)  # fmt: skip
@@ -414,6 +433,9 @@ def measure_webhook(
             peak_mib=memory["VmHWM"] / 1024,
             runs=runs,
             gc=gc_summary(metrics.decode()),
+            profile=""
+            if sampler is None
+            else sampler.problem or summarize(sampler.profile, within=("webhook/", "policies/", "kube/")),
         )
     finally:
         process.send_signal(signal.SIGTERM)
@@ -488,13 +510,18 @@ def measure_size(size: int, args: argparse.Namespace, folder: Path) -> SizeResul
         mix = ", ".join(f"{kind} {population.counts[kind]}" for kind in Kind if kind in population.counts)
         print(f"  created in {total:.0f} s; mix: {mix}")
         print(f"  load average {load_average()}; webhook", flush=True)
-        webhook = measure_webhook(info, population, folder, rounds=args.rounds, duration=args.duration)
+        webhook = measure_webhook(
+            info, population, folder, rounds=args.rounds, duration=args.duration, py_spy=args.py_spy
+        )
         print(
             f"    ready {webhook.ready_seconds:.1f} s, RSS {webhook.rss_ready_mib:.0f} MiB at ready, "
             f"{webhook.rss_after_mib:.0f} MiB after the load (peak {webhook.peak_mib:.0f} MiB); "
             f"GC {webhook.gc}",
             flush=True,
         )
+        if webhook.profile:
+            print("    where the server spent the last distinct-objects round (py-spy):")
+            print("\n".join("      " + line for line in webhook.profile.splitlines()))
         reconciles = []
         for index in range(args.rounds):
             if index:
@@ -588,6 +615,11 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk round (default 10)")
     parser.add_argument("--threads", type=int, default=64, help="concurrent creates (default 64)")
     parser.add_argument("--logs", type=Path, metavar="DIR", help="keep the servers' logs in DIR")
+    parser.add_argument(
+        "--py-spy",
+        action="store_true",
+        help="sample the webhook with py-spy in its last distinct-objects round",
+    )
     args = parser.parse_args()
     bin_dir = find_bin_dir()
     missing = missing_binaries(bin_dir) + missing_crd_files(bin_dir)

@@ -8,7 +8,7 @@ exponentially while the API is unreachable. Meanwhile the cache keeps answering 
 
 The cache keeps per Service only what an answer needs: its ClusterIP and ports (a Service object's other
 fields, its labels, selector and metadata, are dropped as it is read), with namespace names interned and
-identical port lists shared, about 300 bytes a Service; a Service without a usable address keeps only why.
+identical port lists shared, about 250 bytes a Service; a Service without a usable address keeps only why.
 `after_list` (optional) is called on the cache thread after every complete list, e.g. to settle the heap
 (`kube.heap`).
 
