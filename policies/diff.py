@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-from policies.patch import PatchOp, escape_token
+from policies.patch import PatchOp, copy_tree, escape_token
 
-
-def copy_tree(value: Any) -> Any:
-    """A deep copy of a JSON-like tree (mappings become dicts, lists stay lists, leaves are shared)."""
-    if isinstance(value, dict | list):
-        if isinstance(value, dict):
-            return {key: copy_tree(item) for key, item in value.items()}
-        return [copy_tree(item) for item in value]
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    if isinstance(value, Mapping):
-        return {key: copy_tree(item) for key, item in value.items()}
-    return value
+__all__ = ["copy_tree", "diff_documents"]
 
 
 def _same(old: Any, new: Any) -> bool:
@@ -35,11 +23,10 @@ def diff_documents(old: Any, new: Any, path: str = "") -> list[PatchOp]:
             if key not in new:
                 ops.append(PatchOp("remove", f"{path}/{escape_token(key)}"))
         for key, value in new.items():
-            child = f"{path}/{escape_token(key)}"
             if key not in old:
-                ops.append(PatchOp("add", child, copy_tree(value)))
+                ops.append(PatchOp("add", f"{path}/{escape_token(key)}", copy_tree(value)))
             elif not _same(old[key], value):
-                ops.extend(diff_documents(old[key], value, child))
+                ops.extend(diff_documents(old[key], value, f"{path}/{escape_token(key)}"))
         return ops
     if isinstance(old, list) and isinstance(new, list):
         if len(new) >= len(old):

@@ -24,7 +24,7 @@ from policies.context import EMPTY_CONTEXT, Context
 from policies.diff import copy_tree, diff_documents
 from policies.findings import Finding, Level
 from policies.model import DocumentError, EnvoyFilter, read_envoy_filter
-from policies.patch import PatchOp, apply_op, pointer, split_pointer
+from policies.patch import PatchOp, apply_op, split_pointer
 from policies.pieces import locate_ext_proc
 from policies.policy import Policy
 from policies.resolver import ServiceResolver
@@ -42,15 +42,21 @@ logger = logging.getLogger(__name__)
 class _Repair:
     patch: tuple[PatchOp, ...]
     fixed: dict[str, Any]
-    remaining: tuple[Finding, ...]
+    remaining: Callable[[], tuple[Finding, ...]]
+    """Checks the fixed document when called (the mutating webhook never asks)."""
+
+
+def _known(findings: tuple[Finding, ...]) -> Callable[[], tuple[Finding, ...]]:
+    return lambda: findings
 
 
 @dataclass(frozen=True, eq=False)
 class Evaluation:
     """What the policy says about one document, and its corrected form.
 
-    `patch`, `fixed` and `remaining` are computed on first use (`check` reads only `findings`), from the
-    document as given: do not change the document before reading them.
+    `patch`, `fixed` and `remaining` are computed on first use (`check` reads only `findings`, the mutating
+    webhook `findings` and `patch`), from the document as given: do not change the document, or `fixed`,
+    before reading them.
     """
 
     applicable: bool
@@ -73,10 +79,10 @@ class Evaluation:
         """The corrected document (the given document itself when nothing changes)."""
         return self._repaired.fixed
 
-    @property
+    @cached_property
     def remaining(self) -> tuple[Finding, ...]:
         """The findings of `fixed`: what the fix could not repair."""
-        return self._repaired.remaining
+        return self._repaired.remaining()
 
     @property
     def enforced(self) -> tuple[Finding, ...]:
@@ -114,30 +120,43 @@ def _subject(
     resolver: ServiceResolver,
     context: Context,
     workload: Workload,
+    *,
+    decided: Subject | None = None,
 ) -> Subject | None:
+    """The subject of `document`. `decided` is the subject of the same document before a fix: its roles
+    (by piece path) and profile carry over, since they are decided on the document as written and a fix
+    must not change them (the property tests check that a fresh evaluation of the fixed document agrees)."""
     envoy_filter = read_envoy_filter(document)
     if envoy_filter is None:
         return None
     pieces = locate_ext_proc(envoy_filter, policy.filter_name, used_clusters=workload.used_cluster_names())
     if pieces is None:
         return None
-    return Subject(pieces, policy, resolver, context, _workload=workload)
+    if decided is None:
+        return Subject(pieces, policy, resolver, context, _workload=workload)
+    return Subject(
+        pieces,
+        policy,
+        resolver,
+        context,
+        _roles=dict(decided.decided_roles),
+        _workload=workload,
+        _profile=decided.decided_profile,
+    )
 
 
 def existing_path(document: Mapping[str, Any], path: str) -> str:
     """The longest prefix of `path` that names a node of `document` (a finding about a field that is not
     written yet points at the object that should hold it, so adapters can always place it on a line)."""
     node: Any = document
-    kept: list[str] = []
-    for token in split_pointer(path):
-        if isinstance(node, Mapping) and token in node:
+    for depth, token in enumerate(split_pointer(path)):
+        if (type(node) is dict or isinstance(node, Mapping)) and token in node:
             node = node[token]
         elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
             node = node[int(token)]
         else:
-            break
-        kept.append(token)
-    return pointer(*kept)
+            return "/".join(path.split("/")[: depth + 1])
+    return path
 
 
 def _to_finding(rule: Rule, level: Level, violation: Violation, document: Mapping[str, Any]) -> Finding:
@@ -221,7 +240,9 @@ def _repair(
             working = copy_tree(document)
         for op in ops:
             apply_op(working, op)
-        rebuilt = _subject(working, current.policy, current.resolver, current.context, current.workload)
+        rebuilt = _subject(
+            working, current.policy, current.resolver, current.context, current.workload, decided=current
+        )
         if rebuilt is None:
             logger.warning("rule %s removed the ext_proc content it fixed; fix dropped", rule.id)
             return None
@@ -230,7 +251,7 @@ def _repair(
 
 
 def _not_applicable(envoy_filter: EnvoyFilter | None, document: dict[str, Any]) -> Evaluation:
-    unchanged = _Repair(patch=(), fixed=document, remaining=())
+    unchanged = _Repair(patch=(), fixed=document, remaining=_known(()))
     return Evaluation(
         applicable=False,
         namespace=envoy_filter.namespace if envoy_filter else "",
@@ -251,7 +272,7 @@ def _repaired(
     if any(violation.fixable for *_, violations in results for violation in violations):
         repaired = _repair(document, subject, results)
     if repaired is None:
-        return _Repair(patch=(), fixed=document, remaining=findings)
+        return _Repair(patch=(), fixed=document, remaining=_known(findings))
     working, final = repaired
     patch = tuple(diff_documents(document, working))
     prefixes = _owned_prefixes(subject)
@@ -259,9 +280,8 @@ def _repaired(
     foreign = [op.path for op in patch if not _owned(op, prefixes, count)]
     if foreign:
         logger.error("a fix would change %s, which no EPP piece owns; fix dropped", foreign[0])
-        return _Repair(patch=(), fixed=document, remaining=findings)
-    remaining = _findings(_check(final, active), working)
-    return _Repair(patch=patch, fixed=working, remaining=remaining)
+        return _Repair(patch=(), fixed=document, remaining=_known(findings))
+    return _Repair(patch=patch, fixed=working, remaining=lambda: _findings(_check(final, active), working))
 
 
 def evaluate(

@@ -15,11 +15,14 @@ class PatchError(Exception):
 
 
 def escape_token(token: str | int) -> str:
-    return str(token).replace("~", "~0").replace("/", "~1")
+    text = token if type(token) is str else str(token)
+    if "~" in text or "/" in text:
+        return text.replace("~", "~0").replace("/", "~1")
+    return text
 
 
 def unescape_token(token: str) -> str:
-    return token.replace("~1", "/").replace("~0", "~")
+    return token.replace("~1", "/").replace("~0", "~") if "~" in token else token
 
 
 def pointer(*tokens: str | int) -> str:
@@ -32,7 +35,21 @@ def split_pointer(path: str) -> list[str]:
         return []
     if not path.startswith("/"):
         raise PatchError(f"JSON Pointer {path!r} must start with '/'")
-    return [unescape_token(t) for t in path[1:].split("/")]
+    tokens = path[1:].split("/")
+    return [unescape_token(t) for t in tokens] if "~" in path else tokens
+
+
+def copy_tree(value: Any) -> Any:
+    """A deep copy of a JSON-like tree (mappings become dicts, lists stay lists, leaves are shared)."""
+    if isinstance(value, dict | list):
+        if isinstance(value, dict):
+            return {key: copy_tree(item) for key, item in value.items()}
+        return [copy_tree(item) for item in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if isinstance(value, Mapping):
+        return {key: copy_tree(item) for key, item in value.items()}
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +65,7 @@ class PatchOp:
 
 
 def _child(container: Any, token: str, path: str) -> Any:
-    if isinstance(container, Mapping):
+    if type(container) is dict or isinstance(container, Mapping):
         if token not in container:
             raise PatchError(f"{path}: no member {token!r}")
         return container[token]
@@ -75,7 +92,7 @@ def apply_op(document: Any, op: PatchOp) -> Any:
     tokens = split_pointer(op.path)
     if not tokens:
         if op.op in ("add", "replace"):
-            return copy.deepcopy(op.value)
+            return copy_tree(op.value)
         if op.op == "test":
             if document != op.value:
                 raise PatchError("test failed at the document root")
@@ -87,11 +104,11 @@ def apply_op(document: Any, op: PatchOp) -> Any:
     last = tokens[-1]
     if isinstance(parent, dict):
         if op.op == "add":
-            parent[last] = copy.deepcopy(op.value)
+            parent[last] = copy_tree(op.value)
         elif op.op == "replace":
             if last not in parent:
                 raise PatchError(f"{op.path}: no member {last!r} to replace")
-            parent[last] = copy.deepcopy(op.value)
+            parent[last] = copy_tree(op.value)
         elif op.op == "remove":
             if last not in parent:
                 raise PatchError(f"{op.path}: no member {last!r} to remove")
@@ -100,9 +117,9 @@ def apply_op(document: Any, op: PatchOp) -> Any:
             raise PatchError(f"test failed at {op.path}")
     elif isinstance(parent, list):
         if op.op == "add":
-            parent.insert(_index(parent, last, op.path, allow_end=True), copy.deepcopy(op.value))
+            parent.insert(_index(parent, last, op.path, allow_end=True), copy_tree(op.value))
         elif op.op == "replace":
-            parent[_index(parent, last, op.path, allow_end=False)] = copy.deepcopy(op.value)
+            parent[_index(parent, last, op.path, allow_end=False)] = copy_tree(op.value)
         elif op.op == "remove":
             del parent[_index(parent, last, op.path, allow_end=False)]
         elif parent[_index(parent, last, op.path, allow_end=False)] != op.value:

@@ -286,10 +286,13 @@ def _route_entries(patch: ConfigPatch, value: dict[str, Any], filter_name: str) 
     return pieces
 
 
-def read_clusters(envoy_filter: EnvoyFilter) -> dict[str, ClusterPiece]:
-    """The clusters an EnvoyFilter adds (CLUSTER patches with operation ADD), by name, first one wins."""
+def read_clusters(
+    envoy_filter: EnvoyFilter, patches: tuple[ConfigPatch, ...] | None = None
+) -> dict[str, ClusterPiece]:
+    """The clusters an EnvoyFilter adds (CLUSTER patches with operation ADD), by name, first one wins.
+    `patches` are its config patches when the caller has read them already."""
     clusters: dict[str, ClusterPiece] = {}
-    for patch in envoy_filter.config_patches:
+    for patch in envoy_filter.config_patches if patches is None else patches:
         value = patch.value
         if patch.apply_to != "CLUSTER" or patch.operation != "ADD" or not isinstance(value, dict):
             continue
@@ -310,7 +313,8 @@ def locate_ext_proc(
     """
     filters: list[FilterPiece] = []
     routes: list[RoutePiece] = []
-    for patch in envoy_filter.config_patches:
+    patches = envoy_filter.config_patches
+    for patch in patches:
         value = patch.value
         if not isinstance(value, dict):
             continue
@@ -320,7 +324,7 @@ def locate_ext_proc(
                 filters.append(_filter_piece(patch, value))
         elif apply_to in ROUTE_TARGETS:
             routes.extend(_route_entries(patch, value, filter_name))
-    clusters = read_clusters(envoy_filter)
+    clusters = read_clusters(envoy_filter, patches)
     used = [f.cluster_name for f in filters] + [r.cluster_name for r in routes]
     used += [name for name in used_clusters if name in clusters]
     if not filters and not routes and not any(name in clusters for name in used_clusters):

@@ -90,6 +90,16 @@ class Subject:
         return self.pieces.envoy_filter
 
     @property
+    def decided_roles(self) -> Mapping[str, RoleDecision]:
+        """The roles decided so far, by piece path."""
+        return self._roles
+
+    @property
+    def decided_profile(self) -> ProfileChoice | None:
+        """The profile, when it has been chosen."""
+        return self._profile
+
+    @property
     def document(self) -> Mapping[str, Any]:
         return self.pieces.envoy_filter.raw
 
@@ -219,6 +229,25 @@ class Subject:
         )
         return decide_role(candidate, policy=self.policy, context=self.context)
 
+    def _neighbour_filter_role(self, owner: EnvoyFilter, piece: FilterPiece) -> RoleDecision:
+        """`_decide_filter` for a neighbour's filter, shared by every document judged against the same
+        namespace index. The answer depends on the neighbour, the policy, the context and which cluster
+        its cluster name finds: when that is one of this document's own clusters it is decided afresh,
+        else the found cluster is part of the key."""
+        name = piece.cluster_name
+        if name and name in self.pieces.clusters:
+            return self._decide_filter(owner, piece)
+        found = self.workload.cluster(name) if name else None
+        key = (id(self.policy), id(owner), piece.patch.path, id(found[0]) if found is not None else None)
+        memo = self.workload.index.decisions
+        hit = memo.get(key)
+        if hit is not None and hit[0] is self.policy and hit[1] is owner:
+            decision: RoleDecision = hit[2]
+            return decision
+        decision = self._decide_filter(owner, piece)
+        memo[key] = (self.policy, owner, decision)
+        return decision
+
     def _decide_route(self, owner: EnvoyFilter, route: RoutePiece) -> RoleDecision:
         """An override's own EnvoyFilter's annotation first; then, when it names no server of its own, the
         role of the filter it configures; else its own answers."""
@@ -260,7 +289,7 @@ class Subject:
                 return self.role_of(piece)
         for owner, piece in self.workload.filters():
             if self.filter_name_of(piece) == filter_name:
-                decision = self._decide_filter(owner, piece)
+                decision = self._neighbour_filter_role(owner, piece)
                 return RoleDecision(
                     decision.role, f"{decision.why} (filter {filter_name} of envoyfilter/{owner.name})"
                 )
@@ -313,7 +342,7 @@ class Subject:
             if route.cluster_name == name:
                 yield self.role_of(route)
         for owner, piece in self.workload.filters_using(name):
-            yield self._decide_filter(owner, piece)
+            yield self._neighbour_filter_role(owner, piece)
         for owner, route in self.workload.routes_using(name):
             yield self._decide_route(owner, route)
 
@@ -361,7 +390,7 @@ class Subject:
         found: list[tuple[EnvoyFilter, FilterPiece | RoutePiece]] = []
         for owner, piece in self.workload.filters():
             joins = self.filter_name_of(piece) in names or piece.cluster_name in clusters
-            if joins and self._decide_filter(owner, piece).role is Role.EPP:
+            if joins and self._neighbour_filter_role(owner, piece).role is Role.EPP:
                 found.append((owner, piece))
                 names.add(self.filter_name_of(piece))
         for owner, route in self.workload.routes():

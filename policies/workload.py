@@ -85,6 +85,9 @@ class NeighbourIndex:
     by_key: Mapping[tuple[str, str], tuple[int, ...]]
     by_owner: Mapping[int, tuple[int, ...]]
     memo: dict[Any, tuple[int, ...]] = field(default_factory=dict, compare=False, repr=False)
+    decisions: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+    """What judged documents of the namespace decided about these neighbours, for the next one to reuse
+    (`Subject` keys each answer by everything it depends on)."""
 
     def positions(
         self, key: Any, entries: Iterable[tuple[int, Any, Any]], test: Callable[[Any], bool]
