@@ -196,12 +196,23 @@ def _owned(op: PatchOp, prefixes: tuple[str, ...], patch_count: int) -> bool:
     return path in ("/metadata", "/metadata/annotations")
 
 
-def _active_rules(policy: Policy) -> list[tuple[Rule, Level]]:
+_ACTIVE: dict[tuple[int, bool], tuple[Policy, list[tuple[Rule, Level]]]] = {}
+
+
+def _active_rules(policy: Policy, *, fixing_only: bool = False) -> list[tuple[Rule, Level]]:
+    """The rules the policy turns on, with their levels (remembered per policy object)."""
+    key = (id(policy), fixing_only)
+    known = _ACTIVE.get(key)
+    if known is not None and known[0] is policy:
+        return known[1]
     active: list[tuple[Rule, Level]] = []
     for rule in RULES:
         level = policy.level(rule.id)
-        if level is not Level.OFF:
+        if level is not Level.OFF and not (fixing_only and rule.fix is fix_nothing):
             active.append((rule, level))
+    if len(_ACTIVE) >= 64:
+        _ACTIVE.clear()
+    _ACTIVE[key] = (policy, active)
     return active
 
 
@@ -290,9 +301,14 @@ def evaluate(
     policy: Policy,
     resolver: ServiceResolver,
     context: Context = EMPTY_CONTEXT,
+    fixing_only: bool = False,
 ) -> Evaluation:
     """Check one document in its context; its fix is computed when first asked for. Raises
-    `DocumentError` only for a document that is not a mapping."""
+    `DocumentError` only for a document that is not a mapping.
+
+    `fixing_only` checks only the rules that have a fix: what a mutating webhook needs, since it reports
+    what it fixed and patches (its `findings` and `remaining` then leave the other rules out; the validating
+    webhook, `check` and the reconciler judge with every rule)."""
     envoy_filter = read_envoy_filter(document)
     plain = document if isinstance(document, dict) else copy_tree(document)
     if envoy_filter is None or policy.excludes(envoy_filter.namespace, envoy_filter.annotations):
@@ -303,7 +319,7 @@ def evaluate(
     if pieces is None:
         return _not_applicable(envoy_filter, plain)
     subject = Subject(pieces, policy, resolver, context, _workload=workload)
-    active = _active_rules(policy)
+    active = _active_rules(policy, fixing_only=fixing_only)
     results = _check(subject, active)
     findings = _findings(results, plain)
     return Evaluation(

@@ -157,7 +157,8 @@ class Reviewer:
         try:
             request = parse_review(body)
             self.misses += 1
-            verdict = review_request(request, webhook=webhook, evaluate=self._evaluate, policy=self.policy)
+            evaluate_one = self._evaluate_to_fix if webhook is Webhook.MUTATE else self._evaluate
+            verdict = review_request(request, webhook=webhook, evaluate=evaluate_one, policy=self.policy)
             payload = encode_review(request, verdict)
         except MalformedReviewError as error:
             return Refusal(error.reason, status=error.status)
@@ -178,11 +179,18 @@ class Reviewer:
         """Moves whenever a remembered answer may no longer hold: the Services or the context changed."""
         return self._resolver_generation() * 1_000_003 + self._context.generation
 
-    def _evaluate(self, document: Mapping[str, Any]) -> Evaluation:
+    def _evaluate(self, document: Mapping[str, Any], *, fixing_only: bool = False) -> Evaluation:
         metadata = document.get("metadata")
         namespace = metadata.get("namespace") if isinstance(metadata, Mapping) else None
         context = self._context.context_for(namespace if isinstance(namespace, str) else "")
-        return evaluate(document, policy=self.policy, resolver=self._resolver, context=context)
+        return evaluate(
+            document, policy=self.policy, resolver=self._resolver, context=context, fixing_only=fixing_only
+        )
+
+    def _evaluate_to_fix(self, document: Mapping[str, Any]) -> Evaluation:
+        """The mutating webhook's evaluation: it patches and names what it fixed, so only the rules with a
+        fix are checked (the validating webhook judges the mutated object with every rule)."""
+        return self._evaluate(document, fixing_only=True)
 
     def _uid_member(self, body: bytes) -> re.Match[bytes] | None:
         """The body's first plain-string `"uid"` member, when the body is one the memo may hold."""

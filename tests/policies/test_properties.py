@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 from policies.engine import evaluate
 from policies.patch import apply_patch, split_pointer
 from policies.policy import Policy, default_policy, load_policy
+from policies.rules import RULES
+from policies.rules.base import fix_nothing
 from tests.policies.filters import CLUSTER_IP, NAMESPACE, SERVICE, SPELLINGS, Shape, build, resolver
 
 HEADER_MODES = ("SEND", "SKIP", "DEFAULT")
@@ -322,3 +324,18 @@ def test_a_filter_marked_other_or_undecided_is_never_changed(
     result = evaluate(document, policy=policy, resolver=resolver())
     assert result.patch == ()
     assert result.fixed == document
+
+
+@SETTINGS
+@given(documents(fixable=False))
+def test_checking_only_the_rules_with_a_fix_gives_the_same_patch_and_fixable_findings(
+    case: tuple[dict[str, Any], Extras, Policy],
+) -> None:
+    document, _, policy = case
+    full = evaluate(document, policy=policy, resolver=resolver())
+    fixing = evaluate(document, policy=policy, resolver=resolver(), fixing_only=True)
+    fixable_rules = {rule.id for rule in RULES if rule.fix is not fix_nothing}
+    assert fixing.patch == full.patch
+    assert fixing.fixed == full.fixed
+    assert fixing.findings == tuple(f for f in full.findings if f.rule in fixable_rules)
+    assert fixing.remaining == tuple(f for f in full.remaining if f.rule in fixable_rules)
