@@ -16,7 +16,8 @@ def _same(old: Any, new: Any) -> bool:
 def diff_documents(old: Any, new: Any, path: str = "") -> list[PatchOp]:
     """Operations that turn `old` into `new`: removals, additions and leaf replacements only where they
     differ; a list that only grew gets `add`s at its end; any other list change replaces the list.
-    Mappings other than dicts are compared whole (the engine's documents are plain dicts)."""
+    Mappings other than dicts are compared whole (the engine's documents are plain dicts). Subtrees that are
+    the same object (a copy-on-write working document shares them) are skipped without comparing."""
     if isinstance(old, dict) and isinstance(new, dict):
         ops: list[PatchOp] = []
         for key in old:
@@ -25,14 +26,16 @@ def diff_documents(old: Any, new: Any, path: str = "") -> list[PatchOp]:
         for key, value in new.items():
             if key not in old:
                 ops.append(PatchOp("add", f"{path}/{escape_token(key)}", copy_tree(value)))
-            elif not _same(old[key], value):
-                ops.extend(diff_documents(old[key], value, f"{path}/{escape_token(key)}"))
+                continue
+            before = old[key]
+            if before is not value and not _same(before, value):
+                ops.extend(diff_documents(before, value, f"{path}/{escape_token(key)}"))
         return ops
     if isinstance(old, list) and isinstance(new, list):
         if len(new) >= len(old):
             ops = []
             for index, (before, after) in enumerate(zip(old, new, strict=False)):
-                if not _same(before, after):
+                if before is not after and not _same(before, after):
                     ops.extend(diff_documents(before, after, f"{path}/{index}"))
             ops.extend(
                 PatchOp("add", f"{path}/{index}", copy_tree(new[index]))

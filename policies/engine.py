@@ -41,9 +41,15 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class _Repair:
     patch: tuple[PatchOp, ...]
-    fixed: dict[str, Any]
+    fixed: Callable[[], dict[str, Any]]
+    """The corrected document, a tree of its own (the working copy shares unchanged subtrees with the
+    given document, so it is copied when first asked for; the mutating webhook never asks)."""
     remaining: Callable[[], tuple[Finding, ...]]
     """Checks the fixed document when called (the mutating webhook never asks)."""
+
+
+def _same_document(document: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    return lambda: document
 
 
 def _known(findings: tuple[Finding, ...]) -> Callable[[], tuple[Finding, ...]]:
@@ -74,10 +80,10 @@ class Evaluation:
         """A minimal RFC 6902 patch (only rule-owned paths) from the document to its corrected form."""
         return self._repaired.patch
 
-    @property
+    @cached_property
     def fixed(self) -> dict[str, Any]:
         """The corrected document (the given document itself when nothing changes)."""
-        return self._repaired.fixed
+        return self._repaired.fixed()
 
     @cached_property
     def remaining(self) -> tuple[Finding, ...]:
@@ -122,14 +128,25 @@ def _subject(
     workload: Workload,
     *,
     decided: Subject | None = None,
+    touched: frozenset[int] | None = None,
 ) -> Subject | None:
     """The subject of `document`. `decided` is the subject of the same document before a fix: its roles
     (by piece path) and profile carry over, since they are decided on the document as written and a fix
-    must not change them (the property tests check that a fresh evaluation of the fixed document agrees)."""
+    must not change them (the property tests check that a fresh evaluation of the fixed document agrees);
+    and its config patches are reused except the `touched` ones (None: every one may have changed)."""
     envoy_filter = read_envoy_filter(document)
     if envoy_filter is None:
         return None
-    pieces = locate_ext_proc(envoy_filter, policy.filter_name, used_clusters=workload.used_cluster_names())
+    reuse = None
+    if decided is not None and touched is not None:
+        reuse = {
+            index: entry
+            for index, entry in enumerate(decided.pieces.entries)
+            if entry is not None and index not in touched
+        }
+    pieces = locate_ext_proc(
+        envoy_filter, policy.filter_name, used_clusters=workload.used_cluster_names(), reuse=reuse
+    )
     if pieces is None:
         return None
     if decided is None:
@@ -236,6 +253,7 @@ def _repair(
     """Run every fixable rule's fix in id order on a working copy; the copy and its subject, or None when
     nothing changed."""
     working: dict[str, Any] | None = None
+    owned: set[int] = set()
     current = subject
     for rule, _level, violations in results:
         if rule.fix is fix_nothing:
@@ -248,11 +266,19 @@ def _repair(
         if not ops:
             continue
         if working is None:
-            working = copy_tree(document)
+            working = dict(document)  # copy on write: only the containers the fixes change are copied
+            owned = {id(working)}
+        touched = _touched_patches(ops, current.envoy_filter.patch_count)
         for op in ops:
-            apply_op(working, op)
+            apply_op(working, op, owned=owned)
         rebuilt = _subject(
-            working, current.policy, current.resolver, current.context, current.workload, decided=current
+            working,
+            current.policy,
+            current.resolver,
+            current.context,
+            current.workload,
+            decided=current,
+            touched=touched,
         )
         if rebuilt is None:
             logger.warning("rule %s removed the ext_proc content it fixed; fix dropped", rule.id)
@@ -261,8 +287,31 @@ def _repair(
     return None if working is None else (working, current)
 
 
+def _touched_patches(ops: list[PatchOp], patch_count: int) -> frozenset[int] | None:
+    """The indexes of the config patches that `ops` change, when every other one keeps its index and
+    content; None when an op changes the document above them (the list itself, `spec`, the root) or shifts
+    them. Changes to `metadata` and patches appended at the end touch none of the existing ones."""
+    touched: set[int] = set()
+    for op in ops:
+        tokens = split_pointer(op.path)
+        if tokens and tokens[0] == "metadata":
+            continue
+        if len(tokens) < 3 or tokens[0] != "spec" or tokens[1] != "configPatches":
+            return None
+        index = tokens[2]
+        if len(tokens) == 3:
+            appended = op.op == "add" and (index == "-" or (index.isdigit() and int(index) >= patch_count))
+            if not appended:
+                return None
+            continue
+        if not index.isdigit():
+            return None
+        touched.add(int(index))
+    return frozenset(touched)
+
+
 def _not_applicable(envoy_filter: EnvoyFilter | None, document: dict[str, Any]) -> Evaluation:
-    unchanged = _Repair(patch=(), fixed=document, remaining=_known(()))
+    unchanged = _Repair(patch=(), fixed=_same_document(document), remaining=_known(()))
     return Evaluation(
         applicable=False,
         namespace=envoy_filter.namespace if envoy_filter else "",
@@ -283,7 +332,7 @@ def _repaired(
     if any(violation.fixable for *_, violations in results for violation in violations):
         repaired = _repair(document, subject, results)
     if repaired is None:
-        return _Repair(patch=(), fixed=document, remaining=_known(findings))
+        return _Repair(patch=(), fixed=_same_document(document), remaining=_known(findings))
     working, final = repaired
     patch = tuple(diff_documents(document, working))
     prefixes = _owned_prefixes(subject)
@@ -291,8 +340,12 @@ def _repaired(
     foreign = [op.path for op in patch if not _owned(op, prefixes, count)]
     if foreign:
         logger.error("a fix would change %s, which no EPP piece owns; fix dropped", foreign[0])
-        return _Repair(patch=(), fixed=document, remaining=_known(findings))
-    return _Repair(patch=patch, fixed=working, remaining=lambda: _findings(_check(final, active), working))
+        return _Repair(patch=(), fixed=_same_document(document), remaining=_known(findings))
+    return _Repair(
+        patch=patch,
+        fixed=lambda: copy_tree(working),
+        remaining=lambda: _findings(_check(final, active), working),
+    )
 
 
 def evaluate(

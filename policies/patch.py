@@ -87,8 +87,31 @@ def _index(container: list[Any], token: str, path: str, *, allow_end: bool) -> i
     return index
 
 
-def apply_op(document: Any, op: PatchOp) -> Any:
-    """Apply one operation in place (the root is replaced by returning the new value)."""
+def _own(parent: Any, token: str, child: Any, owned: set[int]) -> Any:
+    """`child` (the member `token` of `parent`, which is owned) as a container of the working document's own:
+    copied shallowly in place the first time, so a document it shares subtrees with never changes."""
+    if id(child) in owned:
+        return child
+    if isinstance(child, list):
+        copied: Any = list(child)
+    elif isinstance(child, Mapping):
+        copied = dict(child)
+    else:
+        return child
+    if isinstance(parent, list):
+        parent[int(token)] = copied
+    else:
+        parent[token] = copied
+    owned.add(id(copied))
+    return copied
+
+
+def apply_op(document: Any, op: PatchOp, *, owned: set[int] | None = None) -> Any:
+    """Apply one operation in place (the root is replaced by returning the new value).
+
+    With `owned`, the document shares subtrees with another one (copy on write): `owned` holds the ids of the
+    containers that are its own (the root at least), and every other container on the op's path is copied
+    before it is changed. The shared subtrees stay identical objects, which `diff_documents` skips."""
     tokens = split_pointer(op.path)
     if not tokens:
         if op.op in ("add", "replace"):
@@ -100,7 +123,8 @@ def apply_op(document: Any, op: PatchOp) -> Any:
         raise PatchError("cannot remove the document root")
     parent = document
     for token in tokens[:-1]:
-        parent = _child(parent, token, op.path)
+        child = _child(parent, token, op.path)
+        parent = child if owned is None else _own(parent, token, child, owned)
     last = tokens[-1]
     if isinstance(parent, dict):
         if op.op == "add":

@@ -11,7 +11,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from policies.model import ConfigPatch, EnvoyFilter
+from policies.model import ConfigPatch, EnvoyFilter, read_config_patch
 from policies.patch import escape_token
 from policies.spelling import Spelling, detect_spelling, find_key
 
@@ -250,6 +250,16 @@ def _route_piece(patch: ConfigPatch, entry: dict[str, Any], path: str, filter_na
     )
 
 
+@dataclass(frozen=True, slots=True)
+class EntryPieces:
+    """What one entry of `spec.configPatches` holds: its ext_proc filter, overrides and added cluster."""
+
+    patch: ConfigPatch
+    filters: tuple[FilterPiece, ...] = ()
+    routes: tuple[RoutePiece, ...] = ()
+    cluster: ClusterPiece | None = None
+
+
 @dataclass(slots=True)
 class ExtProcPieces:
     """Everything in one EnvoyFilter that makes up its ext_proc path."""
@@ -264,6 +274,9 @@ class ExtProcPieces:
     epp_clusters: tuple[ClusterPiece, ...]
     """The clusters this document defines that some ext_proc filter or route override uses, each once
     (in a role-restricted view: only those the pieces of that role use)."""
+    entries: tuple[EntryPieces | None, ...] = ()
+    """Per entry of `spec.configPatches` (None for one that is not a mapping): what a rebuild after a fix
+    reuses for the entries the fix did not touch."""
 
 
 def installs_ext_proc(value: dict[str, Any], filter_name: str) -> bool:
@@ -286,13 +299,10 @@ def _route_entries(patch: ConfigPatch, value: dict[str, Any], filter_name: str) 
     return pieces
 
 
-def read_clusters(
-    envoy_filter: EnvoyFilter, patches: tuple[ConfigPatch, ...] | None = None
-) -> dict[str, ClusterPiece]:
-    """The clusters an EnvoyFilter adds (CLUSTER patches with operation ADD), by name, first one wins.
-    `patches` are its config patches when the caller has read them already."""
+def read_clusters(envoy_filter: EnvoyFilter) -> dict[str, ClusterPiece]:
+    """The clusters an EnvoyFilter adds (CLUSTER patches with operation ADD), by name, first one wins."""
     clusters: dict[str, ClusterPiece] = {}
-    for patch in envoy_filter.config_patches if patches is None else patches:
+    for patch in envoy_filter.config_patches:
         value = patch.value
         if patch.apply_to != "CLUSTER" or patch.operation != "ADD" or not isinstance(value, dict):
             continue
@@ -303,28 +313,57 @@ def read_clusters(
     return clusters
 
 
+def read_entry(patch: ConfigPatch, filter_name: str) -> EntryPieces:
+    """The ext_proc pieces and the added cluster of one config patch."""
+    value = patch.value
+    if not isinstance(value, dict):
+        return EntryPieces(patch)
+    apply_to = patch.apply_to
+    if apply_to == "HTTP_FILTER":
+        if patch.operation != "REMOVE" and installs_ext_proc(value, filter_name):
+            return EntryPieces(patch, filters=(_filter_piece(patch, value),))
+    elif apply_to in ROUTE_TARGETS:
+        routes = _route_entries(patch, value, filter_name)
+        if routes:
+            return EntryPieces(patch, routes=tuple(routes))
+    elif apply_to == "CLUSTER" and patch.operation == "ADD":
+        path = patch.value_path
+        name = str(value.get("name") or "")
+        return EntryPieces(patch, cluster=ClusterPiece(patch, value, name, path, _endpoints(value, path)))
+    return EntryPieces(patch)
+
+
 def locate_ext_proc(
-    envoy_filter: EnvoyFilter, filter_name: str, *, used_clusters: Collection[str] = ()
+    envoy_filter: EnvoyFilter,
+    filter_name: str,
+    *,
+    used_clusters: Collection[str] = (),
+    reuse: Mapping[int, EntryPieces] | None = None,
 ) -> ExtProcPieces | None:
     """The ext_proc pieces of a filter, or None when it has none.
 
     `used_clusters` are cluster names that ext_proc filters of *other* EnvoyFilters use: a document that
-    only adds such a cluster is part of an ext_proc path too.
+    only adds such a cluster is part of an ext_proc path too. `reuse` holds entries read before, by index,
+    that are known to be unchanged since (an entry is reused only while it is the same object).
     """
+    items = envoy_filter.spec.get("configPatches")
+    entries: list[EntryPieces | None] = []
     filters: list[FilterPiece] = []
     routes: list[RoutePiece] = []
-    patches = envoy_filter.config_patches
-    for patch in patches:
-        value = patch.value
-        if not isinstance(value, dict):
+    clusters: dict[str, ClusterPiece] = {}
+    for index, item in enumerate(items if isinstance(items, list) else ()):
+        if not isinstance(item, dict):
+            entries.append(None)
             continue
-        apply_to = patch.apply_to
-        if apply_to == "HTTP_FILTER":
-            if patch.operation != "REMOVE" and installs_ext_proc(value, filter_name):
-                filters.append(_filter_piece(patch, value))
-        elif apply_to in ROUTE_TARGETS:
-            routes.extend(_route_entries(patch, value, filter_name))
-    clusters = read_clusters(envoy_filter, patches)
+        entry = reuse.get(index) if reuse else None
+        if entry is None or entry.patch.raw is not item:
+            entry = read_entry(read_config_patch(index, item), filter_name)
+        entries.append(entry)
+        filters.extend(entry.filters)
+        routes.extend(entry.routes)
+        cluster = entry.cluster
+        if cluster is not None and cluster.name not in clusters:
+            clusters[cluster.name] = cluster
     used = [f.cluster_name for f in filters] + [r.cluster_name for r in routes]
     used += [name for name in used_clusters if name in clusters]
     if not filters and not routes and not any(name in clusters for name in used_clusters):
@@ -345,6 +384,7 @@ def locate_ext_proc(
         spelling=detect_spelling(values),
         mode_sites=tuple(site for site in sites if site is not None),
         epp_clusters=tuple(epp.values()),
+        entries=tuple(entries),
     )
 
 
