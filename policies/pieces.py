@@ -9,6 +9,7 @@ import ipaddress
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Final
 
 from policies.model import ConfigPatch, EnvoyFilter, read_config_patch
@@ -32,8 +33,11 @@ _IPV4: Final = re.compile(r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\
 
 def is_ip_address(host: Any) -> bool:
     """Whether `host` is an IPv4 or IPv6 address literal (not a host name)."""
-    if not isinstance(host, str):
-        return False
+    return isinstance(host, str) and _is_ip_text(host)
+
+
+@lru_cache(maxsize=8192)
+def _is_ip_text(host: str) -> bool:
     if _IPV4.fullmatch(host):
         return True
     if ":" not in host:

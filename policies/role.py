@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import lru_cache
 from typing import Final
 
 from policies.context import Context
@@ -140,9 +141,15 @@ def _from_policy(candidate: Candidate, policy: Policy) -> RoleDecision | None:
     return None
 
 
+@lru_cache(maxsize=8192)
+def _dashed(name: str) -> str:
+    """`name` lower-cased as `-word-word-`, so a word matches only whole (names repeat across documents)."""
+    return "-" + "-".join(part for part in _SPLIT.split(name.lower()) if part) + "-"
+
+
 def _has_word(names: list[str], words: tuple[str, ...]) -> str | None:
     for name in names:
-        dashed = "-" + "-".join(part for part in _SPLIT.split(name.lower()) if part) + "-"
+        dashed = _dashed(name)
         for word in words:
             if f"-{word}-" in dashed:
                 return name
