@@ -74,8 +74,36 @@ def test_a_command_s_own_help_loads_none_of_the_heavy_modules(command: str) -> N
 def test_check_loads_the_engine_but_no_server_cluster_or_certificate_code() -> None:
     code, modules = loaded_after(["check", str(SEED_CORRECTED), "--service", SERVICE])
     assert code == 0
-    assert {"pydantic", "policies.policy", "google.protobuf"} <= modules  # the probe sees real loading
+    assert {"policies.policy", "policies.engine", "google.protobuf"} <= modules  # the probe sees real loading
     assert roots_of(modules, ("kubernetes", "aiohttp", "grpc", "cryptography", "asyncio")) == []
+
+
+# What `check` with the built-in policy and the text output loads only when it needs it: the policy file
+# schema (pydantic, PyYAML), the libyaml reader, the version (SARIF) and hashes (SARIF), XML (JUnit).
+NOT_FOR_THE_BUILT_IN_POLICY = (
+    "pydantic",
+    "yaml",
+    "policies.policyfile",
+    "cli.yamlread",
+    "importlib.metadata",
+    "hashlib",
+    "xml.etree",
+)
+
+
+def test_check_with_the_built_in_policy_loads_neither_pydantic_nor_pyyaml() -> None:
+    code, modules = loaded_after(["check", str(SEED_CORRECTED), "--service", SERVICE])
+    assert code == 0
+    assert roots_of(modules, NOT_FOR_THE_BUILT_IN_POLICY) == []
+
+
+def test_a_policy_file_loads_its_schema(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("profile: headers-epp\n")
+    argv = ["check", str(SEED_CORRECTED), "--service", SERVICE, "--policy", str(policy)]
+    code, modules = loaded_after(argv)
+    assert code == 0
+    assert {"pydantic", "yaml", "policies.policyfile"} <= modules
 
 
 def test_the_spelled_out_choices_match_the_engine_s() -> None:
