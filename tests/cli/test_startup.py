@@ -6,15 +6,20 @@ everything. Timing is measured by `bench/startup_bench.py`, never asserted here.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
 import json
 import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cli.commands import check, command_names, doctor
+from cli.main import build_parser, command_to_run
 from cli.report import OutputFormat
 from policies.doctor import DEFAULT_EPP_CLUSTER
 
@@ -141,3 +146,61 @@ def test_the_doctor_command_names_the_engine_s_default_epp_cluster() -> None:
     from policies.doctor import DEFAULT_EPP_CLUSTER
 
     assert doctor.DEFAULT_EPP_CLUSTER == DEFAULT_EPP_CLUSTER
+
+
+def test_a_command_line_that_names_its_command_loads_only_that_command() -> None:
+    code, modules = loaded_after(["-v", "check", str(SEED_CORRECTED), "--service", SERVICE])
+    assert code == 0
+    assert {name for name in modules if name.startswith("cli.commands.")} == {"cli.commands.check"}
+
+
+ONE_COMMAND = {
+    "check": ["check", "a.yaml", "--service", SERVICE, "-o", "json", "--strict"],
+    "verbose first": ["-vv", "--verbose", "check", "-", "--policy", "p.yaml"],
+    "fix": ["fix", "--in-place", "a.yaml"],
+    "render": ["render", "a.yaml"],
+    "sim-model": ["sim-model", "--help"],
+    "a command's help": ["check", "--help"],
+    "a missing argument": ["check"],
+    "a bad value": ["check", "a.yaml", "--service", "nope"],
+    "an unknown flag": ["doctor", "--no-such-flag"],
+    "help after the command": ["serve", "-h"],
+}
+EVERY_COMMAND = {
+    "no command": [],
+    "help first": ["--help", "check"],
+    "version": ["--version"],
+    "an abbreviated flag": ["--verb", "check", "a.yaml"],
+    "an unknown command": ["chek", "a.yaml"],
+    "the module's spelling": ["sim_model"],
+    "verbose only": ["-v"],
+}
+
+
+def parse_outcome(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[Any, ...]:
+    """What parsing `argv` gives: the namespace, or the exit code with what was printed."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            return ("parsed", vars(parser.parse_args(argv)))
+        except SystemExit as exit:
+            return ("exit", exit.code, out.getvalue(), err.getvalue())
+
+
+@pytest.mark.parametrize("argv", ONE_COMMAND.values(), ids=ONE_COMMAND.keys())
+def test_the_parser_of_the_named_command_alone_parses_as_the_whole_parser(argv: list[str]) -> None:
+    command = command_to_run(argv)
+    assert command is not None
+    assert parse_outcome(build_parser(command), argv) == parse_outcome(build_parser(), argv)
+
+
+@pytest.mark.parametrize("argv", EVERY_COMMAND.values(), ids=EVERY_COMMAND.keys())
+def test_a_command_line_without_a_plain_command_gets_every_command(argv: list[str]) -> None:
+    assert command_to_run(argv) is None
+
+
+@pytest.mark.parametrize("name", command_names())
+def test_each_command_s_help_is_the_same_from_its_parser_alone(name: str) -> None:
+    argv = [name.replace("_", "-"), "--help"]
+    assert command_to_run(argv) == name
+    assert parse_outcome(build_parser(name), argv) == parse_outcome(build_parser(), argv)
