@@ -148,6 +148,45 @@ def test_the_doctor_command_names_the_engine_s_default_epp_cluster() -> None:
     assert doctor.DEFAULT_EPP_CLUSTER == DEFAULT_EPP_CLUSTER
 
 
+EXT_PROC_ONLY = """\
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: epp-ext-proc, namespace: llm-d-inference-scheduler}
+spec:
+  configPatches:
+  - applyTo: HTTP_FILTER
+    match: {context: GATEWAY}
+    patch:
+      operation: REPLACE
+      value:
+        name: envoy.filters.http.ext_proc
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor
+          grpc_service: {envoy_grpc: {cluster_name: epp-cluster}}
+"""
+EXT_PROC_MODULE = "envoy.extensions.filters.http.ext_proc.v3.ext_proc_pb2"
+CLUSTER_MODULE = "envoy.config.cluster.v3.cluster_pb2"
+HTTP_OPTIONS_MODULE = "envoy.extensions.upstreams.http.v3.http_protocol_options_pb2"
+TLS_MODULE = "envoy.extensions.transport_sockets.tls.v3.tls_pb2"
+JSON_FORMAT = "google.protobuf.json_format"
+
+
+def test_an_ext_proc_filter_alone_loads_the_ext_proc_protos_only(tmp_path: Path) -> None:
+    document = tmp_path / "ext-proc.yaml"
+    document.write_text(EXT_PROC_ONLY)
+    code, modules = loaded_after(["check", str(document), "--service", SERVICE])
+    assert code in (0, 1)
+    assert EXT_PROC_MODULE in modules  # EPX008 ran
+    assert roots_of(modules, (CLUSTER_MODULE, HTTP_OPTIONS_MODULE, TLS_MODULE, JSON_FORMAT)) == []
+
+
+def test_a_cluster_patch_loads_the_cluster_protos_and_what_its_any_names() -> None:
+    code, modules = loaded_after(["check", str(SEED_CORRECTED), "--service", SERVICE])
+    assert code == 0
+    assert {EXT_PROC_MODULE, CLUSTER_MODULE, HTTP_OPTIONS_MODULE} <= modules
+    assert roots_of(modules, (TLS_MODULE, JSON_FORMAT)) == []  # no TLS; the walk was sure of every value
+
+
 def test_a_command_line_that_names_its_command_loads_only_that_command() -> None:
     code, modules = loaded_after(["-v", "check", str(SEED_CORRECTED), "--service", SERVICE])
     assert code == 0
