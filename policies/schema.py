@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
-import pkgutil
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -243,6 +242,8 @@ def _node(descriptor: Descriptor) -> _Node:
 
 def _import_proto_package(full_name: str) -> None:
     """Import the generated modules of the package a message type lives in, so the pool knows it."""
+    import pkgutil
+
     package = full_name.rpartition(".")[0]
     # Only Envoy's own generated packages: a type URL is user input and must not pick what gets imported.
     if not _PROTO_PACKAGE.fullmatch(package):
