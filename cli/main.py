@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import cast
 
-from cli.commands import command_modules
+from cli.commands import command_module, command_modules, command_names
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
@@ -36,7 +37,9 @@ class _VersionAction(argparse.Action):
         parser.exit(EXIT_OK)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The CLI's parser with every command, or with only `command` (a module name, `sim_model`): a command
+    line that runs one command parses the same with either (a test compares them)."""
     parser = _Parser(
         prog="extproc-guard",
         description="Keep the Envoy ext_proc path from an Istio gateway to an Endpoint Picker correct.",
@@ -46,9 +49,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (repeatable)")
     parser.add_argument("--version", action=_VersionAction, nargs=0, help="print the version and exit")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for module in command_modules():
+    for module in command_modules() if command is None else [command_module(command)]:
         module.register(subparsers)
     return parser
+
+
+_VERBOSE = re.compile(r"-v+|--verbose")
+_COMMAND_WORD = re.compile(r"[a-z][a-z0-9-]*")
+
+
+def command_to_run(argv: Sequence[str]) -> str | None:
+    """The command module `argv` runs when it is plain (`[-v...] COMMAND ...`): the parser then needs that
+    command alone, not every command's module. None for anything else (`--help` before the command, an
+    unknown command, no command), which needs every command to list or to name in its error."""
+    for arg in argv:
+        if _VERBOSE.fullmatch(arg):
+            continue
+        # a command is registered as its module's name with `-` for `_` (`sim-model`, `sim_model.py`)
+        name = arg.replace("-", "_")
+        return name if _COMMAND_WORD.fullmatch(arg) and name in command_names() else None
+    return None
 
 
 def configure_logging(verbosity: int) -> None:
@@ -59,7 +79,8 @@ def configure_logging(verbosity: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(command_to_run(argv))
     args = parser.parse_args(argv)
     if args.command is None:
         # A bare `extproc-guard`: the list of commands, not only "COMMAND is required".

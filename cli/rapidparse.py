@@ -27,9 +27,8 @@ import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Final
-
-from yaml.resolver import Resolver
 
 _NONE: Final = 2**64 - 1
 """rapidyaml's "no node" id (`ryml.NONE`) as the bindings return it."""
@@ -43,33 +42,80 @@ _CANDIDATE: Final = re.compile(f'"(?:(?:{_WORDS}|<<|=|!|&|\\*)"|[-+.0-9][^"\\\\]
 timestamp: what PyYAML's implicit resolvers other than str match starts like one of these."""
 
 
-_UNUSUAL_CHARACTER: Final = re.compile(
+_UNUSUAL_CHARACTER: Final = (
     "[^\x0a\x0d\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]"
 )
 """Tabs, control characters (which libyaml refuses), YAML 1.1's other line breaks (NEL, U+2028, U+2029)
 and byte-order marks: the two parsers may disagree on them."""
+_UNUSUAL_ASCII: Final = re.compile("[^\x0a\x0d\x20-\x7e]")
+"""`_UNUSUAL_CHARACTER` within ASCII, where most text stays (the full class takes milliseconds to compile)."""
+
+
+@functools.cache
+def _unusual_character() -> re.Pattern[str]:
+    return re.compile(_UNUSUAL_CHARACTER)
+
+
+def _has_unusual_character(text: str) -> bool:
+    unusual = _UNUSUAL_ASCII if text.isascii() else _unusual_character()
+    return unusual.search(text) is not None
 
 
 def _needs_libyaml(text: str) -> bool:
     """Constructs whose JSON form is not PyYAML's data, or that only libyaml words errors for."""
-    if "<<" in text or _UNUSUAL_CHARACTER.search(text):
+    if "<<" in text or _has_unusual_character(text):
         return True
     if ("&" in text or "*" in text or "!" in text) and _NODE_PROPERTY.search(text):
         return True
     return ("%" in text or "?" in text) and _DIRECTIVE_OR_COMPLEX_KEY.search(text) is not None
 
 
+# PyYAML's implicit resolvers (`yaml.resolver.Resolver`) for what a number or a timestamp starts with,
+# copied verbatim so that reading a stream here loads no PyYAML; a test keeps them equal to PyYAML's.
+_YAML_FLOAT: Final = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?
+                    |\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?
+                    |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+_YAML_INT: Final = re.compile(
+    r"""^(?:[-+]?0b[0-1_]+
+                    |[-+]?0[0-7_]+
+                    |[-+]?(?:0|[1-9][0-9_]*)
+                    |[-+]?0x[0-9a-fA-F_]+
+                    |[-+]?[1-9][0-9_]*(?::[0-5]?[0-9])+)$""",
+    re.X,
+)
+_YAML_TIMESTAMP: Final = re.compile(
+    r"""^(?:[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]
+                    |[0-9][0-9][0-9][0-9] -[0-9][0-9]? -[0-9][0-9]?
+                     (?:[Tt]|[ \t]+)[0-9][0-9]?
+                     :[0-9][0-9] :[0-9][0-9] (?:\.[0-9]*)?
+                     (?:[ \t]*(?:Z|[-+][0-9][0-9]?(?::[0-9][0-9])?))?)$""",
+    re.X,
+)
+_SIGN_RESOLVERS: Final = (("tag:yaml.org,2002:float", _YAML_FLOAT), ("tag:yaml.org,2002:int", _YAML_INT))
+_DIGIT_RESOLVERS: Final = (*_SIGN_RESOLVERS, ("tag:yaml.org,2002:timestamp", _YAML_TIMESTAMP))
+NUMERIC_RESOLVERS: Final = MappingProxyType(
+    {
+        "-": _SIGN_RESOLVERS,
+        "+": _SIGN_RESOLVERS,
+        ".": (("tag:yaml.org,2002:float", _YAML_FLOAT),),
+        **dict.fromkeys("0123456789", _DIGIT_RESOLVERS),
+    }
+)
+"""PyYAML's implicit resolvers by the first character of a plain scalar, for `-+.0123456789` (none of them
+resolves to str): the characters `_CANDIDATE` sends here."""
+
+
 def _resolves_to_non_string(text: str) -> bool:
-    for tag, regexp in Resolver.yaml_implicit_resolvers.get(text[:1], ()):
-        if not tag.endswith(":str") and regexp.match(text):
-            return True
-    return False
+    return any(regexp.match(text) for _, regexp in NUMERIC_RESOLVERS.get(text[:1], ()))
 
 
 _INT: Final = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
-_FLOAT: Final = next(
-    regexp for tag, regexp in Resolver.yaml_implicit_resolvers["1"] if tag.endswith(":float")
-)
+_FLOAT: Final = _YAML_FLOAT
 
 
 class _NotTheSame(Exception):

@@ -3,28 +3,28 @@
 A `Report` is plain data (findings placed at file and line, input errors, counts); each `render_*`
 function turns it into one string for stdout. Input errors also go to stderr in every format (the
 command prints them), so a format never has to be parsed to learn that an input was skipped.
+
+What only one format needs (the package version and hashes for SARIF, XML for JUnit) is imported by that
+format's renderer: `check` with the default text output loads none of it.
 """
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import json
 import re
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
-from importlib import metadata
 from pathlib import PurePath
 from typing import Any, Final
-from urllib.parse import quote
+from urllib.parse import quote  # pathlib, which every command uses, imports it anyway
 
 from cli.sources import STDIN_NAME, InputError, SkippedInput
 from policies import CATALOG, Finding, Level
 
 TOOL_NAME: Final = "extproc-guard"
 SARIF_SCHEMA: Final = "https://json.schemastore.org/sarif-2.1.0.json"
-_XML_INVALID = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 class OutputFormat(StrEnum):
@@ -174,6 +174,8 @@ def as_sentence(text: str) -> str:
 
 
 def tool_version() -> str:
+    from importlib import metadata
+
     try:
         return metadata.version(TOOL_NAME)
     except metadata.PackageNotFoundError:
@@ -195,6 +197,8 @@ def _sarif_level(level: Level) -> str:
 
 
 def _fingerprint(result: DocumentResult, finding: Finding) -> str:
+    import hashlib
+
     key = "\0".join((finding.rule, result.qualified_name, finding.path))
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
@@ -272,12 +276,20 @@ def render_sarif(report: Report) -> str:
     return json.dumps({"$schema": SARIF_SCHEMA, "version": "2.1.0", "runs": [run]}, indent=2) + "\n"
 
 
+@functools.cache
+def _xml_invalid() -> re.Pattern[str]:
+    """Characters XML 1.0 cannot hold."""
+    return re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
 def _xml_text(text: str) -> str:
-    return _XML_INVALID.sub("\ufffd", text)
+    return _xml_invalid().sub("\ufffd", text)
 
 
 def render_junit(report: Report) -> str:
     """One testcase per EnvoyFilter, one `<failure>` per enforce finding; unreadable inputs are `<error>`s."""
+    import xml.etree.ElementTree as ET
+
     failures = sum(1 for result in report.results if enforced(result))
     suites = ET.Element("testsuites", name=TOOL_NAME)
     suite = ET.SubElement(suites, "testsuite", name=f"{TOOL_NAME} check")

@@ -4,8 +4,9 @@ Everything that can go wrong with an input becomes an `InputError` (file + one p
 unreadable path, a folder with nothing to check, a file over the size limit (refused before reading it),
 a binary or non-UTF-8 file, invalid YAML/JSON, a document that is not a mapping.
 
-YAML is parsed with libyaml (`yaml.CSafeLoader`) one document at a time. The composed node tree of the
-current document is kept beside its data, so a finding's JSON Pointer maps to a line without parsing twice.
+YAML is read by rapidyaml when its result is provably libyaml's (`cli.rapidparse`), else by libyaml one
+document at a time (`cli.yamlread`, which loads PyYAML only then); either way a finding's JSON Pointer maps
+to a line without parsing twice.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
-
-import yaml
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from cli.rapidparse import StreamLines, parse_stream
 from policies import split_pointer
+
+if TYPE_CHECKING:
+    import yaml
 
 logger = logging.getLogger(__name__)
 
@@ -93,16 +95,6 @@ class LineLocator(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class NodeLocator:
-    """Maps JSON Pointers to lines through a composed YAML node tree (its marks)."""
-
-    root: yaml.Node
-
-    def line_of(self, pointer: str) -> int:
-        return locate_line(self.root, split_pointer(pointer))
-
-
 @dataclass(slots=True)
 class JsonLocator:
     """Line numbers for JSON text: the text is composed as YAML (tabs made spaces) only when asked."""
@@ -112,37 +104,14 @@ class JsonLocator:
     _failed: bool = field(default=False, init=False)
 
     def line_of(self, pointer: str) -> int:
+        from cli.yamlread import compose, locate_line
+
         if self._root is None and not self._failed:
-            try:
-                self._root = yaml.compose(self.text.replace("\t", " "), Loader=yaml.CSafeLoader)
-            except (yaml.YAMLError, RecursionError):
-                self._failed = True
+            self._root = compose(self.text.replace("\t", " "))
+            self._failed = self._root is None
         if self._root is None:
             return 1
         return locate_line(self._root, split_pointer(pointer))
-
-
-def locate_line(root: yaml.Node, tokens: Sequence[str]) -> int:
-    """Walk `tokens` down the node tree; a mapping member's line is its key's line."""
-    node = root
-    line = int(node.start_mark.line) + 1
-    for token in tokens:
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                if isinstance(key, yaml.ScalarNode) and key.value == token:
-                    line = int(key.start_mark.line) + 1
-                    node = value
-                    break
-            else:
-                return line
-        elif isinstance(node, yaml.SequenceNode):
-            if not token.isdigit() or int(token) >= len(node.value):
-                return line
-            node = node.value[int(token)]
-            line = int(node.start_mark.line) + 1
-        else:
-            return line
-    return line
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,9 +260,10 @@ class RapidLocator:
         line = self.lines.line_of(self.position, tokens)
         if line is not None:
             return line
+        from cli.yamlread import compose_all, locate_line
+
         if self.lines.fallback is None:
-            text = self.lines.raw.decode("utf-8")
-            self.lines.fallback = list(yaml.compose_all(text, Loader=yaml.CSafeLoader))
+            self.lines.fallback = compose_all(self.lines.raw.decode("utf-8"))
         roots = self.lines.fallback
         return locate_line(roots[self.position], tokens) if self.position < len(roots) else 1
 
@@ -320,6 +290,16 @@ def iter_documents(source: Source, text: str, *, fast: bool = False) -> Iterator
     yield from _iter_yaml(source, text)
 
 
+def _iter_yaml(source: Source, text: str) -> Iterator[SourceDocument | InputError]:
+    from cli.yamlread import YamlStreamError, read_stream
+
+    try:
+        for index, (data, locator) in enumerate(read_stream(text)):
+            yield from _documents_of(source.name, index, data, locator)
+    except YamlStreamError as exc:
+        raise InputError(source.name, exc.reason) from None
+
+
 def _parse_json(source: Source, text: str) -> object | None:
     try:
         return json.loads(text)  # type: ignore[no-any-return]
@@ -331,163 +311,6 @@ def _parse_json(source: Source, text: str) -> object | None:
         ) from None
     except RecursionError:
         raise InputError(source.name, "invalid JSON: nested too deeply") from None
-
-
-def _iter_yaml(source: Source, text: str) -> Iterator[SourceDocument | InputError]:
-    loader = DocumentLoader(text)
-    index = 0
-    try:
-        while True:
-            try:
-                if not loader.check_node():
-                    return
-                node = loader.get_node()
-                if node is None:
-                    return
-                data = construct_document(loader, node)
-            except yaml.MarkedYAMLError as exc:
-                raise InputError(source.name, describe_yaml_error(exc)) from None
-            except yaml.YAMLError as exc:
-                raise InputError(source.name, f"invalid YAML: {' '.join(str(exc).split())}") from None
-            except RecursionError:
-                raise InputError(source.name, f"document {index + 1}: nested too deeply") from None
-            except _RecursiveDocumentError as exc:
-                where = f" (the node at line {exc.line} contains an alias to itself)" if exc.line else ""
-                raise InputError(
-                    source.name,
-                    f"document {index + 1}: a recursive alias{where}; no Kubernetes object can hold that",
-                ) from None
-            yield from _documents_of(source.name, index, data, NodeLocator(node))
-            index += 1
-    finally:
-        loader.dispose()
-
-
-_STR_TAG = "tag:yaml.org,2002:str"
-_MAP_TAG = "tag:yaml.org,2002:map"
-_SEQ_TAG = "tag:yaml.org,2002:seq"
-
-
-class DocumentLoader(yaml.CSafeLoader):
-    """libyaml's safe loader with the per-node resolver hooks made cheap (the same tags result).
-
-    The safe loader has no path resolvers, so descending and ascending are no-ops; implicit tags are
-    looked up in the safe resolver's own first-character table, exactly as `Resolver.resolve` does.
-    """
-
-    def descend_resolver(self, current_node: Any, current_index: Any) -> None:
-        return None
-
-    def ascend_resolver(self) -> None:
-        return None
-
-    def resolve(self, kind: Any, value: Any, implicit: Any) -> str:
-        if kind is yaml.ScalarNode:
-            if implicit[0]:
-                table = self.yaml_implicit_resolvers
-                for tag, regexp in table.get(value[:1], ()):
-                    if regexp.match(value):
-                        return str(tag)
-                for tag, regexp in table.get(None, ()):
-                    if regexp.match(value):
-                        return str(tag)
-            return _STR_TAG
-        if kind is yaml.SequenceNode:
-            return _SEQ_TAG
-        return _MAP_TAG
-
-
-class _RecursiveDocumentError(Exception):
-    """An alias inside the node it refers to: no JSON (and no Kubernetes object) can hold that."""
-
-    def __init__(self, node: yaml.Node | None) -> None:
-        self.line = int(node.start_mark.line) + 1 if node is not None else None
-        super().__init__(f"line {self.line}")
-
-
-def _is_recursive(data: Any) -> bool:
-    open_ids: set[int] = set()
-
-    def visit(value: Any) -> bool:
-        if not isinstance(value, dict | list):
-            return False
-        if id(value) in open_ids:
-            return True
-        open_ids.add(id(value))
-        children = value.values() if isinstance(value, dict) else value
-        found = any(visit(child) for child in children)
-        open_ids.discard(id(value))
-        return found
-
-    return visit(data)
-
-
-class _DirectBuildError(Exception):
-    """A node the direct path does not build (merge keys, explicit tags, non-string keys)."""
-
-
-def construct_document(loader: DocumentLoader, root: yaml.Node) -> Any:
-    """Build a document's data from its node tree, equal to what `yaml.safe_load` returns.
-
-    Plain maps, sequences and string scalars (nearly all of a Kubernetes manifest) are built directly;
-    every other scalar goes through PyYAML's safe constructor for its tag. A document with merge keys,
-    explicit collection tags or non-string keys is built entirely by PyYAML's constructor. Aliases
-    share one object, as with PyYAML.
-    """
-    built: dict[int, Any] = {}
-    open_nodes: set[int] = set()
-
-    def build(node: yaml.Node) -> Any:
-        done = built.get(id(node))
-        if done is not None:
-            if id(node) in open_nodes:
-                raise _RecursiveDocumentError(node)
-            return done
-        kind = type(node)
-        if kind is yaml.ScalarNode:
-            if node.tag == _STR_TAG:
-                return node.value
-            value = loader.construct_object(node, deep=True)
-        elif kind is yaml.MappingNode:
-            if node.tag != _MAP_TAG:
-                raise _DirectBuildError
-            value = {}
-            built[id(node)] = value
-            open_nodes.add(id(node))
-            for key, item in node.value:
-                if type(key) is not yaml.ScalarNode or key.tag != _STR_TAG:
-                    raise _DirectBuildError
-                value[key.value] = build(item)
-            open_nodes.discard(id(node))
-        else:
-            if node.tag != _SEQ_TAG:
-                raise _DirectBuildError
-            value = []
-            built[id(node)] = value
-            open_nodes.add(id(node))
-            value.extend(build(item) for item in node.value)
-            open_nodes.discard(id(node))
-        built[id(node)] = value
-        return value
-
-    try:
-        data = build(root)
-    except _DirectBuildError:
-        data = loader.construct_document(root)
-        if _is_recursive(data):
-            raise _RecursiveDocumentError(None) from None
-        return data
-    loader.constructed_objects = {}
-    loader.recursive_objects = {}
-    return data
-
-
-def describe_yaml_error(exc: yaml.MarkedYAMLError) -> str:
-    mark = exc.problem_mark or exc.context_mark
-    problem = exc.problem or exc.context or "cannot parse"
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    context = f" ({exc.context})" if exc.context and exc.problem else ""
-    return f"invalid YAML{where}: {problem}{context}"
 
 
 def _documents_of(

@@ -1,18 +1,24 @@
-"""The policy file: profile, rule levels, names and exclusions (pydantic-validated, unknown keys rejected)."""
+"""The policy: profile, rule levels, names and exclusions, as the typed values every rule reads.
+
+A policy file is validated strictly (pydantic, unknown keys rejected) by `policies.policyfile`, which
+`load_policy` imports when it reads one. The built-in policy is the model's own defaults with every rule's
+level spelled out, exactly what validating the packaged `default.yaml` gives (a test holds the two equal):
+a run with the built-in policy loads neither pydantic nor PyYAML.
+"""
 
 from __future__ import annotations
 
-import importlib.resources
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from policies.catalog import CATALOG, RULE_IDS, SLUG_TO_ID
+from policies.catalog import CATALOG
 from policies.findings import Level
-from policies.profile import BODY_MODES, PROFILES, Profile, ProfileName
+from policies.profile import PROFILES, Profile, ProfileName
+
+if TYPE_CHECKING:
+    from policies.policyfile import PolicyFile
 
 _ALLOWED_BY_DEFAULT = ("NONE", "BUFFERED", "BUFFERED_PARTIAL", "FULL_DUPLEX_STREAMED")
 
@@ -29,19 +35,17 @@ class PolicyFileError(Exception):
         return f"{self.source}: {self.reason}"
 
 
-class Exclusions(BaseModel):
+@dataclass(frozen=True)
+class Exclusions:
     """EnvoyFilters the policy never touches."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     namespaces: tuple[str, ...] = ()
     opt_out_annotation: str = "extproc-guard.io/ignore"
 
 
-class RolePolicy(BaseModel):
+@dataclass(frozen=True)
+class RolePolicy:
     """What the policy says about whose ext_proc filter is whose (see `policies.role`)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     epp_services: tuple[str, ...] = ()
     """NAMESPACE/NAME of EPP Services: a filter whose cluster reaches one is the EPP's."""
@@ -49,73 +53,24 @@ class RolePolicy(BaseModel):
     epp_filter_names: tuple[str, ...] = ()
     other_filter_names: tuple[str, ...] = ()
 
-    @field_validator("epp_services", "other_services")
-    @classmethod
-    def _check_services(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for entry in value:
-            namespace, slash, name = entry.partition("/")
-            if not slash or not namespace or not name or "/" in name:
-                raise ValueError(f"{entry!r} is not NAMESPACE/NAME")
-        return value
 
-
-class Policy(BaseModel):
+@dataclass(frozen=True)
+class Policy:
     """One policy: every rule reads its parameters from here.
 
     `profile` None (the built-in policy) chooses the profile per EPP filter; see `policies.profile`.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     profile: ProfileName | None = None
-    filter_name: str = Field(default="envoy.filters.http.ext_proc", min_length=1)
-    epp_cluster: str = Field(default="epp-cluster", min_length=1)
-    cluster_domain: str = Field(default="cluster.local", min_length=1)
+    filter_name: str = "envoy.filters.http.ext_proc"
+    epp_cluster: str = "epp-cluster"
+    cluster_domain: str = "cluster.local"
     allowed_body_modes: tuple[str, ...] | None = None
-    rules: dict[str, Level] = Field(default_factory=dict)
-    exclusions: Exclusions = Exclusions()
-    roles: RolePolicy = RolePolicy()
-    root_namespace: str = Field(default="istio-system", min_length=1)
+    rules: dict[str, Level] = field(default_factory=dict)
+    exclusions: Exclusions = field(default_factory=Exclusions)
+    roles: RolePolicy = field(default_factory=RolePolicy)
+    root_namespace: str = "istio-system"
     """Istio's root namespace: its EnvoyFilters apply to every workload."""
-
-    @field_validator("rules", mode="before")
-    @classmethod
-    def _normalise_rule_keys(cls, value: Any) -> Any:
-        if not isinstance(value, Mapping):
-            return value
-        normalised: dict[str, Any] = {}
-        for key, level in value.items():
-            rule_id = SLUG_TO_ID.get(str(key), str(key).upper())
-            if rule_id not in RULE_IDS:
-                raise ValueError(f"unknown rule {key!r} (known: EPX001..EPX016 or their slugs)")
-            # YAML 1.1 reads a bare `off` as false.
-            normalised[rule_id] = "off" if level is False else level
-        return normalised
-
-    @field_validator("allowed_body_modes")
-    @classmethod
-    def _check_body_modes(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        if value is None:
-            return None
-        unknown = [mode for mode in value if mode not in BODY_MODES]
-        if unknown:
-            raise ValueError(f"unknown body mode {unknown[0]!r} (known: {', '.join(BODY_MODES)})")
-        return value
-
-    @field_validator("cluster_domain")
-    @classmethod
-    def _strip_domain(cls, value: str) -> str:
-        return value.strip(".")
-
-    @model_validator(mode="after")
-    def _profile_body_modes_allowed(self) -> Policy:
-        allowed = self.body_modes
-        pinned = [self.profile] if self.profile is not None else list(PROFILES)
-        for name in pinned:
-            for field, mode in PROFILES[name].pinned.items():
-                if field.endswith("_body_mode") and mode not in allowed:
-                    raise ValueError(f"allowed_body_modes must include {mode} (the {name} profile's {field})")
-        return self
 
     @cached_property
     def profile_spec(self) -> Profile | None:
@@ -145,35 +100,56 @@ class Policy(BaseModel):
         return str(flag).strip().lower() == "true"
 
 
-def _describe(error: ValidationError) -> str:
-    first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    if first["type"] == "extra_forbidden":
-        return f"unknown key {where!r}"
-    message = str(first["msg"]).removeprefix("Value error, ")
-    return f"{where}: {message}"
+def _disallowed_profile_body_mode(policy: Policy) -> str | None:
+    """Why the allowed body modes leave out a profile's own body mode, or None."""
+    allowed = policy.body_modes
+    pinned = [policy.profile] if policy.profile is not None else list(PROFILES)
+    for name in pinned:
+        for mode_field, mode in PROFILES[name].pinned.items():
+            if mode_field.endswith("_body_mode") and mode not in allowed:
+                return f"allowed_body_modes must include {mode} (the {name} profile's {mode_field})"
+    return None
+
+
+def _from_file(file: PolicyFile) -> Policy:
+    """The typed model of a validated file (the two have the same fields; a test holds them so)."""
+    return Policy(
+        profile=file.profile,
+        filter_name=file.filter_name,
+        epp_cluster=file.epp_cluster,
+        cluster_domain=file.cluster_domain,
+        allowed_body_modes=file.allowed_body_modes,
+        rules=dict(file.rules),
+        exclusions=Exclusions(
+            namespaces=file.exclusions.namespaces,
+            opt_out_annotation=file.exclusions.opt_out_annotation,
+        ),
+        roles=RolePolicy(
+            epp_services=file.roles.epp_services,
+            other_services=file.roles.other_services,
+            epp_filter_names=file.roles.epp_filter_names,
+            other_filter_names=file.roles.other_filter_names,
+        ),
+        root_namespace=file.root_namespace,
+    )
 
 
 def load_policy(text: str, *, source: str = "policy") -> Policy:
     """Parse and validate a policy file's text (YAML or JSON); raise `PolicyFileError` when it is unusable."""
+    from policies.policyfile import PolicyDataError, read_policy_file
+
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise PolicyFileError(f"not valid YAML{where}: {problem}", source=source) from None
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise PolicyFileError(f"must be a mapping, not a {type(data).__name__}", source=source)
-    try:
-        return Policy.model_validate(dict(data))
-    except ValidationError as exc:
-        raise PolicyFileError(_describe(exc), source=source) from None
+        policy = _from_file(read_policy_file(text))
+    except PolicyDataError as exc:
+        raise PolicyFileError(exc.reason, source=source) from None
+    disallowed = _disallowed_profile_body_mode(policy)
+    if disallowed is not None:
+        # worded as the schema's other errors are, for the file as a whole (`policyfile.describe`)
+        raise PolicyFileError(f"(top level): {disallowed}", source=source)
+    return policy
 
 
 def default_policy() -> Policy:
-    """The built-in policy (the packaged `default.yaml`)."""
-    text = importlib.resources.files("policies").joinpath("default.yaml").read_text(encoding="utf-8")
-    return load_policy(text, source="built-in policy")
+    """The built-in policy: the model's defaults, every rule at its catalogue level (the packaged
+    `default.yaml` says the same, and is the file to copy for `--policy`)."""
+    return Policy(rules={info.id: info.default_level for info in CATALOG})

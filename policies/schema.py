@@ -3,56 +3,115 @@
 `json_format.ParseDict` is the authority, but it is slow; a descriptor walk that accepts only shapes it is
 sure ParseDict accepts runs first, and ParseDict runs only when the walk is unsure. Both spellings
 (`request_body_mode`, `requestBodyMode`) are accepted, as ParseDict does.
+
+The Envoy proto modules are the slowest imports of the engine, so each loads when a value of its type is
+first checked: `EXTERNAL_PROCESSOR`, `EXT_PROC_PER_ROUTE` and `CLUSTER` are module attributes resolved on
+first use, an Any's payload type loads its module when the walk meets it, and ParseDict first loads every
+module this parser knows (the types an Any may name then resolve as they always did).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
-import pkgutil
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from types import MappingProxyType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from envoy.config.cluster.v3 import cluster_pb2
-from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
-from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
-from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
-from google.protobuf import descriptor_pool, json_format  # type: ignore[import-untyped]
-from google.protobuf.descriptor import Descriptor, FieldDescriptor  # type: ignore[import-untyped]
-from google.protobuf.message import Message  # type: ignore[import-untyped]
+if TYPE_CHECKING:
+    from google.protobuf import json_format  # type: ignore[import-untyped]
+    from google.protobuf.descriptor import Descriptor, FieldDescriptor  # type: ignore[import-untyped]
+    from google.protobuf.message import Message  # type: ignore[import-untyped]
 
-EXTERNAL_PROCESSOR: Final = ext_proc_pb2.ExternalProcessor.DESCRIPTOR
-EXT_PROC_PER_ROUTE: Final = ext_proc_pb2.ExtProcPerRoute.DESCRIPTOR
-CLUSTER: Final = cluster_pb2.Cluster.DESCRIPTOR
-# Any payloads in EPP clusters resolve through the default pool; these modules put their types there.
-KNOWN_ANY_TYPES: Final = (
-    http_protocol_options_pb2.HttpProtocolOptions.DESCRIPTOR,
-    tls_pb2.UpstreamTlsContext.DESCRIPTOR,
+    EXTERNAL_PROCESSOR: Descriptor
+    EXT_PROC_PER_ROUTE: Descriptor
+    CLUSTER: Descriptor
+    KNOWN_ANY_TYPES: tuple[Descriptor, ...]
+
+_EXT_PROC_MODULE: Final = "envoy.extensions.filters.http.ext_proc.v3.ext_proc_pb2"
+_CLUSTER_MODULE: Final = "envoy.config.cluster.v3.cluster_pb2"
+_MESSAGES: Final = MappingProxyType(
+    {
+        "EXTERNAL_PROCESSOR": (_EXT_PROC_MODULE, "ExternalProcessor"),
+        "EXT_PROC_PER_ROUTE": (_EXT_PROC_MODULE, "ExtProcPerRoute"),
+        "CLUSTER": (_CLUSTER_MODULE, "Cluster"),
+    }
 )
+"""The messages EPX008 parses values as (module attribute: proto module, message)."""
+_KNOWN_ANY: Final = MappingProxyType(
+    {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": (
+            "envoy.extensions.upstreams.http.v3.http_protocol_options_pb2"
+        ),
+        "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext": (
+            "envoy.extensions.transport_sockets.tls.v3.tls_pb2"
+        ),
+    }
+)
+"""Any payloads in EPP clusters (full name: proto module), resolved through the default pool."""
+
+
+def __getattr__(name: str) -> Any:
+    """`EXTERNAL_PROCESSOR`, `EXT_PROC_PER_ROUTE`, `CLUSTER` and `KNOWN_ANY_TYPES`, loaded on first use."""
+    if name in _MESSAGES:
+        value: Any = _message_type(name).DESCRIPTOR
+    elif name == "KNOWN_ANY_TYPES":
+        value = tuple(
+            getattr(importlib.import_module(module), full_name.rpartition(".")[2]).DESCRIPTOR
+            for full_name, module in _KNOWN_ANY.items()
+        )
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def _message_type(name: str) -> type[Message]:
+    module, message = _MESSAGES[name]
+    return getattr(importlib.import_module(module), message)  # type: ignore[no-any-return]
+
+
+@functools.cache
+def _load_known_modules() -> None:
+    """Every proto module this parser names, as they were all loaded before ParseDict or a failed lookup."""
+    for module, _ in _MESSAGES.values():
+        importlib.import_module(module)
+    for module in _KNOWN_ANY.values():
+        importlib.import_module(module)
+
 
 logger = logging.getLogger(__name__)
 
 _PROTO_PACKAGE: Final = re.compile(r"envoy(\.[a-z0-9_]+)+\.v[0-9]+(alpha|beta)?[0-9]*")
 
 _DURATION: Final = re.compile(r"-?\d+(\.\d{1,9})?s")
-_INT_RANGES: Final = MappingProxyType(
-    {
-        FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
-        FieldDescriptor.TYPE_SINT32: (-(2**31), 2**31 - 1),
-        FieldDescriptor.TYPE_SFIXED32: (-(2**31), 2**31 - 1),
-        FieldDescriptor.TYPE_UINT32: (0, 2**32 - 1),
-        FieldDescriptor.TYPE_FIXED32: (0, 2**32 - 1),
-        FieldDescriptor.TYPE_INT64: (-(2**63), 2**63 - 1),
-        FieldDescriptor.TYPE_SINT64: (-(2**63), 2**63 - 1),
-        FieldDescriptor.TYPE_SFIXED64: (-(2**63), 2**63 - 1),
-        FieldDescriptor.TYPE_UINT64: (0, 2**64 - 1),
-        FieldDescriptor.TYPE_FIXED64: (0, 2**64 - 1),
-    }
-)
+
+
+@functools.cache
+def _int_ranges() -> Mapping[int, tuple[int, int]]:
+    """The range of each integer field type (`FieldDescriptor.TYPE_*`)."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    return MappingProxyType(
+        {
+            FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
+            FieldDescriptor.TYPE_SINT32: (-(2**31), 2**31 - 1),
+            FieldDescriptor.TYPE_SFIXED32: (-(2**31), 2**31 - 1),
+            FieldDescriptor.TYPE_UINT32: (0, 2**32 - 1),
+            FieldDescriptor.TYPE_FIXED32: (0, 2**32 - 1),
+            FieldDescriptor.TYPE_INT64: (-(2**63), 2**63 - 1),
+            FieldDescriptor.TYPE_SINT64: (-(2**63), 2**63 - 1),
+            FieldDescriptor.TYPE_SFIXED64: (-(2**63), 2**63 - 1),
+            FieldDescriptor.TYPE_UINT64: (0, 2**64 - 1),
+            FieldDescriptor.TYPE_FIXED64: (0, 2**64 - 1),
+        }
+    )
+
+
 _WRAPPERS: Final = frozenset(
     f"google.protobuf.{name}Value"
     for name in ("Double", "Float", "Int64", "UInt64", "Int32", "UInt32", "Bool", "String", "Bytes")
@@ -103,6 +162,8 @@ class _Scalar:
 
 
 def _scalar(field: FieldDescriptor) -> _Scalar:
+    from google.protobuf.descriptor import FieldDescriptor
+
     kind = field.type
     if kind == FieldDescriptor.TYPE_ENUM:
         return _Scalar("enum", frozenset(field.enum_type.values_by_name))
@@ -112,7 +173,7 @@ def _scalar(field: FieldDescriptor) -> _Scalar:
         return _Scalar("bool")
     if kind in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
         return _Scalar("float")
-    bounds = _INT_RANGES.get(kind)
+    bounds = _int_ranges().get(kind)
     if bounds is not None:
         return _Scalar("int", low=bounds[0], high=bounds[1])
     return _Scalar("unsure")
@@ -153,6 +214,8 @@ def _element(field: FieldDescriptor, *, oneof: str | None, shape: str) -> _Field
 @cache
 def _node(descriptor: Descriptor) -> _Node:
     """The walk's view of a message type (descriptors are immutable, so this is memoised)."""
+    from google.protobuf.descriptor import FieldDescriptor
+
     full_name = descriptor.full_name
     if full_name.startswith("google.protobuf."):
         special = {"google.protobuf.Duration": "duration", "google.protobuf.Empty": "empty"}.get(full_name)
@@ -179,6 +242,8 @@ def _node(descriptor: Descriptor) -> _Node:
 
 def _import_proto_package(full_name: str) -> None:
     """Import the generated modules of the package a message type lives in, so the pool knows it."""
+    import pkgutil
+
     package = full_name.rpartition(".")[0]
     # Only Envoy's own generated packages: a type URL is user input and must not pick what gets imported.
     if not _PROTO_PACKAGE.fullmatch(package):
@@ -199,13 +264,24 @@ def _import_proto_package(full_name: str) -> None:
 def _node_for_type_url(type_url: str) -> _Node | None:
     """The node of an Any's payload type, None when no installed Envoy proto defines it."""
     full_name = type_url.rsplit("/", 1)[-1]
-    pool = descriptor_pool.Default()
-    try:
-        return _node(pool.FindMessageTypeByName(full_name))
-    except KeyError:
+    descriptor = _find_message_type(full_name)
+    if descriptor is None and full_name in _KNOWN_ANY:
+        importlib.import_module(_KNOWN_ANY[full_name])
+        descriptor = _find_message_type(full_name)
+    if descriptor is None:
         _import_proto_package(full_name)
+        descriptor = _find_message_type(full_name)
+    if descriptor is None:
+        _load_known_modules()
+        descriptor = _find_message_type(full_name)
+    return None if descriptor is None else _node(descriptor)
+
+
+def _find_message_type(full_name: str) -> Descriptor | None:
+    from google.protobuf import descriptor_pool
+
     try:
-        return _node(pool.FindMessageTypeByName(full_name))
+        return descriptor_pool.Default().FindMessageTypeByName(full_name)
     except KeyError:
         return None
 
@@ -290,12 +366,11 @@ def first_doubt(value: Any, descriptor: Descriptor) -> Path | None:
 
 
 def _message_class(descriptor: Descriptor) -> type[Message]:
-    classes: dict[str, type[Message]] = {
-        EXTERNAL_PROCESSOR.full_name: ext_proc_pb2.ExternalProcessor,
-        EXT_PROC_PER_ROUTE.full_name: ext_proc_pb2.ExtProcPerRoute,
-        CLUSTER.full_name: cluster_pb2.Cluster,
-    }
-    return classes[descriptor.full_name]
+    package, _, message = descriptor.full_name.rpartition(".")
+    for name, (module, class_name) in _MESSAGES.items():
+        if class_name == message and module.rpartition(".")[0] == package:
+            return _message_type(name)
+    raise KeyError(descriptor.full_name)
 
 
 def _reason(error: json_format.ParseError) -> str:
@@ -315,6 +390,9 @@ def parse_error(value: Mapping[str, Any], descriptor: Descriptor) -> SchemaError
     doubt = first_doubt(value, descriptor)
     if doubt is None:
         return None
+    from google.protobuf import json_format
+
+    _load_known_modules()  # the Any types ParseDict may meet
     try:
         json_format.ParseDict(value, _message_class(descriptor)())
     except json_format.ParseError as exc:

@@ -7,7 +7,8 @@ Modules are found by name, so adding a command never edits a shared file.
 Listing the commands imports every module, so a module imports only what `register` needs (argparse and
 light settings helpers) at the top; what its handler needs (the engine, pydantic, protobuf, the Kubernetes
 client, aiohttp, gRPC, cryptography) is imported inside the handler. `extproc-guard --help` and a
-pre-commit run of `check` then pay only for the command that runs.
+pre-commit run of `check` then pay only for the command that runs; a command line that names its command
+(`extproc-guard check ...`) imports and registers that command's module only (`cli.main`).
 """
 
 from __future__ import annotations
@@ -29,4 +30,9 @@ def command_names() -> list[str]:
 
 
 def command_modules() -> list[ModuleType]:
-    return [importlib.import_module(f"{__name__}.{name}") for name in command_names()]
+    return [command_module(name) for name in command_names()]
+
+
+def command_module(name: str) -> ModuleType:
+    """The module of one command (`sim_model` for `sim-model`)."""
+    return importlib.import_module(f"{__name__}.{name}")

@@ -9,6 +9,7 @@ and constructed cases that YAML 1.1 reads differently from JSON are both compare
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,9 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from yaml.resolver import Resolver
 
-from cli.rapidparse import parse_stream
+from cli.rapidparse import _UNUSUAL_CHARACTER, NUMERIC_RESOLVERS, _has_unusual_character, parse_stream
 from cli.sources import InputError, Source, SourceDocument, iter_documents
 from policies.patch import pointer
 
@@ -99,6 +101,27 @@ TRICKY = {
     "control-character": "a: x\x01y\n",
     "byte-order-mark-inside": "a: 1\n---\n\ufeffb: 2\n",
 }
+
+
+def test_the_copied_number_resolvers_are_pyyaml_s() -> None:
+    def spelled(resolvers: Any) -> list[tuple[str, str, int]]:
+        return [(tag, regexp.pattern, regexp.flags) for tag, regexp in resolvers]
+
+    starts = "-+.0123456789"
+    assert set(NUMERIC_RESOLVERS) == set(starts)
+    for start in starts:
+        assert spelled(NUMERIC_RESOLVERS[start]) == spelled(Resolver.yaml_implicit_resolvers[start]), start
+
+
+NON_ASCII = {"ascii": "", "e-acute": "\u00e9", "u2028": "\u2028", "bom": "\ufeff", "emoji": "\U0001f600"}
+
+
+@pytest.mark.parametrize("extra", NON_ASCII.values(), ids=NON_ASCII.keys())
+def test_the_ascii_shortcut_finds_the_unusual_characters_the_full_class_finds(extra: str) -> None:
+    full = re.compile(_UNUSUAL_CHARACTER)
+    for code in range(128):
+        text = f"a: x{chr(code)}y{extra}\n"
+        assert _has_unusual_character(text) == (full.search(text) is not None), (code, extra)
 
 
 @pytest.mark.parametrize("text", TRICKY.values(), ids=TRICKY.keys())

@@ -6,15 +6,20 @@ everything. Timing is measured by `bench/startup_bench.py`, never asserted here.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
 import json
 import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cli.commands import check, command_names, doctor
+from cli.main import build_parser, command_to_run
 from cli.report import OutputFormat
 from policies.doctor import DEFAULT_EPP_CLUSTER
 
@@ -74,8 +79,36 @@ def test_a_command_s_own_help_loads_none_of_the_heavy_modules(command: str) -> N
 def test_check_loads_the_engine_but_no_server_cluster_or_certificate_code() -> None:
     code, modules = loaded_after(["check", str(SEED_CORRECTED), "--service", SERVICE])
     assert code == 0
-    assert {"pydantic", "policies.policy", "google.protobuf"} <= modules  # the probe sees real loading
+    assert {"policies.policy", "policies.engine", "google.protobuf"} <= modules  # the probe sees real loading
     assert roots_of(modules, ("kubernetes", "aiohttp", "grpc", "cryptography", "asyncio")) == []
+
+
+# What `check` with the built-in policy and the text output loads only when it needs it: the policy file
+# schema (pydantic, PyYAML), the libyaml reader, the version (SARIF) and hashes (SARIF), XML (JUnit).
+NOT_FOR_THE_BUILT_IN_POLICY = (
+    "pydantic",
+    "yaml",
+    "policies.policyfile",
+    "cli.yamlread",
+    "importlib.metadata",
+    "hashlib",
+    "xml.etree",
+)
+
+
+def test_check_with_the_built_in_policy_loads_neither_pydantic_nor_pyyaml() -> None:
+    code, modules = loaded_after(["check", str(SEED_CORRECTED), "--service", SERVICE])
+    assert code == 0
+    assert roots_of(modules, NOT_FOR_THE_BUILT_IN_POLICY) == []
+
+
+def test_a_policy_file_loads_its_schema(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("profile: headers-epp\n")
+    argv = ["check", str(SEED_CORRECTED), "--service", SERVICE, "--policy", str(policy)]
+    code, modules = loaded_after(argv)
+    assert code == 0
+    assert {"pydantic", "yaml", "policies.policyfile"} <= modules
 
 
 def test_the_spelled_out_choices_match_the_engine_s() -> None:
@@ -113,3 +146,100 @@ def test_the_doctor_command_names_the_engine_s_default_epp_cluster() -> None:
     from policies.doctor import DEFAULT_EPP_CLUSTER
 
     assert doctor.DEFAULT_EPP_CLUSTER == DEFAULT_EPP_CLUSTER
+
+
+EXT_PROC_ONLY = """\
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: epp-ext-proc, namespace: llm-d-inference-scheduler}
+spec:
+  configPatches:
+  - applyTo: HTTP_FILTER
+    match: {context: GATEWAY}
+    patch:
+      operation: REPLACE
+      value:
+        name: envoy.filters.http.ext_proc
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor
+          grpc_service: {envoy_grpc: {cluster_name: epp-cluster}}
+"""
+EXT_PROC_MODULE = "envoy.extensions.filters.http.ext_proc.v3.ext_proc_pb2"
+CLUSTER_MODULE = "envoy.config.cluster.v3.cluster_pb2"
+HTTP_OPTIONS_MODULE = "envoy.extensions.upstreams.http.v3.http_protocol_options_pb2"
+TLS_MODULE = "envoy.extensions.transport_sockets.tls.v3.tls_pb2"
+JSON_FORMAT = "google.protobuf.json_format"
+
+
+def test_an_ext_proc_filter_alone_loads_the_ext_proc_protos_only(tmp_path: Path) -> None:
+    document = tmp_path / "ext-proc.yaml"
+    document.write_text(EXT_PROC_ONLY)
+    code, modules = loaded_after(["check", str(document), "--service", SERVICE])
+    assert code in (0, 1)
+    assert EXT_PROC_MODULE in modules  # EPX008 ran
+    assert roots_of(modules, (CLUSTER_MODULE, HTTP_OPTIONS_MODULE, TLS_MODULE, JSON_FORMAT)) == []
+
+
+def test_a_cluster_patch_loads_the_cluster_protos_and_what_its_any_names() -> None:
+    code, modules = loaded_after(["check", str(SEED_CORRECTED), "--service", SERVICE])
+    assert code == 0
+    assert {EXT_PROC_MODULE, CLUSTER_MODULE, HTTP_OPTIONS_MODULE} <= modules
+    assert roots_of(modules, (TLS_MODULE, JSON_FORMAT)) == []  # no TLS; the walk was sure of every value
+
+
+def test_a_command_line_that_names_its_command_loads_only_that_command() -> None:
+    code, modules = loaded_after(["-v", "check", str(SEED_CORRECTED), "--service", SERVICE])
+    assert code == 0
+    assert {name for name in modules if name.startswith("cli.commands.")} == {"cli.commands.check"}
+
+
+ONE_COMMAND = {
+    "check": ["check", "a.yaml", "--service", SERVICE, "-o", "json", "--strict"],
+    "verbose first": ["-vv", "--verbose", "check", "-", "--policy", "p.yaml"],
+    "fix": ["fix", "--in-place", "a.yaml"],
+    "render": ["render", "a.yaml"],
+    "sim-model": ["sim-model", "--help"],
+    "a command's help": ["check", "--help"],
+    "a missing argument": ["check"],
+    "a bad value": ["check", "a.yaml", "--service", "nope"],
+    "an unknown flag": ["doctor", "--no-such-flag"],
+    "help after the command": ["serve", "-h"],
+}
+EVERY_COMMAND = {
+    "no command": [],
+    "help first": ["--help", "check"],
+    "version": ["--version"],
+    "an abbreviated flag": ["--verb", "check", "a.yaml"],
+    "an unknown command": ["chek", "a.yaml"],
+    "the module's spelling": ["sim_model"],
+    "verbose only": ["-v"],
+}
+
+
+def parse_outcome(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[Any, ...]:
+    """What parsing `argv` gives: the namespace, or the exit code with what was printed."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            return ("parsed", vars(parser.parse_args(argv)))
+        except SystemExit as exit:
+            return ("exit", exit.code, out.getvalue(), err.getvalue())
+
+
+@pytest.mark.parametrize("argv", ONE_COMMAND.values(), ids=ONE_COMMAND.keys())
+def test_the_parser_of_the_named_command_alone_parses_as_the_whole_parser(argv: list[str]) -> None:
+    command = command_to_run(argv)
+    assert command is not None
+    assert parse_outcome(build_parser(command), argv) == parse_outcome(build_parser(), argv)
+
+
+@pytest.mark.parametrize("argv", EVERY_COMMAND.values(), ids=EVERY_COMMAND.keys())
+def test_a_command_line_without_a_plain_command_gets_every_command(argv: list[str]) -> None:
+    assert command_to_run(argv) is None
+
+
+@pytest.mark.parametrize("name", command_names())
+def test_each_command_s_help_is_the_same_from_its_parser_alone(name: str) -> None:
+    argv = [name.replace("_", "-"), "--help"]
+    assert command_to_run(argv) == name
+    assert parse_outcome(build_parser(name), argv) == parse_outcome(build_parser(), argv)

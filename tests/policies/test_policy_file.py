@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from policies.findings import Level
-from policies.policy import Policy, PolicyFileError, default_policy, load_policy
+from policies.policy import Exclusions, Policy, PolicyFileError, RolePolicy, default_policy, load_policy
+from policies.policyfile import Exclusions as ExclusionsFile
+from policies.policyfile import PolicyFile
+from policies.policyfile import RolePolicy as RolePolicyFile
 from policies.profile import ProfileName
 
 PACKAGED = Path(__file__).resolve().parents[2] / "policies" / "default.yaml"
@@ -22,6 +27,27 @@ def test_default_policy_is_the_packaged_file_and_the_model_defaults() -> None:
     assert policy.epp_cluster == "epp-cluster"
     assert policy.cluster_domain == "cluster.local"
     assert policy.exclusions.opt_out_annotation == "extproc-guard.io/ignore"
+
+
+def test_the_built_in_policy_is_exactly_what_validating_the_packaged_file_gives() -> None:
+    """`default_policy` builds the policy without pydantic or PyYAML; equality alone would let a `str`
+    pass for a `Level` (a StrEnum), so the reprs, which name each value's type, are compared too."""
+    validated = load_policy(PACKAGED.read_text(), source="built-in policy")
+    assert default_policy() == validated
+    assert repr(default_policy()) == repr(validated)
+
+
+@pytest.mark.parametrize(
+    ("model", "schema"),
+    [(Policy, PolicyFile), (Exclusions, ExclusionsFile), (RolePolicy, RolePolicyFile)],
+    ids=["policy", "exclusions", "roles"],
+)
+def test_the_file_schema_has_the_model_s_fields(model: type, schema: type[BaseModel]) -> None:
+    assert [item.name for item in dataclasses.fields(model)] == list(schema.model_fields)
+
+
+def test_the_file_schema_s_defaults_are_the_model_s() -> None:
+    assert repr(load_policy("")) == repr(Policy())
 
 
 def test_default_levels_enforce_all_but_the_warnings() -> None:
@@ -75,5 +101,5 @@ def test_a_bad_policy_file_is_one_clear_line(text: str, expected: str) -> None:
 
 def test_policy_is_immutable() -> None:
     policy = default_policy()
-    with pytest.raises(ValueError, match="frozen"):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         policy.profile = ProfileName.GIE_EPP  # type: ignore[misc]

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +20,7 @@ from hypothesis import strategies as st
 from policies.schema import CLUSTER, EXT_PROC_PER_ROUTE, EXTERNAL_PROCESSOR, first_doubt, parse_error
 from tests.policies.filters import Shape, build, respell
 
+ROOT = Path(__file__).resolve().parents[2]
 DOCUMENT = build(Shape(tls=True))
 PROCESSOR = {k: v for k, v in DOCUMENT["spec"]["configPatches"][0]["patch"]["value"]["typed_config"].items()}
 PROCESSOR.pop("@type")
@@ -181,3 +187,81 @@ def test_any_types_from_other_envoy_packages_resolve_on_demand() -> None:
     error = parse_error(value, CLUSTER)
     assert error is not None
     assert error.path == ("transport_socket", "typed_config", "@type")
+
+
+FRESH_PROBE = """\
+import json, sys
+from policies import schema
+value = json.loads(sys.argv[1])
+before = sorted(name for name in sys.modules if name.startswith(("envoy.", "google.protobuf")))
+descriptor = schema.CLUSTER if "name" in value else schema.EXTERNAL_PROCESSOR
+doubt, error = schema.first_doubt(value, descriptor), schema.parse_error(value, descriptor)
+print(json.dumps({"before": before, "doubt": doubt, "error": None if error is None else list(error.path)}))
+"""
+HTTP2_OPTIONS = {
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}},
+    }
+}
+
+
+def in_a_fresh_interpreter(value: dict[str, Any]) -> dict[str, Any]:
+    """What `FRESH_PROBE` finds for `value` in a process that has loaded no proto module yet."""
+    done = subprocess.run(
+        [sys.executable, "-c", FRESH_PROBE, json.dumps(value)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        cwd=ROOT,
+    )
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def test_importing_the_parser_loads_no_proto_module() -> None:
+    assert in_a_fresh_interpreter(PROCESSOR)["before"] == []
+
+
+def test_parse_dict_knows_the_any_types_the_walk_has_not_met_yet() -> None:
+    """The walk stops being sure at the Struct before the Any, so the Any's module is not loaded by the
+    walk; ParseDict must still resolve it, as it did when every known module loaded with the parser."""
+    value = {
+        "name": "epp-cluster",
+        "metadata": {"filter_metadata": {"team": {"owner": "a"}}},
+        "typed_extension_protocol_options": HTTP2_OPTIONS,
+    }
+    assert parse_error(value, CLUSTER) is None  # here, where everything is loaded
+    fresh = in_a_fresh_interpreter(value)
+    assert fresh["doubt"] == ["metadata", "filter_metadata", "team"]  # ParseDict ran
+    assert fresh["error"] is None
+
+
+ANY_TYPES = {
+    "http options": "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+    "upstream tls": "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+    "nested in cluster": "envoy.config.cluster.v3.Cluster.RoundRobinLbConfig",
+    "struct": "google.protobuf.Struct",
+    "xds typed struct": "xds.type.v3.TypedStruct",
+    "udpa typed struct": "udpa.type.v1.TypedStruct",
+    "core": "envoy.config.core.v3.Http2ProtocolOptions",
+    "unknown": "envoy.extensions.none.v3.Nope",
+}
+ANY_HOSTS = {
+    "cluster": lambda any_value: {"name": "c", "transport_socket": {"name": "t", "typed_config": any_value}},
+    "ext_proc": lambda any_value: {"processing_request_modifier": {"name": "m", "typed_config": any_value}},
+}
+
+
+@pytest.mark.parametrize("host", ANY_HOSTS.values(), ids=ANY_HOSTS.keys())
+@pytest.mark.parametrize("full_name", ANY_TYPES.values(), ids=ANY_TYPES.keys())
+def test_an_any_type_resolves_as_it_does_once_every_known_module_is_loaded(
+    full_name: str, host: Callable[[dict[str, Any]], dict[str, Any]]
+) -> None:
+    value = host({"@type": f"type.googleapis.com/{full_name}"})
+    descriptor = CLUSTER if "name" in value else EXTERNAL_PROCESSOR
+    doubt, error = first_doubt(value, descriptor), parse_error(value, descriptor)
+    fresh = in_a_fresh_interpreter(value)
+    assert fresh["doubt"] == (None if doubt is None else list(doubt))
+    assert fresh["error"] == (None if error is None else list(error.path))
