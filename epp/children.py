@@ -57,6 +57,26 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def free_ports(count: int, host: str = "127.0.0.1") -> int:
+    """The first of `count` consecutive ports nothing listens on right now (for servers that take one port
+    per worker): every one of them is bound at once before any is given up."""
+    for _ in range(100):
+        first = free_port(host)
+        sockets: list[socket.socket] = []
+        try:
+            for offset in range(count):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sockets.append(sock)
+                sock.bind((host, first + offset))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise ChildError(f"no {count} consecutive free ports on {host}")
+
+
 def start_child(name: str, argv: Sequence[str], *, log_dir: Path) -> Child:
     """Start `argv` in its own session (so a stop reaches its whole process group), output to a log."""
     log_path = log_dir / f"{name}.log"

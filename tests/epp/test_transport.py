@@ -15,7 +15,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
 
 from certs.pki import generate_ca, issue_serving_cert
-from epp.children import free_port, start_child, stop_child, wait_for_port
+from epp.children import free_port, free_ports, start_child, stop_child, wait_for_port
 from epp.server import EppServer, running_epp
 from epp.settings import TlsFiles
 from tests.epp.conftest import (
@@ -122,7 +122,7 @@ def test_the_epp_command_refuses_bad_arguments_in_one_line(argv: list[str], says
 
 
 def test_two_worker_processes_share_the_port_and_stop_together(tmp_path: Path) -> None:
-    port, metrics = free_port(), free_port()
+    port, metrics = free_port(), free_ports(2)  # the workers' metrics listen on metrics and metrics + 1
     argv = [*CLI, "epp", "--host", "127.0.0.1", "--port", str(port), "--endpoints", "127.0.0.1:9",
             "--scrape-interval", "0", "--workers", "2", "--metrics-port", str(metrics)]  # fmt: skip
     child = start_child("epp-workers", argv, log_dir=tmp_path)
