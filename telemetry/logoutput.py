@@ -19,9 +19,14 @@ import asyncio
 import contextlib
 import io
 import logging
+import os
+import select
 import sys
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 FLUSH_INTERVAL = 0.1
 STDERR_BUFFER_BYTES = 1 << 16
@@ -145,6 +150,44 @@ def open_buffered_stderr() -> TextIO:
         )
     except (OSError, ValueError, io.UnsupportedOperation):
         return sys.stderr
+
+
+class LineChunkWriter(io.RawIOBase):
+    """Writes to a file descriptor in pieces of at most PIPE_BUF bytes that end at a line's end.
+
+    Several processes that share one stderr (`serve --workers`: the supervisor and its workers) then never
+    interleave inside a line: a write of up to PIPE_BUF bytes to a pipe is atomic, and so is a write to a
+    file they share. Only a single line longer than PIPE_BUF can still be split.
+    """
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self._fd = fd
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def write(self, data: ReadableBuffer, /) -> int:
+        view = memoryview(data).cast("B")
+        size = len(view)
+        if size > select.PIPE_BUF:
+            end = bytes(view[: select.PIPE_BUF]).rfind(b"\n") + 1
+            size = end or select.PIPE_BUF
+        return os.write(self._fd, view[:size])
+
+
+def open_line_atomic_stderr() -> TextIO:
+    """stderr's file descriptor behind a 64 KiB buffer that writes whole lines (`LineChunkWriter`); stderr
+    itself if it has no descriptor."""
+    try:
+        fd = sys.stderr.fileno()
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return sys.stderr
+    buffered = io.BufferedWriter(LineChunkWriter(fd), buffer_size=STDERR_BUFFER_BYTES)
+    return io.TextIOWrapper(buffered, encoding="utf-8", errors="backslashreplace")
 
 
 def install_log_output(

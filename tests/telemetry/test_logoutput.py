@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import re
+import select
+import socket
 from collections.abc import Iterator
 
 import pytest
 
-from telemetry.logoutput import BatchedLineHandler, log_info, sole_line_handler
+from telemetry.logoutput import BatchedLineHandler, LineChunkWriter, log_info, sole_line_handler
 
 
 class CountingStream(io.StringIO):
@@ -190,3 +193,40 @@ def test_a_bad_format_is_reported_by_logging_and_never_raises_into_the_caller(
     log_info(child, "next line")
     assert "--- Logging error ---" in capsys.readouterr().err
     assert stream.getvalue().endswith(" next line\n")
+
+
+def writes_through_line_chunks(lines: list[str]) -> list[bytes]:
+    """Each write system call the line-chunked stderr stack makes for `lines`, one message per write."""
+    sender, receiver = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with sender, receiver:
+        stream = io.TextIOWrapper(
+            io.BufferedWriter(LineChunkWriter(sender.fileno()), buffer_size=1 << 16), encoding="utf-8"
+        )
+        for line in lines:
+            stream.write(line + "\n")
+        stream.flush()
+        receiver.setblocking(False)
+        messages = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                messages.append(receiver.recv(1 << 17))
+        return messages
+
+
+def test_line_chunked_writes_are_whole_lines_of_at_most_pipe_buf_bytes() -> None:
+    lines = [f"line {number} " + "x" * (number % 300) for number in range(400)]
+
+    writes = writes_through_line_chunks(lines)
+
+    assert len(writes) > 1
+    assert all(len(write) <= select.PIPE_BUF and write.endswith(b"\n") for write in writes)
+    assert b"".join(writes).decode().splitlines() == lines
+
+
+def test_a_line_longer_than_pipe_buf_is_still_written_whole() -> None:
+    lines = ["short", "y" * (select.PIPE_BUF * 2 + 10), "after"]
+
+    writes = writes_through_line_chunks(lines)
+
+    assert b"".join(writes).decode().splitlines() == lines
+    assert all(len(write) <= select.PIPE_BUF for write in writes)
