@@ -1,23 +1,44 @@
-"""Prometheus metrics of the admission server, in a registry owned by one app (no global state)."""
+"""Prometheus metrics of the admission server, in a registry owned by one app (no global state).
+
+With `serve --workers N` each worker process has its own `Metrics`; `WorkerMetrics` publishes them to the
+worker's slot of a shared `MetricBoard` and answers `/metrics` for the whole server: its own live values,
+the counts of earlier workers of its slot (a worker that died and was replaced), and what every other
+worker last published, counters and histograms summed and gauges labelled `worker`.
+"""
 
 from __future__ import annotations
 
 import gc
+import os
 import time
 from collections import Counter as Counter_
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from telemetry.board import (
+    Family,
+    MetricBoard,
+    Sample,
+    Snapshot,
+    decode_snapshot,
+    encode_snapshot,
+    merge_families,
+    summed_only,
+)
 from telemetry.tally import LatencyTally
 from webhook.admission import Outcome, Webhook
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 GC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 GC_GENERATIONS = 3
+PUBLISH_SECONDS = 1.0
+"""How often a worker publishes its values for the others' `/metrics` (how far behind they may be)."""
+WORKER_LABEL = "worker"
 
 
 class GcPauses(Collector):
@@ -219,3 +240,116 @@ class Metrics:
 
 def _age_or_minus_one(age: float | None) -> float:
     return -1.0 if age is None else age
+
+
+# -- several worker processes --------------------------------------------------------------------------
+def families_of(collector: Collector) -> tuple[Family, ...]:
+    """What `collector` yields now, as plain families (label order kept)."""
+    return tuple(
+        Family(
+            name=metric.name,
+            kind=metric.type,
+            help=metric.documentation,
+            unit=metric.unit,
+            samples=tuple(Sample(s.name, tuple(s.labels.items()), float(s.value)) for s in metric.samples),
+        )
+        for metric in collector.collect()
+    )
+
+
+class FamiliesCollector(Collector):
+    """Plain families back as Prometheus metric families (for `generate_latest`)."""
+
+    def __init__(self, families: Iterable[Family]) -> None:
+        self._families = tuple(families)
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._families:
+            metric = Metric(family.name, family.help, family.kind, family.unit)
+            for sample in family.samples:
+                metric.add_sample(sample.name, dict(sample.labels), sample.value)
+            yield metric
+
+
+def pid_alive(pid: int) -> bool:
+    """True while process `pid` exists (a worker that has exited but was not yet reaped counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False  # the number was reused by someone else's process: ours is gone
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class MetricShare:
+    """Where one worker process publishes its metrics: slot `index` of `board` (one slot per worker)."""
+
+    board: MetricBoard
+    index: int
+
+
+class WorkerMetrics:
+    """One worker's `Metrics` published to its slot, and `/metrics` for every worker of the server.
+
+    A worker that replaces a dead one carries on its slot's counts (read from the slot at start), so the
+    server's counters only go up; what the dead worker counted after its last publication is lost.
+    Gauges of a worker whose process is gone are left out.
+    """
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        share: MetricShare,
+        *,
+        pid: int,
+        alive: Callable[[int], bool] = pid_alive,
+    ) -> None:
+        self.metrics = metrics
+        self.share = share
+        self.pid = pid
+        self._alive = alive
+        self._worker = str(share.index)
+        self.carried = self._read_carried()
+
+    def _read(self, slot: int) -> Snapshot | None:
+        payload = self.share.board.read(slot)
+        if payload is None:
+            return None
+        try:
+            return decode_snapshot(payload)
+        except ValueError:
+            return None
+
+    def _read_carried(self) -> tuple[Family, ...]:
+        earlier = self._read(self.share.index)
+        return () if earlier is None else summed_only(earlier.families)
+
+    def own(self) -> list[Family]:
+        """This worker's values, with the counts its slot carries from earlier workers."""
+        return merge_families(
+            [(self._worker, families_of(self.metrics.registry)), (self._worker, self.carried)],
+            worker_label=WORKER_LABEL,
+        )
+
+    def publish(self) -> bool:
+        """Write this worker's values to its slot; False when they do not fit (the slot keeps the last)."""
+        payload = encode_snapshot(Snapshot(pid=self.pid, families=tuple(self.own())))
+        return self.share.board.write(self.share.index, payload)
+
+    def server_families(self) -> list[Family]:
+        """The whole server's families: this worker's live values and what the others last published."""
+        parts: list[tuple[str, Sequence[Family]]] = [(self._worker, self.own())]
+        for slot in range(self.share.board.slots):
+            if slot == self.share.index:
+                continue
+            snapshot = self._read(slot)
+            if snapshot is None:
+                continue
+            families = snapshot.families if self._alive(snapshot.pid) else summed_only(snapshot.families)
+            parts.append((str(slot), families))
+        return merge_families(parts, worker_label=WORKER_LABEL)
+
+    def render(self) -> bytes:
+        return generate_latest(FamiliesCollector(self.server_families()))

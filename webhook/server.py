@@ -10,6 +10,9 @@ The review handlers only translate: they read the body (refusing one too large o
 `Reviewer.review(body)`, which parses, decides and encodes, and turn its result into HTTP: an `Answer` is a
 200 AdmissionReview (a denial included: `allowed: false`), a `Refusal` a 400 with one plain line. They
 count the review in the metrics and write its audit line.
+
+Under `serve --workers N` (`webhook.workers`) every worker process runs this same app, with a `MetricShare`:
+`/metrics` then answers for the whole server and `/readyz` names the worker that answered.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -39,7 +43,7 @@ from policies import (
 )
 from telemetry.logoutput import log_info
 from webhook.admission import AdmissionError, Webhook
-from webhook.metrics import Metrics
+from webhook.metrics import PUBLISH_SECONDS, Metrics, MetricShare, WorkerMetrics
 from webhook.reviewer import Refusal, Reviewer
 from webhook.settings import ServeSettings
 from webhook.tlsreload import CertReloader
@@ -47,6 +51,8 @@ from webhook.tlsreload import CertReloader
 logger = logging.getLogger(__name__)
 
 CACHE_STOP_SECONDS = 5.0
+SHUTDOWN_SECONDS = 5.0
+"""How long a stopping server waits for the requests in flight (`aiohttp`'s `shutdown_timeout`)."""
 JSON_CONTENT_TYPE = "application/json"
 STATIC_SOURCE = "static --service map"
 
@@ -58,6 +64,7 @@ CACHE_KEY = web.AppKey("service_cache", ServiceCache)
 CONTEXT_KEY = web.AppKey("context_cache", ContextCache)
 HEAP_KEY = web.AppKey("heap", Heap)
 TLS_KEY = web.AppKey("tls", CertReloader)
+SHARED_METRICS_KEY = web.AppKey("shared_metrics", WorkerMetrics)
 
 
 class RequestRefusedError(AdmissionError):
@@ -72,11 +79,22 @@ def build_resolver(settings: ServeSettings, cache: ServiceCache | None) -> Servi
     return ChainResolver((static, cache))
 
 
-def make_app(settings: ServeSettings, *, kube_api: Any = None) -> web.Application:
+def check_startable(settings: ServeSettings) -> None:
+    """Raise what `make_app(settings)` would for bad certificate files (`TLSFilesError`) or an unusable
+    kubeconfig (`KubeConfigError`), without building a server: a supervisor checks once, before it forks."""
+    CertReloader(settings.tls)
+    if settings.kube is not None:
+        build_core_api(kubeconfig=settings.kube.kubeconfig, context=settings.kube.context)
+
+
+def make_app(
+    settings: ServeSettings, *, kube_api: Any = None, share: MetricShare | None = None
+) -> web.Application:
     """The whole server as an `aiohttp` application (TLS comes from `app[TLS_KEY].context`).
 
     `kube_api` is a `CoreV1Api` to use instead of building one from `settings.kube`. Bad certificate files
-    or an unusable kubeconfig raise here, before anything listens.
+    or an unusable kubeconfig raise here, before anything listens. `share` makes the app one worker process
+    of several: it publishes its metrics there, and its `/metrics` reports every worker's.
     """
     app = web.Application(
         client_max_size=settings.max_body_bytes,
@@ -128,6 +146,9 @@ def make_app(settings: ServeSettings, *, kube_api: Any = None) -> web.Applicatio
         settings.tls, on_reload=lambda ok: metrics.cert_reloads.labels("ok" if ok else "failed").inc()
     )
     app.cleanup_ctx.append(_run_cert_reloader)
+    if share is not None:
+        app[SHARED_METRICS_KEY] = WorkerMetrics(metrics, share, pid=os.getpid())
+        app.cleanup_ctx.append(_run_metrics_publisher)
     app.router.add_post("/mutate", functools.partial(handle_review, webhook=Webhook.MUTATE))
     app.router.add_post("/validate", functools.partial(handle_review, webhook=Webhook.VALIDATE))
     app.router.add_get("/healthz", handle_healthz)
@@ -177,6 +198,28 @@ async def _run_cert_reloader(app: web.Application) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def _run_metrics_publisher(app: web.Application) -> AsyncIterator[None]:
+    """Publish this worker's metrics every PUBLISH_SECONDS, and once more when it stops."""
+    shared = app[SHARED_METRICS_KEY]
+
+    async def publish_periodically() -> None:
+        warned = False
+        while True:
+            if not shared.publish() and not warned:
+                warned = True
+                logger.warning("metrics too large for the shared board; other workers see older values")
+            await asyncio.sleep(PUBLISH_SECONDS)
+
+    task = asyncio.create_task(publish_periodically(), name="metrics-publish")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        shared.publish()
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -286,6 +329,9 @@ def describe_readiness(app: web.Application) -> tuple[bool, dict[str, Any]]:
     settings = app[SETTINGS_KEY]
     tls = app[TLS_KEY]
     state: dict[str, Any] = {"tls_fingerprint": tls.fingerprint}
+    shared = app.get(SHARED_METRICS_KEY)
+    if shared is not None:
+        state["worker"] = {"index": shared.share.index, "pid": shared.pid}
     if cache is None:
         state["services"] = {"source": STATIC_SOURCE, "count": len(settings.services)}
         return True, {"ready": True, **state}
@@ -313,19 +359,27 @@ async def handle_readyz(request: web.Request) -> web.Response:
 
 
 async def handle_metrics(request: web.Request) -> web.Response:
-    body = request.app[METRICS_KEY].render()
+    shared = request.app.get(SHARED_METRICS_KEY)
+    body = request.app[METRICS_KEY].render() if shared is None else shared.render()
     response = web.Response(body=body)
     response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     response.charset = "utf-8"
     return response
 
 
-async def start_server(app: web.Application, *, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Listen with TLS; return the runner (call `cleanup()`) and the bound port (useful with port 0)."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+async def start_server(
+    app: web.Application, *, host: str, port: int, reuse_port: bool = False
+) -> tuple[web.AppRunner, int]:
+    """Listen with TLS; return the runner (call `cleanup()`) and the bound port (useful with port 0).
+
+    `reuse_port` joins the port's SO_REUSEPORT group, where the kernel spreads new connections over the
+    processes listening (`serve --workers`)."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_SECONDS)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, ssl_context=app[TLS_KEY].context)
+        site = web.TCPSite(
+            runner, host, port, ssl_context=app[TLS_KEY].context, reuse_port=True if reuse_port else None
+        )
         await site.start()
     except BaseException:
         await runner.cleanup()
