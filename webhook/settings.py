@@ -28,7 +28,8 @@ class ServeSettings:
     """Everything `extproc-guard serve` needs.
 
     `policy` None means the built-in policy. `kube` None means no live lookups: only the static
-    `services` map answers (and the server is ready at once).
+    `services` map answers (and the server is ready at once). `workers` above 1 runs that many server
+    processes on the port under a supervisor (`webhook.workers`), each with its own caches.
     """
 
     tls: TLSSettings
@@ -39,3 +40,4 @@ class ServeSettings:
     kube: KubeSettings | None = None
     max_body_bytes: int = MAX_REVIEW_BYTES
     body_timeout_seconds: float = 10.0
+    workers: int = 1

@@ -39,6 +39,25 @@ def _seconds(text: str) -> float:
     return value
 
 
+MAX_WORKERS = 256
+
+
+def workers_arg_type(text: str) -> int:
+    """`--workers`: a number of processes, or `auto` for the CPUs this process may run on."""
+    if text == "auto":
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # no affinity call on this platform
+            return max(1, os.cpu_count() or 1)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers or 'auto'") from None
+    if not 1 <= value <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"{text!r} must be from 1 to {MAX_WORKERS}, or 'auto'")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "serve",
@@ -68,6 +87,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=300.0,
         metavar="N",
         help="relist every Service this often even while the watch is healthy (default: 300)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=workers_arg_type,
+        default=1,
+        metavar="N|auto",
+        help="server processes sharing the port, each with its own caches (default: 1, one process; "
+        "auto: one per CPU this process may run on)",
     )
     add_policy_argument(parser)
     add_resolver_arguments(parser)
@@ -100,6 +127,7 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         policy=load_policy_file(args.policy),
         services=resolver.services,
         kube=kube,
+        workers=args.workers,
     )
 
 
@@ -123,14 +151,41 @@ def keep_flushed(handler: logging.Handler) -> Callable[[web.Application], AsyncI
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from telemetry.logoutput import install_log_output
+    from telemetry.logoutput import install_log_output, open_line_atomic_stderr
 
     # One line per review is the server's audit trail: on unless asked for more.
-    output = install_log_output(logging.DEBUG if args.verbose >= 2 else logging.INFO)
+    level = logging.DEBUG if args.verbose >= 2 else logging.INFO
+    if args.workers == 1:
+        output = install_log_output(level)
+        try:
+            return serve_until_stopped(args, output)
+        finally:
+            output.flush()
+    # Several processes write to one stderr: in whole lines.
+    output = install_log_output(level, stream=open_line_atomic_stderr())
     try:
-        return serve_until_stopped(args, output)
+        return serve_workers_until_stopped(args, output, level)
     finally:
         output.flush()
+
+
+def serve_workers_until_stopped(args: argparse.Namespace, output: logging.Handler, level: int) -> int:
+    """`serve --workers N` with N > 1: a supervisor and N server processes (see `webhook.workers`)."""
+    from kube.services import KubeConfigError
+    from webhook.tlsreload import TLSFilesError
+    from webhook.workers import WorkersFailed, run_workers
+
+    try:
+        settings = settings_from_args(args)
+        return run_workers(settings, log_level=level, output=output)
+    except (SettingsError, TLSFilesError, KubeConfigError) as error:
+        output.flush()
+        print(f"extproc-guard serve: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except WorkersFailed as error:
+        output.flush()
+        print(f"extproc-guard serve: error: {error}", file=sys.stderr)
+        return error.exit_code
 
 
 def serve_until_stopped(args: argparse.Namespace, output: logging.Handler) -> int:

@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
-import ssl
 import subprocess
-import sys
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,60 +13,16 @@ import pytest
 
 from tests.documents import load_document
 from tests.polling import WaitFailed, wait_until
+from tests.webhook.serverkit import (
+    START_SECONDS,
+    answers_ok,
+    free_port,
+    request,
+    running,
+    serve_command,
+    serve_static_command,
+)
 from tests.webhook.webhookrig import Pki, client_context, review_of
-from webhook.settings import TLSSettings
-
-START_SECONDS = 30.0
-SERVICE = "llm-d-inference-scheduler/gaie-inference-scheduling-epp=10.96.45.12:9002"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def serve_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "cli.main", "serve", *args]
-
-
-def serve_static_command(tls: TLSSettings, port: int) -> list[str]:
-    """`serve` on loopback `port` with the pair in `tls` and the seed's EPP from `--service`."""
-    return serve_command(
-        "--tls-cert",
-        str(tls.cert_file),
-        "--tls-key",
-        str(tls.key_file),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--service",
-        SERVICE,
-    )
-
-
-def request(url: str, context: ssl.SSLContext, body: bytes | None = None) -> tuple[int, bytes]:
-    headers = {"Content-Type": "application/json"} if body is not None else {}
-    try:
-        with urllib.request.urlopen(
-            urllib.request.Request(url, data=body, headers=headers), context=context, timeout=10
-        ) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
-
-
-def answers_ok(url: str, context: ssl.SSLContext) -> bool:
-    try:
-        return request(url, context)[0] == 200
-    except (OSError, ssl.SSLError):
-        return False
-
-
-def running(process: subprocess.Popen[bytes]) -> Callable[[], str | None]:
-    """For `wait_until(alive=...)`: None while `process` runs, then how it ended."""
-    return lambda: None if process.poll() is None else f"serve exited with {process.returncode}"
 
 
 @dataclass(frozen=True)
