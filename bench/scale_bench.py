@@ -6,9 +6,12 @@ and GIE CRDs, built by tests/e2e/controlplane/build.sh):
 1. creates N/10 namespaces, 2N Services and N EnvoyFilters in the mix of `bench/scale_mix.py` (80% unrelated,
    15% EPP filters, half of them in the bad form, 5% other ext_proc users), concurrently through the API
    (`--threads` requests in flight, one keep-alive TLS connection per thread), and says how long it took;
-2. starts `extproc-guard serve --kubeconfig` and reports the time until `/readyz` answers 200 (both caches
-   synced), its RSS, and `/mutate` p50/p99 at concurrency 16 over TLS (`wrk` with a Lua body: the bad EPP
-   filter of a populated namespace, a fresh uid per request) in two modes, `--rounds` rounds each:
+2. starts `extproc-guard serve --kubeconfig` (with `--workers W`, once per value of `--workers`) and reports
+   the time until `/readyz` answers 200 from every worker (its caches synced), its memory: RSS summed over
+   the supervisor and its workers, and PSS (the kernel's proportional set size, from smaps_rollup: a page
+   that forked processes share counts once in all), and `/mutate` p50/p99 at concurrency 16 over TLS
+   (`wrk` with a Lua body: the bad EPP filter of a populated namespace, a fresh uid per request) in two
+   modes, `--rounds` rounds each:
    "distinct", a new object name per request, so the server evaluates every review, and "same", the same
    object again (the apiserver's reinvocations and re-applies), answered from the server's memo as
    `bench/webhook_bench.py` measures it; then the server's garbage collections from its own `/metrics`
@@ -18,13 +21,15 @@ and GIE CRDs, built by tests/e2e/controlplane/build.sh):
    kernel's maximum resident set of the process) and what it wrote: the EnvoyFilters whose resourceVersion
    moved, checked against the bad EPP filters, and the Events it recorded.
 
-Then prints one table (medians, ranges over the rounds) and the growth per 1,000 filters between the first
-and the last size.
+Then prints one table (medians, ranges over the rounds), the growth per 1,000 filters between the first
+and the last size, and with several `--workers` values, each one's ratio to the first (the baseline) at
+every size.
 
 Not a test: the numbers depend on the machine and what else runs on it (the load average is printed).
 Needs the control-plane build outputs and `wrk` on PATH.
 
-    python bench/scale_bench.py [--sizes 1000,10000] [--rounds 3] [--duration 10] [--threads 64] [--py-spy]
+    python bench/scale_bench.py [--sizes 1000,10000] [--workers 1,2] [--rounds 3] [--duration 10]
+                                [--threads 64] [--py-spy]
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.procstat import cpu_seconds  # noqa: E402
 from bench.sampling import Sampler, summarize  # noqa: E402
 from bench.scale_mix import (  # noqa: E402
     OPERATOR,
@@ -273,13 +279,51 @@ def put_back_bad_filters(api: Api, population: Population, *, threads: int) -> N
 
 # -- processes ------------------------------------------------------------------------------------------
 def memory_kib(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (the peak) of a running process, in KiB."""
+    """VmRSS and VmHWM (the peak) of a running process, and Pss (its share of every page it maps: a page
+    shared by n processes counts 1/n), in KiB."""
     found = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = line.partition(":")
         if key in ("VmRSS", "VmHWM"):
             found[key] = int(value.split()[0])
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key == "Pss":
+            found[key] = int(value.split()[0])
     return found
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (the supervisor of `serve --workers` and its workers)."""
+    pids = [pid]
+    for parent in pids:
+        try:
+            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+        except OSError:
+            continue
+        pids.extend(int(child) for child in children)
+    return pids
+
+
+def tree_memory_mib(pid: int) -> dict[str, float]:
+    """VmRSS, VmHWM and Pss summed over `pid` and its descendants, in MiB. The RSS sum counts a page that
+    forked workers share once per process (an overstatement); the Pss sum counts it once in all."""
+    total = {"VmRSS": 0.0, "VmHWM": 0.0, "Pss": 0.0}
+    for member in process_tree(pid):
+        try:
+            memory = memory_kib(member)
+        except OSError:
+            continue  # exited meanwhile
+        for key in total:
+            total[key] += memory.get(key, 0) / 1024
+    return total
+
+
+class ServerTree(Server):
+    """The server as `run_wrk` sees it, its CPU time summed over the supervisor and the workers."""
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(process_tree(self.process.pid))
 
 
 def wait_child(process: subprocess.Popen[bytes], timeout: float) -> tuple[int, int]:
@@ -317,10 +361,13 @@ def https_get(port: int, path: str) -> tuple[int, bytes]:
 # -- the webhook ----------------------------------------------------------------------------------------
 @dataclass
 class WebhookResult:
+    workers: str
     ready_seconds: float
     rss_ready_mib: float
     rss_after_mib: float
     peak_mib: float
+    pss_ready_mib: float
+    pss_after_mib: float
     runs: dict[str, list[Run]]
     gc: str
     profile: str = ""
@@ -371,11 +418,29 @@ def gc_summary(metrics: str) -> str:
     return ", ".join(parts) or "no GC metric"
 
 
+def worker_count(workers: str) -> int:
+    """The number of workers `serve --workers VALUE` runs (`auto`: the CPUs this process may run on)."""
+    return len(os.sched_getaffinity(0)) if workers == "auto" else int(workers)
+
+
+def ready_workers(port: int, workers: int, ready: set[int]) -> bool:
+    """Ask /readyz on a fresh connection (whichever worker the kernel picks); True once every worker has
+    answered 200. A single server's answer names no worker: it is worker 0."""
+    try:
+        status, body = https_get(port, "/readyz")
+    except OSError:
+        return False
+    if status == 200:
+        ready.add(int((json.loads(body).get("worker") or {}).get("index", 0)))
+    return len(ready) >= workers
+
+
 def measure_webhook(
     info: ControlPlaneInfo,
     population: Population,
     folder: Path,
     *,
+    workers: str,
     rounds: int,
     duration: float,
     py_spy: bool = False,
@@ -386,32 +451,31 @@ def measure_webhook(
     bodies = {mode: review_body(folder, population, mode) for mode in MODES}
     port = free_port()
     argv = cli("serve", "--tls-cert", str(cert), "--tls-key", str(key), "--host", "127.0.0.1",
-               "--port", str(port), "--kubeconfig", str(info.kubeconfig))  # fmt: skip
-    log = (folder / "serve.log").open("wb")
+               "--port", str(port), "--kubeconfig", str(info.kubeconfig), "--workers", workers)  # fmt: skip
+    log = (folder / f"serve-workers-{workers}.log").open("wb")
     started = time.perf_counter()
     process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    server = Server("extproc-guard", port, process)
+    server = ServerTree("extproc-guard", port, process)
     try:
         ready = None
+        answered: set[int] = set()
         while ready is None:
             if process.poll() is not None:
-                raise RuntimeError(f"serve exited with {process.returncode}; see {folder / 'serve.log'}")
+                raise RuntimeError(f"serve exited with {process.returncode}; see {log.name}")
             if time.perf_counter() - started > READY_TIMEOUT_SECONDS:
                 raise RuntimeError("serve did not become ready")
-            try:
-                status, _ = https_get(port, "/readyz")
-            except OSError:
-                status = 0
-            if status == 200:
+            if ready_workers(port, worker_count(workers), answered):
                 ready = time.perf_counter() - started
             else:
                 time.sleep(0.05)
         time.sleep(1.0)  # let the last list's garbage go before taking the resident size
-        rss_ready = memory_kib(process.pid)["VmRSS"] / 1024
+        memory_ready = tree_memory_mib(process.pid)
         runs: dict[str, list[Run]] = {mode: [] for mode in MODES}
         for body in bodies.values():
             run_wrk(server, "/mutate", body, script, connections=16, seconds=2)  # warm up
-        sampler = Sampler(process.pid, folder) if py_spy else None
+        tree = process_tree(process.pid)
+        sampled = tree[1] if len(tree) > 1 else tree[0]  # one worker: py-spy follows one process
+        sampler = Sampler(sampled, folder) if py_spy else None
         for round_index in range(rounds):
             for mode, body in bodies.items():
                 last = round_index == rounds - 1 and mode == "distinct"
@@ -423,14 +487,18 @@ def measure_webhook(
                     sampling.finish()
                 runs[mode].append(run)
                 print(f"    /mutate c16 {mode:<8}: {run.rps:5.0f} req/s, p50 {run.p50_ms:5.2f} ms, "
-                      f"p99 {run.p99_ms:5.2f} ms, {run.errors} errors", flush=True)  # fmt: skip
-        memory = memory_kib(process.pid)
+                      f"p99 {run.p99_ms:5.2f} ms, {run.errors} errors, "
+                      f"{run.cpu_us:5.0f} us CPU per review", flush=True)  # fmt: skip
+        memory = tree_memory_mib(process.pid)
         _, metrics = https_get(port, "/metrics")
         return WebhookResult(
+            workers=workers,
             ready_seconds=ready,
-            rss_ready_mib=rss_ready,
-            rss_after_mib=memory["VmRSS"] / 1024,
-            peak_mib=memory["VmHWM"] / 1024,
+            rss_ready_mib=memory_ready["VmRSS"],
+            rss_after_mib=memory["VmRSS"],
+            peak_mib=memory["VmHWM"],
+            pss_ready_mib=memory_ready["Pss"],
+            pss_after_mib=memory["Pss"],
             runs=runs,
             gc=gc_summary(metrics.decode()),
             profile=""
@@ -439,7 +507,7 @@ def measure_webhook(
         )
     finally:
         process.send_signal(signal.SIGTERM)
-        wait_child(process, 20)
+        wait_child(process, 40)
         log.close()
 
 
@@ -493,8 +561,13 @@ def measure_reconcile(
 class SizeResult:
     size: int
     population: Population
-    webhook: WebhookResult
+    webhooks: dict[str, WebhookResult]
     reconciles: list[ReconcileRun]
+
+    @property
+    def webhook(self) -> WebhookResult:
+        """The baseline: the first `--workers` value."""
+        return next(iter(self.webhooks.values()))
 
 
 def measure_size(size: int, args: argparse.Namespace, folder: Path) -> SizeResult:
@@ -509,19 +582,29 @@ def measure_size(size: int, args: argparse.Namespace, folder: Path) -> SizeResul
         total = sum(population.seconds.values())
         mix = ", ".join(f"{kind} {population.counts[kind]}" for kind in Kind if kind in population.counts)
         print(f"  created in {total:.0f} s; mix: {mix}")
-        print(f"  load average {load_average()}; webhook", flush=True)
-        webhook = measure_webhook(
-            info, population, folder, rounds=args.rounds, duration=args.duration, py_spy=args.py_spy
-        )
-        print(
-            f"    ready {webhook.ready_seconds:.1f} s, RSS {webhook.rss_ready_mib:.0f} MiB at ready, "
-            f"{webhook.rss_after_mib:.0f} MiB after the load (peak {webhook.peak_mib:.0f} MiB); "
-            f"GC {webhook.gc}",
-            flush=True,
-        )
-        if webhook.profile:
-            print("    where the server spent the last distinct-objects round (py-spy):")
-            print("\n".join("      " + line for line in webhook.profile.splitlines()))
+        webhooks = {}
+        for workers in args.workers:
+            print(f"  load average {load_average()}; webhook, --workers {workers}", flush=True)
+            webhook = measure_webhook(
+                info,
+                population,
+                folder,
+                workers=workers,
+                rounds=args.rounds,
+                duration=args.duration,
+                py_spy=args.py_spy,
+            )
+            webhooks[workers] = webhook
+            print(
+                f"    ready {webhook.ready_seconds:.1f} s; RSS (sum over its processes) "
+                f"{webhook.rss_ready_mib:.0f} MiB at ready, {webhook.rss_after_mib:.0f} MiB after the load "
+                f"(peaks {webhook.peak_mib:.0f} MiB); PSS {webhook.pss_ready_mib:.0f} MiB at ready, "
+                f"{webhook.pss_after_mib:.0f} MiB after; GC (all workers) {webhook.gc}",
+                flush=True,
+            )
+            if webhook.profile:
+                print("    where a worker spent the last distinct-objects round (py-spy):")
+                print("\n".join("      " + line for line in webhook.profile.splitlines()))
         reconciles = []
         for index in range(args.rounds):
             if index:
@@ -535,7 +618,7 @@ def measure_size(size: int, args: argparse.Namespace, folder: Path) -> SizeResul
                 f"{run.events} Events, exit {run.exit_code}",
                 flush=True,
             )
-        return SizeResult(size, population, webhook, reconciles)
+        return SizeResult(size, population, webhooks, reconciles)
     finally:
         plane.stop()
 
@@ -552,37 +635,74 @@ def spread(values: list[float], digits: int = 1) -> str:
     return f"{median:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})"
 
 
-def report(results: list[SizeResult]) -> None:
-    """One row per size (medians, ranges in brackets), then the growth per 1,000 filters."""
-    print("\nmedians (range over the rounds); MiB = 2^20 bytes")
+def median_of(result: WebhookResult, mode: str, field: str) -> float:
+    return float(statistics.median(getattr(run, field) for run in result.runs[mode]))
 
-    def webhook(mode: str, field: str, digits: int = 1) -> Callable[[SizeResult], str]:
-        return lambda r: spread([getattr(x, field) for x in r.webhook.runs[mode]], digits)
+
+def report(results: list[SizeResult]) -> None:
+    """One row per measure and `--workers` value, one column per size (medians, ranges in brackets), then
+    the growth per 1,000 filters and each `--workers` value's ratio to the first."""
+    print(
+        "\nmedians (range over the rounds); MiB = 2^20 bytes; RSS and PSS summed over the server's processes"
+    )
+    workers_values = list(results[0].webhooks)
+
+    def webhook(workers: str, mode: str, field: str, digits: int = 1) -> Callable[[SizeResult], str]:
+        return lambda r: spread([getattr(x, field) for x in r.webhooks[workers].runs[mode]], digits)
 
     def reconcile(field: str) -> Callable[[SizeResult], str]:
         return lambda r: spread([getattr(x, field) for x in r.reconciles])
 
-    def rss_and_peak(r: SizeResult) -> str:
-        return f"{r.webhook.rss_after_mib:.0f} ({r.webhook.peak_mib:.0f})"
+    def rss_and_peak(workers: str) -> Callable[[SizeResult], str]:
+        return lambda r: f"{r.webhooks[workers].rss_after_mib:.0f} ({r.webhooks[workers].peak_mib:.0f})"
+
+    def pss(workers: str) -> Callable[[SizeResult], str]:
+        return lambda r: f"{r.webhooks[workers].pss_after_mib:.0f}"
 
     def written(r: SizeResult) -> str:
         return f"{max(x.written for x in r.reconciles)} / {len(r.population.bad)}"
 
-    rows: list[tuple[str, Callable[[SizeResult], str]]] = [
-        ("webhook ready, s", lambda r: f"{r.webhook.ready_seconds:.1f}"),
-        ("webhook RSS after the load (peak), MiB", rss_and_peak),
-        ("/mutate c16 p50, ms (distinct objects)", webhook("distinct", "p50_ms")),
-        ("/mutate c16 p99, ms (distinct objects)", webhook("distinct", "p99_ms")),
-        ("/mutate c16 p50, ms (same object)", webhook("same", "p50_ms", 2)),
-        ("/mutate c16 p99, ms (same object)", webhook("same", "p99_ms", 2)),
+    rows: list[tuple[str, Callable[[SizeResult], str]]] = []
+    for w in workers_values:
+        tag = f" [--workers {w}]"
+        rows += [
+            ("webhook ready, s" + tag, lambda r, w=w: f"{r.webhooks[w].ready_seconds:.1f}"),
+            ("webhook RSS after the load (peak), MiB" + tag, rss_and_peak(w)),
+            ("webhook PSS after the load, MiB" + tag, pss(w)),
+            ("/mutate c16 p50, ms (distinct objects)" + tag, webhook(w, "distinct", "p50_ms")),
+            ("/mutate c16 p99, ms (distinct objects)" + tag, webhook(w, "distinct", "p99_ms")),
+            ("/mutate c16 p50, ms (same object)" + tag, webhook(w, "same", "p50_ms", 2)),
+            ("/mutate c16 p99, ms (same object)" + tag, webhook(w, "same", "p99_ms", 2)),
+        ]  # fmt: skip
+    rows += [
         ("reconcile audit, s", reconcile("audit_seconds")),
         ("reconcile peak RSS, MiB", reconcile("peak_mib")),
         ("EnvoyFilters written / bad", written),
         ("of them not bad", lambda r: f"{max(x.written_other for x in r.reconciles)}"),
     ]  # fmt: skip
-    print(f"{'':<40}" + "".join(f"{f'N = {r.size:,}':>22}" for r in results))
+    width = max(len(label) for label, _ in rows) + 2
+    print(f"{'':<{width}}" + "".join(f"{f'N = {r.size:,}':>22}" for r in results))
     for label, cell in rows:
-        print(f"{label:<40}" + "".join(f"{cell(r):>22}" for r in results))
+        print(f"{label:<{width}}" + "".join(f"{cell(r):>22}" for r in results))
+    for w in workers_values[1:]:
+        base = workers_values[0]
+        for r in results:
+            one, many = r.webhooks[base], r.webhooks[w]
+            ratios = ", ".join(
+                f"{what} {median_of(many, mode, field) / median_of(one, mode, field):.2f}x"
+                for what, mode, field in (
+                    ("distinct p50", "distinct", "p50_ms"),
+                    ("distinct p99", "distinct", "p99_ms"),
+                    ("distinct req/s", "distinct", "rps"),
+                    ("same p99", "same", "p99_ms"),
+                )
+            )
+            rss = many.rss_after_mib / one.rss_after_mib
+            pss = many.pss_after_mib / one.pss_after_mib
+            print(
+                f"--workers {w} against --workers {base} at N = {r.size:,}: {ratios}, "
+                f"RSS {rss:.2f}x, PSS {pss:.2f}x"
+            )
     if len(results) < 2:
         return
     small, large = results[0], results[-1]
@@ -600,10 +720,20 @@ def report(results: list[SizeResult]) -> None:
     webhook_growth = growth(lambda r: r.webhook.rss_after_mib)
     print(
         f"growth per 1,000 EnvoyFilters (and 2,000 Services): webhook RSS after the load "
-        f"{webhook_growth:.2f} MiB, "
+        f"{webhook_growth:.2f} MiB [--workers {workers_values[0]}], "
         f"reconciler peak RSS {growth(median_peak):.2f} MiB ({growth(median_peak) * 1.048576:.2f} MB), "
         f"audit {growth(median_audit):.2f} s"
     )
+
+
+def workers_list(text: str) -> list[str]:
+    values = [value.strip() for value in text.split(",") if value.strip()]
+    for value in values:
+        if value != "auto" and not (value.isdigit() and int(value) >= 1):
+            raise argparse.ArgumentTypeError(f"{value!r} is not a number of workers or 'auto'")
+    if not values:
+        raise argparse.ArgumentTypeError("no --workers value")
+    return values
 
 
 def main() -> int:
@@ -614,11 +744,18 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="wrk rounds and reconcile runs per size")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk round (default 10)")
     parser.add_argument("--threads", type=int, default=64, help="concurrent creates (default 64)")
+    parser.add_argument(
+        "--workers",
+        type=workers_list,
+        default=["1"],
+        metavar="W[,W...]",
+        help="serve --workers values to measure the webhook with, the first one the baseline (default 1)",
+    )
     parser.add_argument("--logs", type=Path, metavar="DIR", help="keep the servers' logs in DIR")
     parser.add_argument(
         "--py-spy",
         action="store_true",
-        help="sample the webhook with py-spy in its last distinct-objects round",
+        help="sample the webhook (its first worker) with py-spy in its last distinct-objects round",
     )
     args = parser.parse_args()
     bin_dir = find_bin_dir()
