@@ -12,8 +12,9 @@ so results (and error messages) never depend on which parser ran:
   `"2001-12-14"`, `"~"`) may have been plain in the source, where PyYAML reads it differently: such a
   stream goes to libyaml too.
 
-Line numbers are computed only when a finding asks for one: the stream is parsed again by rapidyaml and
-the node's byte offset (of its key, or of its value) is turned into a line.
+Line numbers are computed only when a finding asks for one: the document's text (or, when the `---` lines
+do not say where it is, the whole stream) is parsed again by rapidyaml and the node's byte offset (of its
+key, or of its value) is turned into a line.
 """
 
 from __future__ import annotations
@@ -37,9 +38,12 @@ _NODE_PROPERTY: Final = re.compile(r"(?<![^\s\[\{,])[&*!][^\s,\]\}]")
 """An anchor, alias or tag: `&name`, `*name`, `!tag` where a node may start."""
 _DIRECTIVE_OR_COMPLEX_KEY: Final = re.compile(r"^(?:%|[ -]*\?(?:\s|$))", re.MULTILINE)
 _WORDS: Final = "yes|Yes|YES|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF|~|null|Null|NULL"
-_CANDIDATE: Final = re.compile(f'"(?:(?:{_WORDS}|<<|=|!|&|\\*)"|[-+.0-9][^"\\\\]*")')
+_CANDIDATE: Final = re.compile(
+    f'"(?=[-+.0-9yYnNtTfFoO~<=!&*])(?:(?:{_WORDS}|<<|=|!|&|\\*)"|[-+.0-9][^"\\\\]*")'
+)
 """A JSON string that may be a YAML 1.1 bool, null, merge or value key, or (checked further) a number or a
-timestamp: what PyYAML's implicit resolvers other than str match starts like one of these."""
+timestamp: what PyYAML's implicit resolvers other than str match starts like one of these. (The lookahead
+only makes the search quicker: most strings fail on their first character.)"""
 
 
 _UNUSUAL_CHARACTER: Final = (
@@ -47,8 +51,9 @@ _UNUSUAL_CHARACTER: Final = (
 )
 """Tabs, control characters (which libyaml refuses), YAML 1.1's other line breaks (NEL, U+2028, U+2029)
 and byte-order marks: the two parsers may disagree on them."""
-_UNUSUAL_ASCII: Final = re.compile("[^\x0a\x0d\x20-\x7e]")
-"""`_UNUSUAL_CHARACTER` within ASCII, where most text stays (the full class takes milliseconds to compile)."""
+_USUAL_ASCII: Final = b"\n\r" + bytes(range(0x20, 0x7F))
+"""The ASCII characters `_UNUSUAL_CHARACTER` lets through: ASCII text, where most text stays, is tested with
+`bytes.translate` (quicker than a regex), and the full class (milliseconds to compile) only other text."""
 
 
 @functools.cache
@@ -57,8 +62,9 @@ def _unusual_character() -> re.Pattern[str]:
 
 
 def _has_unusual_character(text: str) -> bool:
-    unusual = _UNUSUAL_ASCII if text.isascii() else _unusual_character()
-    return unusual.search(text) is not None
+    if text.isascii():
+        return bool(text.encode("ascii").translate(None, _USUAL_ASCII))
+    return _unusual_character().search(text) is not None
 
 
 def _needs_libyaml(text: str) -> bool:
@@ -138,11 +144,17 @@ def _parse_constant(text: str) -> Any:
     raise _NotTheSame(text)
 
 
-def _has_ambiguous_string(encoded: str) -> bool:
-    """Whether a string of the JSON may have been a plain scalar PyYAML reads as something else."""
+def _has_ambiguous_string(encoded: str, numeric: dict[str, bool]) -> bool:
+    """Whether a string of the JSON may have been a plain scalar PyYAML reads as something else.
+    `numeric` keeps the answers for strings that start like a number (a stream repeats them)."""
     for match in _CANDIDATE.finditer(encoded):
         found = match.group()
-        if found[1:2] not in "-+.0123456789" or _resolves_to_non_string(found[1:-1]):
+        if found[1:2] not in "-+.0123456789":
+            return True
+        ambiguous = numeric.get(found)
+        if ambiguous is None:
+            ambiguous = numeric[found] = _resolves_to_non_string(found[1:-1])
+        if ambiguous:
             return True
     return False
 
@@ -161,11 +173,13 @@ def parse_stream(text: str) -> list[tuple[Any, StreamLines, int]] | None:
             tree = ryml.parse_in_arena(raw)
     except Exception:  # rapidyaml's own exception types: libyaml reads it and words the error
         return None
-    lines = StreamLines(raw)
+    nodes = _document_nodes(ryml, tree)
+    lines = StreamLines(raw, len(nodes))
     documents: list[tuple[Any, StreamLines, int]] = []
-    for position, node in enumerate(_document_nodes(ryml, tree)):
+    numeric: dict[str, bool] = {}
+    for position, node in enumerate(nodes):
         encoded = ryml.emit_json_malloc(tree, node)
-        if encoded is None or _has_ambiguous_string(encoded):
+        if encoded is None or _has_ambiguous_string(encoded, numeric):
             return None
         try:
             data = json.loads(
@@ -244,16 +258,58 @@ def _address(view: Any, buffer: _PyBuffer | None = None) -> int:
 
 
 _ANCHOR_SPACING: Final = 2048
+_PREAMBLE: Final = re.compile(rb"(?:[ \t]*(?:#[^\n]*)?\r?\n)*")
+"""Blank and comment lines: what may come before a stream's first `---` without making a document."""
+
+
+def _marker_lines(raw: bytes, marker: bytes) -> list[int]:
+    """Offsets of the lines that are `marker` (`---`, `...`) alone or followed by a space or a comment."""
+    found: list[int] = []
+    start = 0 if raw.startswith(marker) else -1
+    while True:
+        if start >= 0 and raw[start + 3 : start + 4] in (b"", b" ", b"\t", b"\r", b"\n"):
+            found.append(start)
+        following = raw.find(b"\n" + marker, start + 1)
+        if following < 0:
+            return found
+        start = following + 1
+
+
+def document_starts(raw: bytes, count: int) -> list[int] | None:
+    """Byte offsets where each of the stream's `count` documents (as rapidyaml counts them) begins, read
+    from its `---` lines: every `---` starts a document, and so does anything but blank and comment lines
+    before the first one. None when the lines do not say (an `...` end marker, or not one start per
+    document); a document's text then runs from its start to the next one's."""
+    if count < 2:
+        return [0]
+    if _marker_lines(raw, b"..."):
+        return None
+    starts = _marker_lines(raw, b"---")
+    preamble = _PREAMBLE.match(raw)
+    if not starts or preamble is None or preamble.end() != starts[0]:
+        starts.insert(0, 0)
+    return starts if len(starts) == count else None
 
 
 @dataclass(slots=True)
 class StreamLines:
-    """Lines of a stream's nodes, found by parsing it again (in place) when a finding first needs one."""
+    """Lines of a stream's nodes, found by parsing again (in place) when a finding first needs one: only
+    the text of the document asked about when the `---` lines say where it is (a document of a stream is
+    read alone as it is read in the stream), else the whole stream once."""
 
     raw: bytes
+    count: int = 1
+    """How many documents rapidyaml found in the stream (empty ones too)."""
     _tree: Any = field(default=None, init=False)
     _buffer: bytearray | None = field(default=None, init=False)
     _base: int = field(default=0, init=False)
+    """The address of `raw`'s first byte as the parsed buffer is laid out (a node's offset is its address
+    less this)."""
+    _whole: bool = field(default=False, init=False)
+    """Whether `_tree` holds the whole stream (else one document's text)."""
+    _current: int = field(default=-1, init=False)
+    """The document whose text `_tree` holds."""
+    _spans: list[int] | None = field(default=None, init=False)
     _scratch: _PyBuffer = field(default_factory=_PyBuffer, init=False)
     _starts: dict[int, int | None] = field(default_factory=dict, init=False)
     _anchors: list[int] = field(default_factory=lambda: [0], init=False)
@@ -271,11 +327,11 @@ class StreamLines:
 
         if not tokens and position in self._starts:
             return self._starts[position]
-        tree = self._parsed(ryml)
+        tree, root = self._parsed(ryml, position)
         # the findings of a document come one after another and share most of their paths: start from
         # the longest prefix of the last walk
         last_position, last_tokens, last_path = self._last
-        path = [self._documents[position]]
+        path = [root]
         if last_position == position:
             for token, last_token, node in zip(tokens, last_tokens, last_path[1:], strict=False):
                 if token != last_token:
@@ -301,15 +357,49 @@ class StreamLines:
     def release(self) -> None:
         """Drop the parse (the next `line_of` parses again)."""
         self._tree = self._buffer = None
+        self._whole = False
+        self._current = -1
         self._last = (-1, (), [])
 
-    def _parsed(self, ryml: Any) -> Any:
+    def _parsed(self, ryml: Any, position: int) -> tuple[Any, int]:
+        """The tree holding document `position`, and that document's node in it."""
+        if self._whole:
+            return self._tree, self._documents[position]
+        if position == self._current:
+            return self._tree, self._documents[0]
+        if self._spans is None:
+            self._spans = document_starts(self.raw, self.count) or []
+        if position < len(self._spans):
+            begin = self._spans[position]
+            end = self._spans[position + 1] if position + 1 < len(self._spans) else len(self.raw)
+            if self._parse(ryml, begin, end) and len(self._documents) == 1:
+                self._current = position
+                self._last = (-1, (), [])
+                return self._tree, self._documents[0]
+        self._parse(ryml, 0, len(self.raw))
+        self._whole = True
+        self._last = (-1, (), [])
+        return self._tree, self._documents[position]
+
+    def _parse(self, ryml: Any, begin: int, end: int) -> bool:
+        """Parse `raw[begin:end]` in place (reusing the tree); whether it parsed."""
+        self._buffer = bytearray(self.raw[begin:end])
         if self._tree is None:
-            self._buffer = bytearray(self.raw)
-            self._tree = ryml.parse_in_place(self._buffer)
-            self._base = _address(memoryview(self._buffer))
-            self._documents = _document_nodes(ryml, self._tree)
-        return self._tree
+            self._tree = ryml.Tree()
+        else:
+            self._tree.clear()
+            self._tree.clear_arena()
+        try:
+            ryml.parse_in_place(self._buffer, self._tree)
+        except Exception:  # a part of a stream that parsed whole: not expected; the whole stream then
+            self._tree = None
+            self._documents = []
+            if begin == 0 and end == len(self.raw):
+                raise
+            return False
+        self._base = _address(memoryview(self._buffer)) - begin
+        self._documents = _document_nodes(ryml, self._tree)
+        return True
 
     def _line_of_node(self, tree: Any, node: int) -> int | None:
         """A member's line is its key's; a value's its text's; a collection's its first member's."""

@@ -20,7 +20,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from yaml.resolver import Resolver
 
-from cli.rapidparse import _UNUSUAL_CHARACTER, NUMERIC_RESOLVERS, _has_unusual_character, parse_stream
+from cli.rapidparse import (
+    _UNUSUAL_CHARACTER,
+    NUMERIC_RESOLVERS,
+    _has_unusual_character,
+    document_starts,
+    parse_stream,
+)
 from cli.sources import InputError, Source, SourceDocument, iter_documents
 from policies.patch import pointer
 
@@ -100,6 +106,16 @@ TRICKY = {
     "unicode-line-breaks": "a: x\x85y\nb: x\u2028y\nc: x\u2029y\n\x85: key\n",
     "control-character": "a: x\x01y\n",
     "byte-order-mark-inside": "a: 1\n---\n\ufeffb: 2\n",
+    "documents-without-end-markers": (
+        "# head\n\n---\na: 1\nb:\n  c: 2\n---\n\n---\n- x\n---\nplain\n"
+        "--- \nd: 3\n--- # note\ne: {f: [1, 2]}\n"
+    ),
+    "bare-first-document": "a: 1\nb: 2\n---\nc:\n  d: [3]\n---\ne: 4\n",
+    "flow-on-marker-lines": "--- {a: 1, b: [x, {c: d}]}\n--- {e: 2}\n",
+    "marker-like-lines": "a: |\n  ---\n  text\nb: '--- x'\nc: ---x\n---\n---x: 1\n----: 2\n",
+    "indented-documents": "---\n  a: 1\n  b:\n    c: 2\n---\n  d: 3\n",
+    "crlf-documents": "a: 1\r\n---\r\nb:\r\n  c: x\r\n---\r\nd: 2\r\n",
+    "trailing-empty-document": "a: 1\n---\nb: 2\n---\n",
 }
 
 
@@ -134,6 +150,25 @@ def test_the_fast_path_really_runs_for_ordinary_manifests() -> None:
     assert parse_stream(text) is not None
     assert parse_stream("a: yes\n") is None
     assert parse_stream("a: &x 1\nb: *x\n") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "starts"),
+    [
+        ("a: 1\n", [0]),
+        ("a: 1\n---\nb: 2\n", [0, 5]),
+        ("# head\n---\na: 1\n--- # note\nb: 2\n---\n", [7, 16, 32]),
+        ("a: |\n  ---\n---x: 1\n---\nb: 2\n", [0, 19]),
+        ("a: 1\n...\n---\nb: 2\n", None),
+    ],
+    ids=["one", "bare-first", "markers", "marker-like-lines", "end-marker"],
+)
+def test_where_each_document_begins_is_read_from_its_marker_lines(
+    text: str, starts: list[int] | None
+) -> None:
+    documents = parse_stream(text)
+    assert documents is not None
+    assert document_starts(text.encode(), len(documents)) == starts
 
 
 def real_files() -> list[Path]:
