@@ -6,15 +6,12 @@ This is the part `check` and `fix` share. Nothing here prints; results come back
 
 from __future__ import annotations
 
-import functools
 import gc
 import itertools
 import logging
 import os
-import pickle
-import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO
@@ -30,6 +27,7 @@ from cli.sources import (
     read_source,
     template_skip,
 )
+from cli.workshare import MAX_CHUNKS, run_shared
 from policies import (
     ChainResolver,
     DocumentError,
@@ -265,9 +263,15 @@ def metadata_of(document: Mapping[str, Any]) -> tuple[str | None, str | None]:
     )
 
 
-def locate_findings(document: SourceDocument, findings: Iterable[Finding]) -> DocumentResult:
-    """`findings` of one document, each placed on the line of the node its pointer names."""
+def locate_findings(
+    document: SourceDocument, findings: Iterable[Finding], shared: dict[Finding, Finding] | None = None
+) -> DocumentResult:
+    """`findings` of one document, each placed on the line of the node its pointer names. With `shared`,
+    equal findings (of different documents) become one object: what a worker sends back pickles smaller,
+    as pickle writes an object once and then refers to it."""
     namespace, name = metadata_of(document.data)
+    if shared is not None:
+        findings = [shared.setdefault(finding, finding) for finding in findings]
     located = tuple(LocatedFinding(finding, document.line_of(finding.path)) for finding in findings)
     return DocumentResult(document.file, document.start_line, namespace, name, located)
 
@@ -285,8 +289,11 @@ Verdict = DocumentResult | InputError | None
 """One item of a source judged: an EnvoyFilter's result, a problem, or None for another document."""
 
 
-def judge_item(item: SourceDocument | InputError, settings: ScanSettings) -> Verdict:
-    """One document evaluated, its findings placed on lines (lines are read only for findings)."""
+def judge_item(
+    item: SourceDocument | InputError, settings: ScanSettings, shared: dict[Finding, Finding] | None = None
+) -> Verdict:
+    """One document evaluated, its findings placed on lines (lines are read only for findings); `shared`:
+    see `locate_findings`."""
     if isinstance(item, InputError):
         return item
     try:
@@ -295,7 +302,7 @@ def judge_item(item: SourceDocument | InputError, settings: ScanSettings) -> Ver
         return exc
     if checked.evaluation is None:
         return None
-    return locate_findings(item, checked.evaluation.findings)
+    return locate_findings(item, checked.evaluation.findings, shared)
 
 
 def _outcome(source: ParsedSource, verdicts: Iterable[Verdict]) -> SourceOutcome:
@@ -321,7 +328,7 @@ def judge_source(source: ParsedSource, settings: ScanSettings) -> SourceOutcome:
 @dataclass(slots=True)
 class ScanStats:
     """Where a parallel run's CPU time went (for `bench/check_bench.py`): each forked worker's CPU seconds,
-    and the CPU seconds this process spent on its own share of the documents."""
+    and the CPU seconds this process spent beside them (judging chunks until none was left)."""
 
     worker_cpu: list[float] = field(default_factory=list)
     own_share_cpu: float = 0.0
@@ -329,6 +336,10 @@ class ScanStats:
 
 PARALLEL_MIN_DOCUMENTS = 2000
 """Below this many documents one process judges them all: starting workers would cost more than it saves."""
+
+CHUNKS_PER_WORKER = 16
+"""About how many chunks each process takes: enough that they finish close together, few enough that a
+namespace's documents (and the index of its EnvoyFilters) mostly stay in one process."""
 
 Position = tuple[int, int]
 """(source, item) of a document among the parsed sources."""
@@ -340,112 +351,66 @@ def judge_all(
     """Judge every source, in order.
 
     With `settings.workers` > 1 and enough documents, this process and `workers - 1` forked ones judge
-    them at once: each sees the whole context (a worker inherits it) and takes the documents of some
-    namespaces, so that the index of a namespace's EnvoyFilters is built by one process only. A worker's
-    verdicts come back by position (its share is a little smaller: sending them back costs time) and
-    are put in order here; a worker that fails has its documents judged here."""
+    them at once: each sees the whole context (a worker inherits it) and takes chunks of whole namespaces
+    from one queue until none is left (`cli.workshare`), so the index of a namespace's EnvoyFilters is
+    mostly built by one process only and the processes finish together. The verdicts come back by
+    position and are put in order here; a chunk a worker did not send back is judged here."""
     count = sum(len(source.items) for source in sources)
     workers = settings.workers
     if workers < 2 or count < PARALLEL_MIN_DOCUMENTS or not hasattr(os, "fork"):
         return [judge_source(source, settings) for source in sources]
-    own, *shares = _shares_by_namespace(sources, workers, own_weight=OWN_SHARE_WEIGHT)
-    running = [_fork(functools.partial(_judge_share, sources, share, settings)) for share in shares]
-    started = time.process_time()
-    verdicts: dict[Position, Verdict] = dict(zip(own, _judge_share(sources, own, settings), strict=True))
+    chunks = chunks_by_namespace(sources, most=max(1, count // (workers * CHUNKS_PER_WORKER)))
+    shared: dict[Finding, Finding] = {}
+    run = run_shared(
+        len(chunks),
+        lambda number: [
+            judge_item(sources[index].items[item], settings, shared) for index, item in chunks[number]
+        ],
+        workers=workers,
+    )
     if stats is not None:
-        stats.own_share_cpu = time.process_time() - started
-    for share, worker in zip(shares, running, strict=True):
-        result, cpu = worker.collect()
-        if stats is not None:
-            stats.worker_cpu.append(cpu)
-        if result is None:
-            logger.info("a worker failed; judging its %d documents here", len(share))
-            result = _judge_share(sources, share, settings)
-        verdicts.update(zip(share, result, strict=True))
+        stats.own_share_cpu = run.own_cpu
+        stats.worker_cpu.extend(run.worker_cpu)
+    verdicts: dict[Position, Verdict] = {}
+    for chunk, judged in zip(chunks, run.results, strict=True):
+        verdicts.update(zip(chunk, judged, strict=True))
     return [
         _outcome(source, [verdicts[(index, item)] for item in range(len(source.items))])
         for index, source in enumerate(sources)
     ]
 
 
-def _judge_share(
-    sources: Sequence[ParsedSource], share: Sequence[Position], settings: ScanSettings
-) -> list[Verdict]:
-    return [judge_item(sources[index].items[item], settings) for index, item in share]
-
-
-OWN_SHARE_WEIGHT = 1.2
-"""How much more this process takes than a forked worker, which also pickles its verdicts back."""
-
-
-def _shares_by_namespace(
-    sources: Sequence[ParsedSource], workers: int, *, own_weight: float = 1.0
-) -> list[list[Position]]:
-    """Positions of the documents, dealt to `workers` shares whole namespaces at a time: the largest
-    first, each to the share with the fewest documents so far; among namespaces of the same size in an
-    order that has nothing to do with their names (so `team-0`, `team-2`... do not all go together)."""
+def chunks_by_namespace(sources: Sequence[ParsedSource], *, most: int) -> list[list[Position]]:
+    """Positions of every document once, in chunks of whole namespaces, largest first: a namespace of more
+    than `most` documents is cut into nearly equal pieces (in document order), namespaces of a few
+    documents are put together up to `most`; among namespaces of the same size in an order that has
+    nothing to do with their names (so that `team-0`, `team-2`... do not all come together). `most` is
+    raised when the chunks would be more than the queue takes (`MAX_CHUNKS`)."""
     by_namespace: dict[str, list[Position]] = {}
     for index, source in enumerate(sources):
         for item, document in enumerate(source.items):
             namespace = metadata_of(document.data)[0] if isinstance(document, SourceDocument) else None
             by_namespace.setdefault(namespace or "", []).append((index, item))
-    shares: list[list[Position]] = [[] for _ in range(workers)]
+    total = sum(len(positions) for positions in by_namespace.values())
+    # a chunk and the namespace that came after it hold over `most`, and so does a piece and its neighbour:
+    # there are fewer than 2 * total / most chunks, and one more
+    most = max(most, -(-2 * total // (MAX_CHUNKS - 1)))
     ordered = sorted(by_namespace.items(), key=lambda entry: (-len(entry[1]), zlib.crc32(entry[0].encode())))
-    weights = [own_weight, *([1.0] * (workers - 1))]
+    chunks: list[list[Position]] = []
+    packed: list[Position] = []
     for _, positions in ordered:
-        lightest = min(range(workers), key=lambda index: len(shares[index]) / weights[index])
-        shares[lightest].extend(positions)
-    total = sum(len(share) for share in shares)
-    fair = [total * weight / sum(weights) for weight in weights]
-    if all(len(share) >= 0.8 * want for share, want in zip(shares, fair, strict=True)):
-        return shares
-    # a namespace too large for one share (all filters in one namespace): cut the documents in order
-    every = [position for share in shares for position in share]
-    every.sort()
-    bounds = [0]
-    for want in fair:
-        bounds.append(bounds[-1] + round(want))
-    bounds[-1] = len(every)
-    return [every[begin:end] for begin, end in itertools.pairwise(bounds)]
-
-
-@dataclass(slots=True)
-class _Worker:
-    pid: int
-    reader: int
-
-    def collect(self) -> tuple[list[Verdict] | None, float]:
-        """The worker's verdicts (None if it failed) and its CPU seconds."""
-        chunks: list[bytes] = []
-        with os.fdopen(self.reader, "rb") as pipe:
-            while chunk := pipe.read(1 << 20):
-                chunks.append(chunk)
-        _, status, usage = os.wait4(self.pid, 0)
-        cpu = usage.ru_utime + usage.ru_stime
-        if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0 or not chunks:
-            return None, cpu
-        try:
-            verdicts: list[Verdict] = pickle.loads(b"".join(chunks))
-        except (pickle.UnpicklingError, EOFError, ValueError):
-            return None, cpu
-        return verdicts, cpu
-
-
-def _fork(work: Callable[[], list[Verdict]]) -> _Worker:
-    reader, writer = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the worker: judge, send, and leave without running the parent's cleanup
-        code = 1
-        try:
-            os.close(reader)
-            payload = pickle.dumps(work(), protocol=pickle.HIGHEST_PROTOCOL)
-            with os.fdopen(writer, "wb") as pipe:
-                pipe.write(payload)
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(writer)
-    return _Worker(pid, reader)
+        if len(positions) > most:
+            pieces = -(-len(positions) // most)
+            bounds = [len(positions) * piece // pieces for piece in range(pieces + 1)]
+            chunks.extend(positions[begin:end] for begin, end in itertools.pairwise(bounds))
+            continue
+        if len(packed) + len(positions) > most:
+            chunks.append(packed)
+            packed = []
+        packed.extend(positions)
+    if packed:
+        chunks.append(packed)
+    return chunks
 
 
 @contextmanager
