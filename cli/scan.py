@@ -360,13 +360,14 @@ def judge_all(
     if workers < 2 or count < PARALLEL_MIN_DOCUMENTS or not hasattr(os, "fork"):
         return [judge_source(source, settings) for source in sources]
     chunks = chunks_by_namespace(sources, most=max(1, count // (workers * CHUNKS_PER_WORKER)))
-    shared: dict[Finding, Finding] = {}
+    shared: dict[Finding, Finding] = {}  # a worker's findings, made one object where equal (to send)
     run = run_shared(
         len(chunks),
-        lambda number: [
+        lambda number: [judge_item(sources[index].items[item], settings) for index, item in chunks[number]],
+        workers=workers,
+        in_worker=lambda number: [
             judge_item(sources[index].items[item], settings, shared) for index, item in chunks[number]
         ],
-        workers=workers,
     )
     if stats is not None:
         stats.own_share_cpu = run.own_cpu

@@ -8,7 +8,7 @@ A worker sends each chunk's result back as soon as it has it: one frame (length,
 number and result) on its own pipe. This process reads what has arrived between its own chunks, so the
 unpickling happens while the workers still work and a worker never waits on a full pipe for long. Results
 come back in chunk order; a chunk whose result never arrives (a worker that died or sent garbage) is done
-here. Results must pickle; `prepare` (in workers only) may make them cheaper to send.
+here. Results must pickle; a worker may do its chunks differently (`in_worker`), to make them cheaper to send.
 """
 
 from __future__ import annotations
@@ -73,17 +73,18 @@ def run_shared(
     work: Callable[[int], Result],
     *,
     workers: int,
-    prepare: Callable[[Result], Result] | None = None,
+    in_worker: Callable[[int], Result] | None = None,
 ) -> SharedRun[Result]:
     """`work(number)` for every chunk number below `count`, in this process and `workers - 1` forked ones.
 
     `work` must give the same result in any process (a worker sees this process's memory as it was at the
-    fork). A chunk that raises here raises to the caller; in a worker it ends the worker, and the chunk is
-    done again here."""
+    fork); `in_worker`, when given, is what a worker does instead (the same results, cheaper to send). A
+    chunk that raises here raises to the caller; in a worker it ends the worker, and the chunk is done
+    again here."""
     queue = ChunkQueue(count)
     running: list[_Worker[Result]] = []
     try:
-        running = [_fork(queue, work, prepare) for _ in range(workers - 1)]
+        running = [_fork(queue, in_worker or work) for _ in range(workers - 1)]
         results: dict[int, Result] = {}
         started = time.process_time()
         while (number := queue.take()) is not None:
@@ -174,9 +175,7 @@ class _Worker(Generic[Result]):
         return iter(found)
 
 
-def _fork(
-    queue: ChunkQueue, work: Callable[[int], Result], prepare: Callable[[Result], Result] | None
-) -> _Worker[Result]:
+def _fork(queue: ChunkQueue, work: Callable[[int], Result]) -> _Worker[Result]:
     reader, writer = os.pipe()
     pid = os.fork()
     if pid == 0:  # the worker: take chunks until none is left, and leave without the parent's cleanup
@@ -184,10 +183,7 @@ def _fork(
         try:
             os.close(reader)
             while (number := queue.take()) is not None:
-                result = work(number)
-                frame = pickle.dumps(
-                    (number, prepare(result) if prepare else result), protocol=pickle.HIGHEST_PROTOCOL
-                )
+                frame = pickle.dumps((number, work(number)), protocol=pickle.HIGHEST_PROTOCOL)
                 _write_all(writer, len(frame).to_bytes(_LENGTH_BYTES, "little") + frame)
             os.close(writer)
             code = 0
