@@ -7,16 +7,16 @@ same files, it times:
 
 - load only: read each file and `yaml.load_all` it with libyaml (`yaml.CSafeLoader`), the baseline;
 - check: `check` end to end, as the command runs it (read, parse, judge every document with all of them
-  as context, place findings on lines, render text), with as many worker processes as this machine
-  gives the process (`--workers`, default: all);
+  as context, place findings on lines, render text), with as many processes as this machine gives the
+  process (`--workers`, default: all);
 - and, to show where check's time goes, reading alone (the fast parse, no line numbers) and the policy
   engine alone (one process, documents parsed beforehand, with the same context).
 
-Time is CPU time, so that other work on a shared machine does not count. `check` judges documents in
-this process and in forked workers at once (one per core): its time is this process's CPU time with its
-own share of the judging replaced by the longest of that share and each worker's CPU time, which is what
-the run takes on an otherwise idle machine with a core per process. The wall time and the CPU time of
-all processes together are printed beside it.
+Time is CPU time, so that other work on a shared machine does not count. `check` parses, then judges,
+documents in this process and in forked workers at once (one per core, forked anew for each part): its
+time is this process's CPU time with its own share of each part replaced by the longest of that share
+and each of that part's workers' CPU time, which is what the run takes on an otherwise idle machine with
+a core per process. The wall time and the CPU time of all processes together are printed beside it.
 Every run is repeated (`--repeat`) in interleaved rounds and the best round counts.
 
 Run: `python bench/check_bench.py [--documents N] [--per-file N] [--repeat N] [--workers N]`. Prints
@@ -46,6 +46,7 @@ from cli.commands.check import available_cores  # noqa: E402
 from cli.report import OutputFormat, render_report  # noqa: E402
 from cli.scan import ScanSettings, ScanStats, check_sources, parse_source, with_context  # noqa: E402
 from cli.sources import Source, expand_paths, iter_documents  # noqa: E402
+from cli.workshare import CpuSplit  # noqa: E402
 from policies import (  # noqa: E402
     Level,
     ServiceAddress,
@@ -109,22 +110,22 @@ def resolver_for_all_namespaces() -> StaticResolver:
 
 @dataclass
 class Timing:
-    """One run: CPU of this process, of its workers (each), and wall time."""
+    """One run: CPU of this process, its share and its workers' (each) in each part shared with workers,
+    and wall time."""
 
     own: float
-    own_share: float
-    workers: list[float]
+    parts: dict[str, CpuSplit]
     wall: float
 
     @property
     def critical(self) -> float:
         """What the run takes when each process has a core of its own: this process's CPU time, with its
-        own share of the judging replaced by the longest of that share and each worker's."""
-        return self.own - self.own_share + max([self.own_share, *self.workers])
+        own share of each shared part replaced by the longest of that share and each of its workers'."""
+        return self.own + sum(max([part.own, *part.workers]) - part.own for part in self.parts.values())
 
     @property
     def total(self) -> float:
-        return self.own + sum(self.workers)
+        return self.own + sum(sum(part.workers) for part in self.parts.values())
 
 
 def time_best(repeat: int, runs: dict[str, Callable[[ScanStats], object]]) -> dict[str, Timing]:
@@ -139,12 +140,7 @@ def time_best(repeat: int, runs: dict[str, Callable[[ScanStats], object]]) -> di
             stats = ScanStats()
             started, wall = time.process_time(), time.perf_counter()
             run(stats)
-            timing = Timing(
-                time.process_time() - started,
-                stats.own_share_cpu,
-                stats.worker_cpu,
-                time.perf_counter() - wall,
-            )
+            timing = Timing(time.process_time() - started, stats.parts, time.perf_counter() - wall)
             if name not in best or timing.critical < best[name].critical:
                 best[name] = timing
     return best
@@ -209,14 +205,16 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"  load only (yaml.CSafeLoader):          {best['load'].critical:7.3f} s {rate['load']:9,.0f} docs/s"
     )
-    workers = ", ".join(f"{cpu:.3f}" for cpu in check_timing.workers) or "none"
+    shared = "; ".join(
+        f"{name} {part.own:.3f} s here, workers {', '.join(f'{cpu:.3f}' for cpu in part.workers)} s"
+        for name, part in check_timing.parts.items()
+    )
     print(
         f"  check (read, judge, lines, render):    {check_timing.critical:7.3f} s"
         f" {rate['check']:9,.0f} docs/s"
     )
     print(
-        f"    main process {check_timing.own:.3f} s, of which its share of the judging"
-        f" {check_timing.own_share:.3f} s; workers {workers} s;"
+        f"    main process {check_timing.own:.3f} s, of which shared with workers: {shared or 'none'};"
         f" all processes {check_timing.total:.3f} s; wall {check_timing.wall:.3f} s"
     )
     print(

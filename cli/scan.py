@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import itertools
 import logging
+import marshal
 import os
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -16,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO
 
+from cli.rapidparse import parse_stream
 from cli.report import DocumentResult, LocatedFinding, Report
 from cli.sources import (
     DEFAULT_MAX_BYTES,
@@ -25,9 +27,11 @@ from cli.sources import (
     SourceDocument,
     iter_documents,
     read_source,
+    reads_as_json,
+    stream_documents,
     template_skip,
 )
-from cli.workshare import MAX_CHUNKS, run_shared
+from cli.workshare import MAX_CHUNKS, CpuSplit, Sending, run_shared
 from policies import (
     ChainResolver,
     DocumentError,
@@ -233,19 +237,97 @@ def iter_checked(parsed: ParsedSource, settings: ScanSettings) -> Iterator[Check
 
 
 def read_and_parse(
-    sources: Iterable[Source], settings: ScanSettings, *, stdin: BinaryIO, fast: bool = False
+    sources: Iterable[Source],
+    settings: ScanSettings,
+    *,
+    stdin: BinaryIO,
+    fast: bool = False,
+    stats: ScanStats | None = None,
 ) -> list[ParsedSource | InputError]:
-    """Read and parse every source first (in order; an unreadable one is its `InputError`), so each
-    document is judged with all of them as its context."""
-    parsed: list[ParsedSource | InputError] = []
+    """Read every source, then parse them (in order; an unreadable one is its `InputError`), so each
+    document is judged with all of them as its context. `fast`: see `parse_all`."""
+    read: list[tuple[Source, str] | InputError] = []
     for source in sources:
         try:
-            text = read_source(source, max_bytes=settings.max_bytes, stdin=stdin)
+            read.append((source, read_source(source, max_bytes=settings.max_bytes, stdin=stdin)))
         except InputError as exc:
-            parsed.append(exc)
-            continue
-        parsed.append(parse_source(source, text, fast=fast))
-    return parsed
+            read.append(exc)
+    texts = [item for item in read if not isinstance(item, InputError)]
+    parsed = iter(parse_all(texts, workers=settings.workers if fast else 1, fast=fast, stats=stats))
+    return [item if isinstance(item, InputError) else next(parsed) for item in read]
+
+
+PARALLEL_MIN_CHARACTERS = 1_000_000
+"""Below this much text one process parses every input: a worker would cost more than it saves."""
+
+
+def parse_all(
+    texts: Sequence[tuple[Source, str]], *, workers: int, fast: bool, stats: ScanStats | None = None
+) -> list[ParsedSource]:
+    """Every source parsed (see `parse_source`), in order.
+
+    With `fast`, `workers` > 1 and enough text, this process and `workers - 1` forked ones parse at once,
+    taking chunks of sources from one queue (`cli.workshare`). A worker sends back only what the fast path
+    read (each document's data, marshalled: cheaper than pickling it, and the text is here already), and
+    this process rebuilds the documents around it (`stream_documents`); a source the fast path does not
+    read (JSON, libyaml's) is parsed here."""
+    total = sum(len(text) for _, text in texts)
+    if workers < 2 or not fast or total < PARALLEL_MIN_CHARACTERS or not hasattr(os, "fork"):
+        return [parse_source(source, text, fast=fast) for source, text in texts]
+    chunks = _chunks_by_size([len(text) for _, text in texts], most=total // (workers * CHUNKS_PER_WORKER))
+    run = run_shared(
+        len(chunks),
+        lambda number: [parse_source(*texts[index], fast=True) for index in chunks[number]],
+        workers=workers,
+        sending=Sending(
+            lambda number: [_fast_read(*texts[index]) for index in chunks[number]],
+            lambda number, sent: [
+                _from_fast_read(*texts[index], read) for index, read in zip(chunks[number], sent, strict=True)
+            ],
+        ),
+    )
+    if stats is not None:
+        stats.reading = run.cpu
+    parsed: dict[int, ParsedSource] = {}
+    for chunk, results in zip(chunks, run.results, strict=True):
+        parsed.update(zip(chunk, results, strict=True))
+    return [parsed[index] for index in range(len(texts))]
+
+
+def _fast_read(source: Source, text: str) -> bytes | None:
+    """The data of every document of a stream the fast path reads, marshalled; None for any other source."""
+    if reads_as_json(source, text):
+        return None
+    documents = parse_stream(text)
+    if documents is None:
+        return None
+    try:
+        return marshal.dumps([data for data, _, _ in documents])
+    except ValueError:  # nested too deeply to marshal
+        return None
+
+
+def _from_fast_read(source: Source, text: str, read: bytes | None) -> ParsedSource:
+    if read is None:
+        return parse_source(source, text, fast=True)
+    return ParsedSource(source, text, list(stream_documents(source, text, marshal.loads(read))))
+
+
+def _chunks_by_size(sizes: Sequence[int], *, most: int) -> list[list[int]]:
+    """Indexes of `sizes`, largest first, put together in chunks of up to `most` (one larger alone)."""
+    most = max(most, -(-2 * sum(sizes) // (MAX_CHUNKS - 1)), 1)  # as in `chunks_by_namespace`
+    chunks: list[list[int]] = []
+    packed: list[int] = []
+    size = 0
+    for index in sorted(range(len(sizes)), key=lambda index: -sizes[index]):
+        if packed and size + sizes[index] > most:
+            chunks.append(packed)
+            packed, size = [], 0
+        packed.append(index)
+        size += sizes[index]
+    if packed:
+        chunks.append(packed)
+    return chunks
 
 
 def parsed_only(parsed: Iterable[ParsedSource | InputError]) -> list[ParsedSource]:
@@ -327,11 +409,15 @@ def judge_source(source: ParsedSource, settings: ScanSettings) -> SourceOutcome:
 
 @dataclass(slots=True)
 class ScanStats:
-    """Where a parallel run's CPU time went (for `bench/check_bench.py`): each forked worker's CPU seconds,
-    and the CPU seconds this process spent beside them (judging chunks until none was left)."""
+    """Where a parallel run's CPU time went (for `bench/check_bench.py`): for each part of the run that
+    forked workers shared, this process's CPU seconds beside them and each worker's."""
 
-    worker_cpu: list[float] = field(default_factory=list)
-    own_share_cpu: float = 0.0
+    reading: CpuSplit | None = None
+    judging: CpuSplit | None = None
+
+    @property
+    def parts(self) -> dict[str, CpuSplit]:
+        return {name: part for name, part in (("reading", self.reading), ("judging", self.judging)) if part}
 
 
 PARALLEL_MIN_DOCUMENTS = 2000
@@ -365,13 +451,15 @@ def judge_all(
         len(chunks),
         lambda number: [judge_item(sources[index].items[item], settings) for index, item in chunks[number]],
         workers=workers,
-        in_worker=lambda number: [
-            judge_item(sources[index].items[item], settings, shared) for index, item in chunks[number]
-        ],
+        sending=Sending(
+            lambda number: [
+                judge_item(sources[index].items[item], settings, shared) for index, item in chunks[number]
+            ],
+            lambda _, verdicts: verdicts,
+        ),
     )
     if stats is not None:
-        stats.own_share_cpu = run.own_cpu
-        stats.worker_cpu.extend(run.worker_cpu)
+        stats.judging = run.cpu
     verdicts: dict[Position, Verdict] = {}
     for chunk, judged in zip(chunks, run.results, strict=True):
         verdicts.update(zip(chunk, judged, strict=True))
@@ -447,7 +535,7 @@ def check_sources(
     skipped: list[SkippedInput] = []
     documents = 0
     with collection_paused():
-        parsed = read_and_parse(sources, settings, stdin=stdin, fast=True)
+        parsed = read_and_parse(sources, settings, stdin=stdin, fast=True, stats=stats)
         settings = with_context(settings, parsed_only(parsed))
         judged = [source for source in parsed_only(parsed) if source.skipped is None]
         outcomes = iter(judge_all(judged, settings, stats))

@@ -276,7 +276,7 @@ def iter_documents(source: Source, text: str, *, fast: bool = False) -> Iterator
     trusted). Empty documents are skipped. `fast` lets rapidyaml read YAML when its result is provably
     libyaml's (`cli.rapidparse`); line numbers then come from rapidyaml too, and only when asked for.
     """
-    if source.is_json or (source.path is None and text.lstrip()[:1] in ("{", "[")):
+    if reads_as_json(source, text):
         parsed = _parse_json(source, text)
         if parsed is not None:
             yield from _documents_of(source.name, 0, parsed, JsonLocator(text))
@@ -288,6 +288,21 @@ def iter_documents(source: Source, text: str, *, fast: bool = False) -> Iterator
                 yield from _documents_of(source.name, position, data, RapidLocator(lines, position))
             return
     yield from _iter_yaml(source, text)
+
+
+def reads_as_json(source: Source, text: str) -> bool:
+    """Whether `iter_documents` reads a source as JSON first: a `.json` file, or stdin that looks like it."""
+    return source.is_json or (source.path is None and text.lstrip()[:1] in ("{", "["))
+
+
+def stream_documents(
+    source: Source, text: str, documents: Sequence[Any]
+) -> Iterator[SourceDocument | InputError]:
+    """What `iter_documents(fast=True)` yields for a YAML stream whose documents the fast path has read
+    (the data of each, empty ones too, in order; by another process, say): lines found when asked for."""
+    lines = StreamLines(text.encode("utf-8"), len(documents))
+    for position, data in enumerate(documents):
+        yield from _documents_of(source.name, position, data, RapidLocator(lines, position))
 
 
 def _iter_yaml(source: Source, text: str) -> Iterator[SourceDocument | InputError]:

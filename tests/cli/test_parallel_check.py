@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import os
 import select
 from pathlib import Path
@@ -22,6 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import cli.scan
+from cli.rapidparse import parse_stream
 from cli.report import OutputFormat, render_report
 from cli.scan import (
     PARALLEL_MIN_DOCUMENTS,
@@ -30,6 +32,7 @@ from cli.scan import (
     ScanStats,
     check_sources,
     chunks_by_namespace,
+    parse_all,
     parse_source,
 )
 from cli.sources import Source, SourceDocument, expand_paths
@@ -85,6 +88,15 @@ def inputs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             text += "---\n- not a mapping\n"
         (folder / f"filters-{number:03d}.yaml").write_text(text)
     (folder / "zz-broken.yaml").write_text("kind: [unclosed\n")
+    anchored = copy.deepcopy(bases[0])
+    anchored["metadata"].update(name="anchored", namespace="team-0")
+    text = yaml.safe_dump(anchored, sort_keys=False) + "x-anchored: &x {a: b}\nx-alias: *x\n"
+    assert parse_stream(text) is None, "read by libyaml, whoever parses it"
+    (folder / "zz-anchors.yaml").write_text(text)
+    listed = {"apiVersion": "v1", "kind": "List", "items": [copy.deepcopy(base) for base in bases]}
+    for number, item in enumerate(listed["items"]):
+        item["metadata"].update(name=f"listed-{number}", namespace="team-1")
+    (folder / "zz-list.json").write_text(json.dumps(listed, indent=1))
     return folder
 
 
@@ -102,7 +114,7 @@ def test_workers_give_the_report_one_process_gives(inputs: Path) -> None:
     stats = ScanStats()
     parallel = run(inputs, workers=2, stats=stats)
     serial = run(inputs, workers=1)
-    assert len(stats.worker_cpu) == 1, "one worker beside this process"
+    assert {name: len(part.workers) for name, part in stats.parts.items()} == {"reading": 1, "judging": 1}
     assert parallel.documents == serial.documents > PARALLEL_MIN_DOCUMENTS
     assert parallel.results == serial.results
     assert [str(error) for error in parallel.errors] == [str(error) for error in serial.errors]
@@ -125,6 +137,58 @@ def test_every_document_is_judged_once(inputs: Path, tmp_path: Path, monkeypatch
     report = run(inputs, workers=3)
     judged = log.read_text().splitlines()
     assert len(judged) == len(set(judged)) == report.documents
+
+
+SOURCES = {
+    "stream.yaml": "kind: A\nmetadata: {name: a}\n---\n- not a mapping\n---\nkind: List\nitems: [{b: 1}, 3]",
+    "object.json": '{"kind": "C", "spec": {"x": [1, 2.5, null, true]}}',
+    "anchors.yaml": "kind: D\nbase: &b {x: 1}\nother: *b\n",
+    "broken.yaml": "kind: E\n---\nkind: [unclosed\n",
+    "chart.yaml": "kind: F\nname: {{ .Values.name }}\n",
+    "empty.yaml": "",
+    "yes.yaml": "kind: G\nflag: yes\n",
+}
+
+
+def shape(item: Any) -> Any:
+    if not isinstance(item, SourceDocument):
+        return str(item)
+    lines = {path: item.line_of(path) for path in pointers(item.data)}
+    return (item.file, item.index, item.prefix, json.dumps(item.data), lines)
+
+
+def pointers(value: Any, prefix: str = "") -> Any:
+    yield prefix
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from pointers(item, f"{prefix}/{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from pointers(item, f"{prefix}/{index}")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_sources_a_worker_parses_are_the_sources_parsed_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    texts = [
+        (Source(f"{n}-{name}", Path(f"{n}-{name}")), text)
+        for n in range(40)
+        for name, text in SOURCES.items()
+    ]
+    texts.append((Source("<stdin>", None), '{"kind": "H"}'))
+    monkeypatch.setattr(cli.scan, "PARALLEL_MIN_CHARACTERS", 0)
+    stats = ScanStats()
+    shared = parse_all(texts, workers=3, fast=True, stats=stats)
+    alone = parse_all(texts, workers=1, fast=True)
+    assert stats.reading is not None
+    assert len(stats.reading.workers) == 2
+    for one, other in zip(shared, alone, strict=True):
+        assert (one.source, one.text, str(one.error), one.skipped) == (
+            other.source,
+            other.text,
+            str(other.error),
+            other.skipped,
+        )
+        assert [shape(item) for item in one.items] == [shape(item) for item in other.items]
 
 
 def parsed(namespaces: list[str | None]) -> list[ParsedSource]:
@@ -195,7 +259,7 @@ def test_every_chunk_is_done_once_and_comes_back_in_order(tmp_path: Path) -> Non
     run = run_shared(300, work, workers=3)
     assert run.results == [(number, number * number) for number in range(300)]
     assert sorted(int(line) for line in log.read_text().split()) == list(range(300))
-    assert len(run.worker_cpu) == 2
+    assert len(run.cpu.workers) == 2
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
@@ -221,4 +285,4 @@ def test_a_chunk_whose_worker_dies_is_done_here() -> None:
         os.close(writer)
     assert run.results == [number + 1 for number in range(50)]
     assert len(lost) == 1, "the worker took a chunk and died with it: done here all the same (above)"
-    assert len(run.worker_cpu) == 1
+    assert len(run.cpu.workers) == 1
