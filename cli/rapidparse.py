@@ -291,6 +291,17 @@ def document_starts(raw: bytes, count: int) -> list[int] | None:
     return starts if len(starts) == count else None
 
 
+def _child(tree: Any, node: int, token: str) -> int | None:
+    """The child of a mapping node by key, or of a sequence node by index; None when there is none."""
+    if tree.is_map(node):
+        child = tree.find_child(node, token.encode("utf-8"))
+    elif tree.is_seq(node) and token.isdigit() and int(token) < tree.num_children(node):
+        child = tree.child(node, int(token))
+    else:
+        return None
+    return None if child == _NONE else int(child)
+
+
 @dataclass(slots=True)
 class StreamLines:
     """Lines of a stream's nodes, found by parsing again (in place) when a finding first needs one: only
@@ -316,7 +327,9 @@ class StreamLines:
     """Byte offsets whose line is known (`_anchor_lines`), sorted: a line is counted from the nearest."""
     _anchor_lines: list[int] = field(default_factory=lambda: [1], init=False)
     _documents: list[int] = field(default_factory=list, init=False)
-    _last: tuple[int, Sequence[str], list[int]] = field(default=(-1, (), []), init=False)
+    _walked: dict[str, list[Any]] = field(default_factory=dict, init=False)
+    """The nodes walked to in the parsed document so far, as a tree by token: each entry is [node, the
+    entries below it, its line once known]. The findings of a document share most of their paths."""
     fallback: list[Any] | None = field(default=None, init=False)
     """libyaml's node trees of the stream, for the rare node rapidyaml has no position for."""
 
@@ -328,28 +341,21 @@ class StreamLines:
         if not tokens and position in self._starts:
             return self._starts[position]
         tree, root = self._parsed(ryml, position)
-        # the findings of a document come one after another and share most of their paths: start from
-        # the longest prefix of the last walk
-        last_position, last_tokens, last_path = self._last
-        path = [root]
-        if last_position == position:
-            for token, last_token, node in zip(tokens, last_tokens, last_path[1:], strict=False):
-                if token != last_token:
+        node, below, entry = root, self._walked, None
+        for token in tokens:
+            entry = below.get(token)
+            if entry is None:
+                child = _child(tree, node, token)
+                if child is None:
+                    entry = None
                     break
-                path.append(node)
-        for token in tokens[len(path) - 1 :]:
-            node = path[-1]
-            if tree.is_map(node):
-                child = tree.find_child(node, token.encode("utf-8"))
-            elif tree.is_seq(node) and token.isdigit() and int(token) < tree.num_children(node):
-                child = tree.child(node, int(token))
-            else:
-                break
-            if child == _NONE:
-                break
-            path.append(child)
-        self._last = (position, tokens, path)
-        line = self._line_of_node(tree, path[-1])
+                entry = below[token] = [child, {}, None]
+            node, below = entry[0], entry[1]
+        if entry is not None and entry[2] is not None:
+            return int(entry[2])
+        line = self._line_of_node(tree, node)
+        if entry is not None:
+            entry[2] = line
         if not tokens:
             self._starts[position] = line
         return line
@@ -359,7 +365,7 @@ class StreamLines:
         self._tree = self._buffer = None
         self._whole = False
         self._current = -1
-        self._last = (-1, (), [])
+        self._walked = {}
 
     def _parsed(self, ryml: Any, position: int) -> tuple[Any, int]:
         """The tree holding document `position`, and that document's node in it."""
@@ -374,11 +380,11 @@ class StreamLines:
             end = self._spans[position + 1] if position + 1 < len(self._spans) else len(self.raw)
             if self._parse(ryml, begin, end) and len(self._documents) == 1:
                 self._current = position
-                self._last = (-1, (), [])
+                self._walked = {}
                 return self._tree, self._documents[0]
         self._parse(ryml, 0, len(self.raw))
         self._whole = True
-        self._last = (-1, (), [])
+        self._walked = {}
         return self._tree, self._documents[position]
 
     def _parse(self, ryml: Any, begin: int, end: int) -> bool:
@@ -404,10 +410,10 @@ class StreamLines:
     def _line_of_node(self, tree: Any, node: int) -> int | None:
         """A member's line is its key's; a value's its text's; a collection's its first member's."""
         while True:
-            if tree.has_key(node) and len(tree.key(node)):
-                return self._line_at(tree.key(node))
-            if tree.has_val(node) and len(tree.val(node)):
-                return self._line_at(tree.val(node))
+            if tree.has_key(node) and len(key := tree.key(node)):
+                return self._line_at(key)
+            if tree.has_val(node) and len(value := tree.val(node)):
+                return self._line_at(value)
             if not tree.has_children(node):
                 return None
             node = tree.first_child(node)
