@@ -47,8 +47,9 @@ def _neighbours(context: Context, namespace: str, filter_name: str) -> tuple[Nei
     found: list[Neighbour] = []
     for document in context.filters_for(namespace):
         envoy_filter = EnvoyFilter.of(document)
-        clusters = read_clusters(envoy_filter)
         pieces = locate_ext_proc(envoy_filter, filter_name)
+        # the pieces hold every cluster the filter adds (what `read_clusters` reads again otherwise)
+        clusters = dict(pieces.clusters) if pieces is not None else read_clusters(envoy_filter)
         if pieces is not None or clusters:
             found.append(Neighbour(envoy_filter, pieces, clusters))
     return tuple(found)

@@ -5,12 +5,17 @@ is settled (offline, the reconciler) or not (admission)."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from policies.context import Context
 from policies.findings import Level
-from policies.pieces import PER_ROUTE_TYPE
+from policies.model import EnvoyFilter, is_envoy_filter
+from policies.pieces import PER_ROUTE_TYPE, read_clusters
+from policies.workload import neighbours_of
 from tests.policies.shapes import (
     EXT_PROC,
     SPLIT_EPP,
@@ -203,3 +208,39 @@ def test_the_split_path_fixes_to_no_enforce_finding_in_any_document() -> None:
     again = inputs(fixed, declared=DECLARED)
     for document in fixed:
         assert again.evaluate(document).enforced == ()
+
+
+# The index of a namespace's EnvoyFilters -----------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+CORPUS = ROOT.parent / "shared" / "corpus"
+
+
+def real_envoy_filters() -> list[dict[str, Any]]:
+    files = sorted((ROOT / "manifests").rglob("*.yaml")) + sorted((ROOT / "tests").rglob("*.yaml"))
+    files += sorted(CORPUS.glob("*.yaml")) if CORPUS.is_dir() else []
+    found = []
+    for path in files:
+        try:
+            documents = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+        except (yaml.YAMLError, UnicodeDecodeError):
+            continue
+        found += [doc for doc in documents if isinstance(doc, dict) and is_envoy_filter(doc)]
+    return found
+
+
+def test_a_neighbour_holds_every_cluster_its_filter_adds() -> None:
+    documents = real_envoy_filters()
+    cluster_only = copy.deepcopy(split()[1])
+    cluster_only["metadata"]["name"] = "clusters-only"
+    documents.append(cluster_only)
+    context = Context(envoy_filters=tuple(documents))
+    namespaces = {str(EnvoyFilter.of(document).namespace) for document in documents}
+    checked = 0
+    for namespace in namespaces:
+        for neighbour in neighbours_of(context, namespace, EXT_PROC):
+            if neighbour.envoy_filter.namespace != namespace:
+                continue
+            assert neighbour.clusters == read_clusters(neighbour.envoy_filter), neighbour.key
+            checked += bool(neighbour.clusters)
+    assert checked > 10
