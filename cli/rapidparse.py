@@ -161,33 +161,51 @@ def _has_ambiguous_string(encoded: str, numeric: dict[str, bool]) -> bool:
 
 def parse_stream(text: str) -> list[tuple[Any, StreamLines, int]] | None:
     """Every document of the stream as (data, line finder, position), or None: let libyaml read it."""
+    encoded = emit_stream(text)
+    documents = load_stream(encoded) if encoded is not None else None
+    if documents is None:
+        return None
+    lines = StreamLines(text.encode("utf-8"), len(documents))
+    return [(data, lines, position) for position, data in enumerate(documents)]
+
+
+def emit_stream(text: str) -> list[str] | None:
+    """The first half of `parse_stream`: every document of the stream as rapidyaml's JSON (empty ones too),
+    or None when libyaml must read it. `load_stream` finishes (another process may, the text in hand)."""
     if _needs_libyaml(text):
         return None
     try:
         import ryml  # type: ignore[import-untyped]
     except ImportError:  # pragma: no cover - a declared dependency
         return None
-    raw = text.encode("utf-8")
     try:
         with _stderr_silenced():
-            tree = ryml.parse_in_arena(raw)
+            tree = ryml.parse_in_arena(text.encode("utf-8"))
     except Exception:  # rapidyaml's own exception types: libyaml reads it and words the error
         return None
-    nodes = _document_nodes(ryml, tree)
-    lines = StreamLines(raw, len(nodes))
-    documents: list[tuple[Any, StreamLines, int]] = []
+    encoded: list[str] = []
     numeric: dict[str, bool] = {}
-    for position, node in enumerate(nodes):
-        encoded = ryml.emit_json_malloc(tree, node)
-        if encoded is None or _has_ambiguous_string(encoded, numeric):
+    for node in _document_nodes(ryml, tree):
+        document = ryml.emit_json_malloc(tree, node)
+        if document is None or _has_ambiguous_string(document, numeric):
             return None
+        encoded.append(document)
+    return encoded
+
+
+def load_stream(encoded: Sequence[str]) -> list[Any] | None:
+    """The second half of `parse_stream`: the data of every document `emit_stream` gave, or None when a
+    number is not what PyYAML reads (libyaml must read the stream)."""
+    documents: list[Any] = []
+    for document in encoded:
         try:
-            data = json.loads(
-                encoded, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant
+            documents.append(
+                json.loads(
+                    document, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant
+                )
             )
         except (_NotTheSame, ValueError, RecursionError):
             return None
-        documents.append((data, lines, position))
     return documents
 
 

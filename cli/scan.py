@@ -9,7 +9,6 @@ from __future__ import annotations
 import gc
 import itertools
 import logging
-import marshal
 import os
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -17,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO
 
-from cli.rapidparse import parse_stream
+from cli.rapidparse import emit_stream, load_stream
 from cli.report import DocumentResult, LocatedFinding, Report
 from cli.sources import (
     DEFAULT_MAX_BYTES,
@@ -267,9 +266,10 @@ def parse_all(
     """Every source parsed (see `parse_source`), in order.
 
     With `fast`, `workers` > 1 and enough text, this process and `workers - 1` forked ones parse at once,
-    taking chunks of sources from one queue (`cli.workshare`). A worker sends back only what the fast path
-    read (each document's data, marshalled: cheaper than pickling it, and the text is here already), and
-    this process rebuilds the documents around it (`stream_documents`); a source the fast path does not
+    taking chunks of sources from one queue (`cli.workshare`). A worker does the first half of the fast
+    path (`emit_stream`: rapidyaml's JSON of each document, checked) and sends that back; this process
+    loads the JSON (which it would otherwise have to unpickle: the same cost, paid once) and builds the
+    documents around it (`stream_documents`, the text is here already); a source the fast path does not
     read (JSON, libyaml's) is parsed here."""
     total = sum(len(text) for _, text in texts)
     if workers < 2 or not fast or total < PARALLEL_MIN_CHARACTERS or not hasattr(os, "fork"):
@@ -294,23 +294,16 @@ def parse_all(
     return [parsed[index] for index in range(len(texts))]
 
 
-def _fast_read(source: Source, text: str) -> bytes | None:
-    """The data of every document of a stream the fast path reads, marshalled; None for any other source."""
-    if reads_as_json(source, text):
-        return None
-    documents = parse_stream(text)
+def _fast_read(source: Source, text: str) -> list[str] | None:
+    """A stream the fast path reads, as rapidyaml's JSON of each document; None for any other source."""
+    return None if reads_as_json(source, text) else emit_stream(text)
+
+
+def _from_fast_read(source: Source, text: str, encoded: list[str] | None) -> ParsedSource:
+    documents = load_stream(encoded) if encoded is not None else None
     if documents is None:
-        return None
-    try:
-        return marshal.dumps([data for data, _, _ in documents])
-    except ValueError:  # nested too deeply to marshal
-        return None
-
-
-def _from_fast_read(source: Source, text: str, read: bytes | None) -> ParsedSource:
-    if read is None:
         return parse_source(source, text, fast=True)
-    return ParsedSource(source, text, list(stream_documents(source, text, marshal.loads(read))))
+    return ParsedSource(source, text, list(stream_documents(source, text, documents)))
 
 
 def _chunks_by_size(sizes: Sequence[int], *, most: int) -> list[list[int]]:

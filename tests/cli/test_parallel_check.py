@@ -147,6 +147,7 @@ SOURCES = {
     "chart.yaml": "kind: F\nname: {{ .Values.name }}\n",
     "empty.yaml": "",
     "yes.yaml": "kind: G\nflag: yes\n",
+    "float.yaml": "kind: I\nn: 1e3\n",  # JSON rapidyaml writes, whose number PyYAML reads as a string
 }
 
 
