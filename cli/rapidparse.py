@@ -339,6 +339,9 @@ class StreamLines:
     _current: int = field(default=-1, init=False)
     """The document whose text `_tree` holds."""
     _spans: list[int] | None = field(default=None, init=False)
+    """Where each document's text begins (`document_starts`; empty when the lines do not say)."""
+    _span_lines: list[int] = field(default_factory=list, init=False)
+    """The line each of `_spans` is on."""
     _scratch: _PyBuffer = field(default_factory=_PyBuffer, init=False)
     _starts: dict[int, int | None] = field(default_factory=dict, init=False)
     _anchors: list[int] = field(default_factory=lambda: [0], init=False)
@@ -393,6 +396,11 @@ class StreamLines:
             return self._tree, self._documents[0]
         if self._spans is None:
             self._spans = document_starts(self.raw, self.count) or []
+            line, previous = 1, 0
+            for begin in self._spans:
+                line += self.raw.count(b"\n", previous, begin)
+                self._span_lines.append(line)
+                previous = begin
         if position < len(self._spans):
             begin = self._spans[position]
             end = self._spans[position + 1] if position + 1 < len(self._spans) else len(self.raw)
@@ -443,8 +451,13 @@ class StreamLines:
         return self._line_at_offset(offset)
 
     def _line_at_offset(self, offset: int) -> int:
-        """Newlines are counted from the nearest known offset before this one, which is remembered when
-        it is far: the findings of a document are close to each other, documents follow each other."""
+        """Newlines are counted from the beginning of the parsed document's text; in the whole stream, from
+        the nearest known offset before this one, which is remembered when it is far (the findings of a
+        document are close to each other, documents follow each other)."""
+        if not self._whole and self._current >= 0 and self._spans:
+            begin = self._spans[self._current]
+            if offset >= begin:
+                return self._span_lines[self._current] + self.raw.count(b"\n", begin, offset)
         index = bisect.bisect_right(self._anchors, offset) - 1
         anchor = self._anchors[index]
         line = self._anchor_lines[index] + self.raw.count(b"\n", anchor, offset)
