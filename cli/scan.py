@@ -439,6 +439,7 @@ def judge_all(
     if workers < 2 or count < PARALLEL_MIN_DOCUMENTS or not hasattr(os, "fork"):
         return [judge_source(source, settings) for source in sources]
     chunks = chunks_by_namespace(sources, most=max(1, count // (workers * CHUNKS_PER_WORKER)))
+    settings.context.indexed()
     shared: dict[Finding, Finding] = {}  # a worker's findings, made one object where equal (to send)
     run = run_shared(
         len(chunks),

@@ -89,6 +89,12 @@ class Context:
             return own
         return own + by_namespace.get(self.root_namespace, ())
 
+    def indexed(self) -> Context:
+        """This context, its lookup tables built now: before forking processes that share it, each of
+        which would otherwise build them again, reading (and so copying the memory of) every document."""
+        _ = self._filters_by_namespace, self._pools_by_picker, self._declared_by_ip
+        return self
+
     def pool_of(self, picker: ServiceRef) -> InferencePool | None:
         """The InferencePool whose endpoint picker is this Service, if any."""
         return self._pools_by_picker.get(picker)
