@@ -14,7 +14,7 @@ import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from cli.rapidparse import emit_stream, load_stream
 from cli.report import DocumentResult, LocatedFinding, Report
@@ -30,7 +30,6 @@ from cli.sources import (
     stream_documents,
     template_skip,
 )
-from cli.workshare import MAX_CHUNKS, CpuSplit, Sending, run_shared
 from policies import (
     ChainResolver,
     DocumentError,
@@ -45,6 +44,9 @@ from policies import (
     evaluate,
 )
 from policies.context import EMPTY_CONTEXT, Context, collect_context
+
+if TYPE_CHECKING:
+    from cli.workshare import CpuSplit
 
 logger = logging.getLogger(__name__)
 
@@ -275,6 +277,8 @@ def parse_all(
     if workers < 2 or not fast or total < PARALLEL_MIN_CHARACTERS or not hasattr(os, "fork"):
         return [parse_source(source, text, fast=fast) for source, text in texts]
     chunks = _chunks_by_size([len(text) for _, text in texts], most=total // (workers * CHUNKS_PER_WORKER))
+    from cli.workshare import Sending, run_shared  # only for many inputs (import costs a small run time)
+
     run = run_shared(
         len(chunks),
         lambda number: [parse_source(*texts[index], fast=True) for index in chunks[number]],
@@ -308,6 +312,8 @@ def _from_fast_read(source: Source, text: str, encoded: list[str] | None) -> Par
 
 def _chunks_by_size(sizes: Sequence[int], *, most: int) -> list[list[int]]:
     """Indexes of `sizes`, largest first, put together in chunks of up to `most` (one larger alone)."""
+    from cli.workshare import MAX_CHUNKS
+
     most = max(most, -(-2 * sum(sizes) // (MAX_CHUNKS - 1)), 1)  # as in `chunks_by_namespace`
     chunks: list[list[int]] = []
     packed: list[int] = []
@@ -440,6 +446,8 @@ def judge_all(
         return [judge_source(source, settings) for source in sources]
     chunks = chunks_by_namespace(sources, most=max(1, count // (workers * CHUNKS_PER_WORKER)))
     settings.context.indexed()
+    from cli.workshare import Sending, run_shared  # only for many inputs (import costs a small run time)
+
     shared: dict[Finding, Finding] = {}  # a worker's findings, made one object where equal (to send)
     run = run_shared(
         len(chunks),
@@ -475,6 +483,8 @@ def chunks_by_namespace(sources: Sequence[ParsedSource], *, most: int) -> list[l
             namespace = metadata_of(document.data)[0] if isinstance(document, SourceDocument) else None
             by_namespace.setdefault(namespace or "", []).append((index, item))
     total = sum(len(positions) for positions in by_namespace.values())
+    from cli.workshare import MAX_CHUNKS
+
     # a chunk and the namespace that came after it hold over `most`, and so does a piece and its neighbour:
     # there are fewer than 2 * total / most chunks, and one more
     most = max(most, -(-2 * total // (MAX_CHUNKS - 1)))

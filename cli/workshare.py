@@ -20,7 +20,6 @@ import logging
 import os
 import pickle
 import signal
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -201,6 +200,8 @@ def _scratch_file() -> int:
     this process to read, as it would on a full pipe."""
     if hasattr(os, "memfd_create"):
         return os.memfd_create("extproc-guard-results", os.MFD_CLOEXEC)
+    import tempfile  # only where there is no memfd (tempfile costs a check FILE run milliseconds to import)
+
     descriptor, path = tempfile.mkstemp(prefix="extproc-guard-results-")
     os.unlink(path)
     return descriptor
