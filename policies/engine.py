@@ -368,7 +368,12 @@ def evaluate(
         return _not_applicable(envoy_filter, plain)
     envoy_filter = EnvoyFilter.of(plain)
     workload = workload_of(context, envoy_filter, policy.filter_name)
-    pieces = locate_ext_proc(envoy_filter, policy.filter_name, used_clusters=workload.used_cluster_names())
+    pieces = locate_ext_proc(
+        envoy_filter,
+        policy.filter_name,
+        used_clusters=workload.used_cluster_names(),
+        reuse=workload.entries_read(plain),
+    )
     if pieces is None:
         return _not_applicable(envoy_filter, plain)
     subject = Subject(pieces, policy, resolver, context, _workload=workload)

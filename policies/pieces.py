@@ -36,7 +36,7 @@ def is_ip_address(host: Any) -> bool:
     return isinstance(host, str) and _is_ip_text(host)
 
 
-@lru_cache(maxsize=8192)
+@lru_cache(maxsize=1024)
 def _is_ip_text(host: str) -> bool:
     if _IPV4.fullmatch(host):
         return True

@@ -141,7 +141,7 @@ def _from_policy(candidate: Candidate, policy: Policy) -> RoleDecision | None:
     return None
 
 
-@lru_cache(maxsize=8192)
+@lru_cache(maxsize=1024)
 def _dashed(name: str) -> str:
     """`name` lower-cased as `-word-word-`, so a word matches only whole (names repeat across documents)."""
     return "-" + "-".join(part for part in _SPLIT.split(name.lower()) if part) + "-"

@@ -18,6 +18,7 @@ from policies.pieces import (
     PER_ROUTE_TYPE,
     ROUTE_TARGETS,
     ClusterPiece,
+    EntryPieces,
     ExtProcPieces,
     FilterPiece,
     RoutePiece,
@@ -180,6 +181,17 @@ class Workload:
         for position, cluster, owner in self.index.clusters.get(name, ()):
             if position not in self.excluded:
                 return cluster, owner
+        return None
+
+    def entries_read(self, raw: Mapping[str, Any]) -> dict[int, EntryPieces] | None:
+        """The config patches of `raw` as the index read them, when the judged document is itself one of
+        the context's EnvoyFilters (as in `check`, where every input is context): `evaluate` reuses them
+        instead of reading the document a second time."""
+        for position in self.index.by_raw.get(id(raw), ()):
+            neighbour = self.index.neighbours[position]
+            if neighbour.envoy_filter.raw is raw and neighbour.pieces is not None:
+                entries = neighbour.pieces.entries
+                return {index: entry for index, entry in enumerate(entries) if entry is not None}
         return None
 
     def pieces_of(self, envoy_filter: EnvoyFilter) -> ExtProcPieces | None:

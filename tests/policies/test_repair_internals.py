@@ -8,11 +8,13 @@ from typing import Any
 
 import pytest
 
+from policies.context import Context
 from policies.engine import _touched_patches, evaluate
 from policies.model import EnvoyFilter
 from policies.patch import PatchOp, apply_op, apply_patch
 from policies.pieces import locate_ext_proc
 from policies.policy import default_policy
+from policies.workload import workload_of
 from tests.policies.filters import EXT_PROC, Shape, build, resolver
 
 BAD = Shape(
@@ -105,3 +107,19 @@ def test_the_fixed_document_is_a_tree_of_its_own() -> None:
         apply_patch(document, result.patch)
         == evaluate(document, policy=default_policy(), resolver=resolver()).fixed
     )
+
+
+def test_a_document_of_its_own_context_reuses_what_the_index_read_and_is_judged_as_a_copy_is() -> None:
+    bad = _bad()
+    other = build(Shape(cluster_type="STRICT_DNS"))
+    other["metadata"]["name"] = "second"
+    context = Context(envoy_filters=(bad, other))
+    policy = default_policy()
+    workload = workload_of(context, EnvoyFilter.of(bad), policy.filter_name)
+    assert workload.entries_read(bad)
+    assert workload.entries_read(copy.deepcopy(bad)) is None
+    for document in (bad, other):
+        judged = evaluate(document, policy=policy, resolver=resolver(), context=context)
+        copied = evaluate(copy.deepcopy(document), policy=policy, resolver=resolver(), context=context)
+        assert judged.findings
+        assert judged == copied
