@@ -347,17 +347,21 @@ class GrpcH2Protocol(asyncio.Protocol):
         return self._transport.get_write_buffer_size() if self._transport is not None else 0
 
     def _abort(self, code: int, reason: str) -> None:
-        """GOAWAY `code`, end every stream, and close once the client has had the chance to read why.
-
-        Closing a socket with unread input makes the kernel send a TCP reset, which can destroy the
-        GOAWAY before the client reads it; so the server half-closes, discards what still arrives, and
-        closes when the client does or after `_LINGER_SECONDS`."""
+        """GOAWAY `code`, end every stream, and close once the client has had the chance to read why
+        (`_half_close`)."""
         debug = reason.encode("utf-8", "replace")[:256]
         self._out.append(_frame(_GOAWAY, 0, 0, struct.pack(">II", self._last_stream, code) + debug))
         self._flush()
         self._closed = True  # from here on nothing is written or read
         for stream_id, stream in list(self._streams.items()):
             self._close_stream(stream_id, stream, "cancelled")
+        self._half_close()
+
+    def _half_close(self) -> None:
+        """End the connection without a TCP reset: stop writing (FIN), discard what still arrives, and close
+        when the client does or after `_LINGER_SECONDS` (closing with unread input makes the kernel send a
+        reset, which can destroy the last frames written before the client reads them)."""
+        self._closed = True
         transport = self._transport
         if transport is None:
             return
@@ -1047,7 +1051,7 @@ class GrpcH2Protocol(asyncio.Protocol):
     def _maybe_close_after_goaway(self) -> None:
         if self._goaway and not self._streams and self._transport is not None and not self._closed:
             self._flush()
-            self._transport.close()
+            self._half_close()  # a client's GOAWAY may be followed by frames already on their way
 
     def _flush(self) -> None:
         if self._out and self._transport is not None and not self._closed:
