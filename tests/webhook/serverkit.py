@@ -12,9 +12,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from tests.webhook.webhookrig import STATIC_SERVICES, ServerThread, running_server
 from webhook.settings import ServeSettings, TLSSettings
@@ -90,3 +92,33 @@ def answers_ok(url: str, context: ssl.SSLContext) -> bool:
 def running(process: subprocess.Popen[bytes]) -> Callable[[], str | None]:
     """For `wait_until(alive=...)`: None while `process` runs, then how it ended."""
     return lambda: None if process.poll() is None else f"serve exited with {process.returncode}"
+
+
+UNUSABLE_FILES = [
+    pytest.param(
+        ("--tls-cert", "missing.crt", "--tls-key", "missing.key"),
+        "cannot read the certificate",
+        id="missing-cert",
+    ),
+    pytest.param(
+        ("--tls-cert", "{cert}", "--tls-key", "{cert}"),
+        "not a usable certificate and key",
+        id="cert-as-key",
+    ),
+    pytest.param(
+        ("--tls-cert", "{cert}", "--tls-key", "{key}", "--kubeconfig", "missing"),
+        "kubeconfig",
+        id="bad-kubeconfig",
+    ),
+]
+"""`serve` arguments (`{cert}`, `{key}`: a usable pair's files) it must refuse before it serves, and what
+its one line of error says."""
+
+
+def assert_refused_with_one_line(argv: list[str], message: str, *, cwd: Path | None = None) -> None:
+    """`argv` exits 2 with one line on stderr that says `message`."""
+    result = subprocess.run(argv, capture_output=True, timeout=60, cwd=cwd)
+    assert result.returncode == 2
+    stderr = result.stderr.decode()
+    assert message in stderr
+    assert stderr.count("\n") == 1, stderr

@@ -29,7 +29,9 @@ from tests.documents import load_document
 from tests.polling import WaitFailed, wait_until
 from tests.webhook.serverkit import (
     START_SECONDS,
+    UNUSABLE_FILES,
     answers_ok,
+    assert_refused_with_one_line,
     free_port,
     running,
     serve_command,
@@ -309,55 +311,21 @@ def test_a_new_certificate_is_served_by_every_worker(pki: Pki, own_workers: Work
 
 
 # -- failing to start ------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        pytest.param(
-            ("--tls-cert", "missing.crt", "--tls-key", "missing.key"),
-            "cannot read the certificate",
-            id="missing-cert",
-        ),
-        pytest.param(
-            ("--tls-cert", "{cert}", "--tls-key", "{cert}"),
-            "not a usable certificate and key",
-            id="cert-as-key",
-        ),
-        pytest.param(
-            ("--tls-cert", "{cert}", "--tls-key", "{key}", "--kubeconfig", "missing"),
-            "kubeconfig",
-            id="bad-kubeconfig",
-        ),
-    ],
-)
+@pytest.mark.parametrize(("args", "message"), UNUSABLE_FILES)
 def test_unusable_files_exit_2_with_one_line_before_any_worker_starts(
     pki: Pki, tmp_path: Path, args: tuple[str, ...], message: str
 ) -> None:
     tls = pki.write_serving(tmp_path)
     argv = [a.format(cert=tls.cert_file, key=tls.key_file) for a in args]
-    result = subprocess.run(
-        serve_command(*argv, "--port", str(free_port()), "--workers", str(WORKERS)),
-        capture_output=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
-
-    assert result.returncode == 2
-    stderr = result.stderr.decode()
-    assert message in stderr
-    assert stderr.count("\n") == 1, stderr
+    command = serve_command(*argv, "--port", str(free_port()), "--workers", str(WORKERS))
+    assert_refused_with_one_line(command, message, cwd=tmp_path)
 
 
 def test_a_port_someone_holds_exits_2_with_one_line(pki: Pki, tmp_path: Path) -> None:
     tls = pki.write_serving(tmp_path)
     with held_port() as port:
-        result = subprocess.run(
-            serve_static_command(tls, port, "--workers", str(WORKERS)), capture_output=True, timeout=60
-        )
-
-    assert result.returncode == 2
-    stderr = result.stderr.decode()
-    assert f"cannot listen on 127.0.0.1:{port}" in stderr
-    assert stderr.count("\n") == 1, stderr
+        command = serve_static_command(tls, port, "--workers", str(WORKERS))
+        assert_refused_with_one_line(command, f"cannot listen on 127.0.0.1:{port}")
 
 
 @contextmanager
