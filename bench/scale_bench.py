@@ -69,7 +69,7 @@ from bench.scale_mix import (  # noqa: E402
     namespaces,
     services_of,
 )
-from bench.webhook_bench import Run, Server, run_wrk, write_certs  # noqa: E402
+from bench.webhook_bench import LUA, Run, Server, run_wrk, write_certs  # noqa: E402
 from epp.children import free_port  # noqa: E402
 from tests.e2e.cluster import (  # noqa: E402
     BUILD_SCRIPT,
@@ -85,42 +85,6 @@ FILTERS = "/apis/networking.istio.io/v1alpha3"
 EVENTS = "/apis/events.k8s.io/v1"
 READY_TIMEOUT_SECONDS = 300.0
 RECONCILE_TIMEOUT_SECONDS = 900.0
-# Each request posts the review with a fresh uid; with `__NAME__` in the body also a fresh object name, so
-# the server evaluates every review (the same object again is answered from its memo of recent verdicts).
-LUA = r"""
-local counter = 0
-local template = nil
-local threads = 0
-
-function setup(thread)
-  threads = threads + 1
-  thread:set("id", threads)
-end
-
-function init(args)
-  local f = assert(io.open(os.getenv("REVIEW_BODY"), "r"))
-  template = f:read("*a")
-  f:close()
-  wrk.method = "POST"
-  wrk.headers["Content-Type"] = "application/json"
-end
-
-function request()
-  counter = counter + 1
-  local uid = string.format("bench-%d-%d", id, counter)
-  local name = string.format("review-%d-%d", id, counter)
-  return wrk.format(nil, nil, nil, (template:gsub("__UID__", uid):gsub("__NAME__", name)))
-end
-
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'RESULT {"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, ' ..
-    '"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}\n',
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    e.connect, e.read, e.write, e.status, e.timeout))
-end
-"""
 MODES = {"distinct": "every review a new object (evaluated)", "same": "the same object, new uid (memo)"}
 AUDIT_LINE = re.compile(r"audit done objects=(\d+) .* seconds=([\d.]+)")
 

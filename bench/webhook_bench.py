@@ -41,14 +41,22 @@ from bench.procstat import cpu_seconds  # noqa: E402
 from certs.pki import generate_ca, issue_serving_cert  # noqa: E402
 from epp.children import free_port  # noqa: E402
 
-DATA = ROOT / "tests" / "webhook" / "data"
+DATA = ROOT / "manifests" / "examples"
 SERVICE = "llm-d-inference-scheduler/gaie-inference-scheduling-epp=10.96.45.12:9002"
 START_SECONDS = 30.0
 BODIES = {"/mutate": "seed-bad.yaml", "/validate": "seed-corrected.yaml"}
 
+# Each request posts the review with a fresh uid; with `__NAME__` in the body also a fresh object name, so
+# the server evaluates every review (the same object again is answered from its memo of recent verdicts).
 LUA = r"""
 local counter = 0
 local template = nil
+local threads = 0
+
+function setup(thread)
+  threads = threads + 1
+  thread:set("id", threads)
+end
 
 function init(args)
   local f = assert(io.open(os.getenv("REVIEW_BODY"), "r"))
@@ -60,8 +68,9 @@ end
 
 function request()
   counter = counter + 1
-  local uid = string.format("bench-%d-%d", math.random(1, 1000000000), counter)
-  return wrk.format(nil, nil, nil, (template:gsub("__UID__", uid)))
+  local uid = string.format("bench-%d-%d", id, counter)
+  local name = string.format("review-%d-%d", id, counter)
+  return wrk.format(nil, nil, nil, (template:gsub("__UID__", uid):gsub("__NAME__", name)))
 end
 
 function done(summary, latency, requests)
