@@ -10,13 +10,14 @@ EXTPROC_GUARD_REQUIRE_E2E=1 (as CI sets it) they fail instead.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from tests.e2e.cluster import ControlPlaneInfo, Kubectl
 from tests.e2e.harness import running_control_plane
 from tests.e2e.objects import EppService, create_epp_service, create_namespace
+from tests.reconciler.fakeapi import FakeKubeAPI
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +44,14 @@ def namespace(kubectl: Kubectl) -> str:
     """A fresh namespace for one test. Not deleted: without a controller manager a namespace never
     finishes terminating, and the whole control plane goes away at the end of the session."""
     return create_namespace(kubectl, f"e2e-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture
+async def fake_api() -> AsyncIterator[FakeKubeAPI]:
+    """The in-process stand-in for the Kubernetes API that the reconciler's and client's unit tests use."""
+    api = FakeKubeAPI()
+    await api.start()
+    try:
+        yield api
+    finally:
+        await api.stop()

@@ -4,7 +4,7 @@ reconciler tests' stand-in API (lists and watches of any collection) for the inf
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,7 +12,6 @@ import pytest
 
 from certs.pki import generate_ca
 from tests.kube.rig import TOKEN, TlsApiServer, WriteKubeconfig, serving_tls_api, write_kubeconfig_file
-from tests.reconciler.fakeapi import FakeKubeAPI
 
 
 @pytest.fixture
@@ -43,13 +42,3 @@ def service_account(tmp_path: Path) -> Path:
 def tls_api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsApiServer]:
     with serving_tls_api(tmp_path_factory.mktemp("tls-api-server")) as server:
         yield server
-
-
-@pytest.fixture
-async def fake_api() -> AsyncIterator[FakeKubeAPI]:
-    api = FakeKubeAPI()
-    await api.start()
-    try:
-        yield api
-    finally:
-        await api.stop()
