@@ -159,6 +159,17 @@ def _http_filter(operation: str, sub_filter: str | None, value: dict[str, Any]) 
     }
 
 
+def _before_router(slot: Slot, value: dict[str, Any]) -> dict[str, Any]:
+    """An EnvoyFilter of the gateway that inserts the HTTP filter `value` before the router."""
+    return _envoy_filter(
+        slot,
+        {
+            "workloadSelector": _gateway(slot),
+            "configPatches": [_http_filter("INSERT_BEFORE", "envoy.filters.http.router", value)],
+        },
+    )
+
+
 def _lua(slot: Slot) -> dict[str, Any]:
     code = (
         "function envoy_on_request(handle)\n"
@@ -175,13 +186,7 @@ def _lua(slot: Slot) -> dict[str, Any]:
             "default_source_code": {"inline_string": code},
         },
     }
-    return _envoy_filter(
-        slot,
-        {
-            "workloadSelector": _gateway(slot),
-            "configPatches": [_http_filter("INSERT_BEFORE", "envoy.filters.http.router", value)],
-        },
-    )
+    return _before_router(slot, value)
 
 
 def _wasm(slot: Slot) -> dict[str, Any]:
@@ -207,13 +212,7 @@ def _wasm(slot: Slot) -> dict[str, Any]:
             },
         },
     }
-    return _envoy_filter(
-        slot,
-        {
-            "workloadSelector": _gateway(slot),
-            "configPatches": [_http_filter("INSERT_BEFORE", "envoy.filters.http.router", value)],
-        },
-    )
+    return _before_router(slot, value)
 
 
 def _cluster_tweak(slot: Slot) -> dict[str, Any]:
