@@ -22,29 +22,10 @@ bin="$here/bin"
 log="$bin/build.log"
 stamp_file="$bin/.stamp"
 
-# The newest `go` directive of the two modules: the oldest toolchain that builds both.
-required_go() {
-    awk '$1 == "go" { print $2 }' "$here/lwepp/go.mod" "$here/minimal/go.mod" | sort -V | tail -n 1
-}
-
-if ! command -v go >/dev/null 2>&1; then
-    echo "build.sh: Go is not installed (need Go >= $(required_go) on PATH to build lwepp and the minimal ext_proc server for bench/epp_bench.py)" >&2
-    exit 1
-fi
-
-cache="${EXTPROC_GUARD_GO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/extproc-guard/go}"
-export GOMODCACHE="$cache/mod"
-export GOCACHE="$cache/build"
-export GOTOOLCHAIN=local
-export GOFLAGS=-mod=readonly
-export CGO_ENABLED=0
-
-go_version="$(go env GOVERSION)"
-need="$(required_go)"
-if [[ "$(printf '%s\n%s\n' "$need" "${go_version#go}" | sort -V | head -n 1)" != "$need" ]]; then
-    echo "build.sh: $go_version is too old; building the benchmark's peers needs Go >= $need" >&2
-    exit 1
-fi
+# shellcheck source=../../tests/gotoolchain.sh
+source "$here/../../tests/gotoolchain.sh"
+use_go "to build lwepp and the minimal ext_proc server for bench/epp_bench.py" \
+    "building the benchmark's peers" "$here/lwepp/go.mod" "$here/minimal/go.mod"
 module="sigs.k8s.io/gateway-api-inference-extension"
 gie_version="$(awk -v m="$module" '$1 == "require" { $1 = ""; $0 = $0 } $1 == m && $2 ~ /^v/ { print $2; exit }' "$here/lwepp/go.mod")"
 grpc_version="$(awk '$1 == "google.golang.org/grpc" { print $2; exit }' "$here/minimal/go.mod")"

@@ -27,29 +27,10 @@ log="$bin/build.log"
 stamp_file="$bin/.stamp"
 crds_stamp_file="$crds/.stamp"
 
-# The newest `go` directive of the two modules: the oldest toolchain that builds both.
-required_go() {
-    awk '$1 == "go" { print $2 }' "$here/go.mod" "$here/etcd/go.mod" | sort -V | tail -n 1
-}
-
-if ! command -v go >/dev/null 2>&1; then
-    echo "build.sh: Go is not installed (need Go >= $(required_go) on PATH to build etcd, kube-apiserver and kubectl and fetch the CRDs for the e2e tests)" >&2
-    exit 1
-fi
-
-cache="${EXTPROC_GUARD_GO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/extproc-guard/go}"
-export GOMODCACHE="$cache/mod"
-export GOCACHE="$cache/build"
-export GOTOOLCHAIN=local
-export GOFLAGS=-mod=readonly
-export CGO_ENABLED=0
-
-go_version="$(go env GOVERSION)"
-need="$(required_go)"
-if [[ "$(printf '%s\n%s\n' "$need" "${go_version#go}" | sort -V | head -n 1)" != "$need" ]]; then
-    echo "build.sh: $go_version is too old; building the e2e control plane needs Go >= $need" >&2
-    exit 1
-fi
+# shellcheck source=../../gotoolchain.sh
+source "$here/../../gotoolchain.sh"
+use_go "to build etcd, kube-apiserver and kubectl and fetch the CRDs for the e2e tests" \
+    "building the e2e control plane" "$here/go.mod" "$here/etcd/go.mod"
 # The version go.mod requires for a module, in a `require (...)` block or on one `require` line.
 module_version() {
     awk -v m="$2" '$1 == "require" { $1 = ""; $0 = $0 } $1 == m && $2 ~ /^v/ { print $2; exit }' "$1"

@@ -19,25 +19,9 @@ bin="$here/bin"
 log="$bin/build.log"
 stamp_file="$bin/.stamp"
 
-required_go="$(awk '$1 == "go" { print $2 }' "$here/go.mod")"
-
-if ! command -v go >/dev/null 2>&1; then
-    echo "build.sh: Go is not installed (need Go >= $required_go on PATH to build h2spec for the EPP's HTTP/2 conformance test)" >&2
-    exit 1
-fi
-
-cache="${EXTPROC_GUARD_GO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/extproc-guard/go}"
-export GOMODCACHE="$cache/mod"
-export GOCACHE="$cache/build"
-export GOTOOLCHAIN=local
-export GOFLAGS=-mod=readonly
-export CGO_ENABLED=0
-
-go_version="$(go env GOVERSION)"
-if [[ "$(printf '%s\n%s\n' "$required_go" "${go_version#go}" | sort -V | head -n 1)" != "$required_go" ]]; then
-    echo "build.sh: $go_version is too old; building h2spec needs Go >= $required_go" >&2
-    exit 1
-fi
+# shellcheck source=../../gotoolchain.sh
+source "$here/../../gotoolchain.sh"
+use_go "to build h2spec for the EPP's HTTP/2 conformance test" "building h2spec" "$here/go.mod"
 module="github.com/summerwind/h2spec"
 version="$(awk -v m="$module" '$1 == "require" { $1 = ""; $0 = $0 } $1 == m && $2 ~ /^v/ { print $2; exit }' "$here/go.mod")"
 
