@@ -303,17 +303,22 @@ def _route_entries(patch: ConfigPatch, value: dict[str, Any], filter_name: str) 
     return pieces
 
 
+def _added_cluster(patch: ConfigPatch) -> ClusterPiece | None:
+    """The cluster a CLUSTER patch with operation ADD defines (None for any other patch)."""
+    value = patch.value
+    if patch.apply_to != "CLUSTER" or patch.operation != "ADD" or not isinstance(value, dict):
+        return None
+    path = patch.value_path
+    return ClusterPiece(patch, value, str(value.get("name") or ""), path, _endpoints(value, path))
+
+
 def read_clusters(envoy_filter: EnvoyFilter) -> dict[str, ClusterPiece]:
     """The clusters an EnvoyFilter adds (CLUSTER patches with operation ADD), by name, first one wins."""
     clusters: dict[str, ClusterPiece] = {}
     for patch in envoy_filter.config_patches:
-        value = patch.value
-        if patch.apply_to != "CLUSTER" or patch.operation != "ADD" or not isinstance(value, dict):
-            continue
-        name = str(value.get("name") or "")
-        if name not in clusters:
-            path = patch.value_path
-            clusters[name] = ClusterPiece(patch, value, name, path, _endpoints(value, path))
+        cluster = _added_cluster(patch)
+        if cluster is not None and cluster.name not in clusters:
+            clusters[cluster.name] = cluster
     return clusters
 
 
@@ -330,10 +335,8 @@ def read_entry(patch: ConfigPatch, filter_name: str) -> EntryPieces:
         routes = _route_entries(patch, value, filter_name)
         if routes:
             return EntryPieces(patch, routes=tuple(routes))
-    elif apply_to == "CLUSTER" and patch.operation == "ADD":
-        path = patch.value_path
-        name = str(value.get("name") or "")
-        return EntryPieces(patch, cluster=ClusterPiece(patch, value, name, path, _endpoints(value, path)))
+    elif apply_to == "CLUSTER":
+        return EntryPieces(patch, cluster=_added_cluster(patch))
     return EntryPieces(patch)
 
 
