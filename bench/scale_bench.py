@@ -6,7 +6,8 @@ and GIE CRDs, built by tests/e2e/controlplane/build.sh):
 1. creates N/10 namespaces, 2N Services and N EnvoyFilters in the mix of `bench/scale_mix.py` (80% unrelated,
    15% EPP filters, half of them in the bad form, 5% other ext_proc users), concurrently through the API
    (`--threads` requests in flight, one keep-alive TLS connection per thread), and says how long it took;
-2. starts `extproc-guard serve --kubeconfig` (with `--workers W`, once per value of `--workers`) and reports
+2. starts `extproc-guard serve --kubeconfig` (with `--workers W`, once per value of `--workers` and build of
+   the engine in `--engines`: `source`, the sources, or `compiled`, the build of `make compiled`) and reports
    the time until `/readyz` answers 200 from every worker (its caches synced), its memory: RSS summed over
    the supervisor and its workers, and PSS (the kernel's proportional set size, from smaps_rollup: a page
    that forked processes share counts once in all), and `/mutate` p50/p99 at concurrency 16 over TLS
@@ -16,20 +17,21 @@ and GIE CRDs, built by tests/e2e/controlplane/build.sh):
    object again (the apiserver's reinvocations and re-applies), answered from the server's memo as
    `bench/webhook_bench.py` measures it; then the server's garbage collections from its own `/metrics`
    (`--py-spy` also samples where its time goes in the last distinct round);
-3. runs `extproc-guard reconcile --once --kubeconfig` `--rounds` times (the bad filters put back between
-   rounds) and reports the audit's time (its own log line), the whole command's time, its peak RSS (the
-   kernel's maximum resident set of the process) and what it wrote: the EnvoyFilters whose resourceVersion
-   moved, checked against the bad EPP filters, and the Events it recorded.
+3. runs `extproc-guard reconcile --once --kubeconfig` `--rounds` times with each engine build (the bad
+   filters put back between rounds) and reports the audit's time (its own log line), the whole command's
+   time, its peak RSS (the kernel's maximum resident set of the process) and what it wrote: the
+   EnvoyFilters whose resourceVersion moved, checked against the bad EPP filters, and the Events it
+   recorded.
 
 Then prints one table (medians, ranges over the rounds), the growth per 1,000 filters between the first
-and the last size, and with several `--workers` values, each one's ratio to the first (the baseline) at
-every size.
+and the last size, and with several variants (engine builds, `--workers` values), each one's ratio to the
+first (the baseline) at every size.
 
 Not a test: the numbers depend on the machine and what else runs on it (the load average is printed).
 Needs the control-plane build outputs and `wrk` on PATH.
 
-    python bench/scale_bench.py [--sizes 1000,10000] [--workers 1,2] [--rounds 3] [--duration 10]
-                                [--threads 64] [--py-spy]
+    python bench/scale_bench.py [--sizes 1000,10000] [--engines source,compiled] [--workers 1,2]
+                                [--rounds 3] [--duration 10] [--threads 64] [--py-spy]
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ from bench.scale_mix import (  # noqa: E402
 )
 from bench.webhook_bench import LUA, Run, Server, run_wrk, write_certs  # noqa: E402
 from epp.children import free_port  # noqa: E402
+from tests.compiled import compiled_build_problem, compiled_env  # noqa: E402
 from tests.e2e.cluster import (  # noqa: E402
     BUILD_SCRIPT,
     ControlPlane,
@@ -306,7 +309,13 @@ def wait_child(process: subprocess.Popen[bytes], timeout: float) -> tuple[int, i
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "cli.main", *args]
+    return [sys.executable, "-P", "-m", "cli.main", *args]
+
+
+def child_env(engine: str) -> dict[str, str] | None:
+    """The environment of a command run with `engine`: the sources, or the compiled build (`make
+    compiled`: the project installed with the engine's modules compiled by mypyc)."""
+    return compiled_env() if engine == "compiled" else None
 
 
 def https_get(port: int, path: str) -> tuple[int, bytes]:
@@ -326,6 +335,7 @@ def https_get(port: int, path: str) -> tuple[int, bytes]:
 @dataclass
 class WebhookResult:
     workers: str
+    engine: str
     ready_seconds: float
     rss_ready_mib: float
     rss_after_mib: float
@@ -405,6 +415,7 @@ def measure_webhook(
     folder: Path,
     *,
     workers: str,
+    engine: str,
     rounds: int,
     duration: float,
     py_spy: bool = False,
@@ -416,9 +427,9 @@ def measure_webhook(
     port = free_port()
     argv = cli("serve", "--tls-cert", str(cert), "--tls-key", str(key), "--host", "127.0.0.1",
                "--port", str(port), "--kubeconfig", str(info.kubeconfig), "--workers", workers)  # fmt: skip
-    log = (folder / f"serve-workers-{workers}.log").open("wb")
+    log = (folder / f"serve-workers-{workers}-{engine}.log").open("wb")
     started = time.perf_counter()
-    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=child_env(engine))
     server = ServerTree("extproc-guard", port, process)
     try:
         ready = None
@@ -457,6 +468,7 @@ def measure_webhook(
         _, metrics = https_get(port, "/metrics")
         return WebhookResult(
             workers=workers,
+            engine=engine,
             ready_seconds=ready,
             rss_ready_mib=memory_ready["VmRSS"],
             rss_after_mib=memory["VmRSS"],
@@ -490,15 +502,17 @@ class ReconcileRun:
 
 
 def measure_reconcile(
-    api: Api, info: ControlPlaneInfo, population: Population, folder: Path, index: int
+    api: Api, info: ControlPlaneInfo, population: Population, folder: Path, index: int, *, engine: str
 ) -> ReconcileRun:
     before = versions(api)
     events_before = count_events(api)
-    log_path = folder / f"reconcile-{index}.log"
+    log_path = folder / f"reconcile-{engine}-{index}.log"
     argv = cli("-v", "reconcile", "--once", "--kubeconfig", str(info.kubeconfig))
     with log_path.open("wb") as log:
         started = time.perf_counter()
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        process = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=child_env(engine)
+        )
         code, peak_kib = wait_child(process, RECONCILE_TIMEOUT_SECONDS)
         total = time.perf_counter() - started
     text = log_path.read_text(errors="replace")
@@ -526,12 +540,18 @@ class SizeResult:
     size: int
     population: Population
     webhooks: dict[str, WebhookResult]
-    reconciles: list[ReconcileRun]
+    """By variant (`variant_label`), the baseline first."""
+    reconciles: dict[str, list[ReconcileRun]]
+    """By engine, the baseline first."""
 
     @property
     def webhook(self) -> WebhookResult:
-        """The baseline: the first `--workers` value."""
+        """The baseline: the first `--engines` value with the first `--workers` value."""
         return next(iter(self.webhooks.values()))
+
+
+def variant_label(engine: str, workers: str) -> str:
+    return f"{engine} engine, --workers {workers}"
 
 
 def measure_size(size: int, args: argparse.Namespace, folder: Path) -> SizeResult:
@@ -547,41 +567,46 @@ def measure_size(size: int, args: argparse.Namespace, folder: Path) -> SizeResul
         mix = ", ".join(f"{kind} {population.counts[kind]}" for kind in Kind if kind in population.counts)
         print(f"  created in {total:.0f} s; mix: {mix}")
         webhooks = {}
-        for workers in args.workers:
-            print(f"  load average {load_average()}; webhook, --workers {workers}", flush=True)
-            webhook = measure_webhook(
-                info,
-                population,
-                folder,
-                workers=workers,
-                rounds=args.rounds,
-                duration=args.duration,
-                py_spy=args.py_spy,
-            )
-            webhooks[workers] = webhook
-            print(
-                f"    ready {webhook.ready_seconds:.1f} s; RSS (sum over its processes) "
-                f"{webhook.rss_ready_mib:.0f} MiB at ready, {webhook.rss_after_mib:.0f} MiB after the load "
-                f"(peaks {webhook.peak_mib:.0f} MiB); PSS {webhook.pss_ready_mib:.0f} MiB at ready, "
-                f"{webhook.pss_after_mib:.0f} MiB after; GC (all workers) {webhook.gc}",
-                flush=True,
-            )
-            if webhook.profile:
-                print("    where a worker spent the last distinct-objects round (py-spy):")
-                print("\n".join("      " + line for line in webhook.profile.splitlines()))
-        reconciles = []
-        for index in range(args.rounds):
-            if index:
-                put_back_bad_filters(api, population, threads=args.threads)
-            run = measure_reconcile(api, info, population, folder, index)
-            reconciles.append(run)
-            print(
-                f"  reconcile --once: audit {run.audit_seconds:.1f} s (command {run.total_seconds:.1f} s), "
-                f"peak RSS {run.peak_mib:.1f} MiB, {run.objects} objects, wrote {run.written} EnvoyFilters "
-                f"({run.written_bad} of {len(population.bad)} bad ones, {run.written_other} others) and "
-                f"{run.events} Events, exit {run.exit_code}",
-                flush=True,
-            )
+        for engine in args.engines:
+            for workers in args.workers:
+                label = variant_label(engine, workers)
+                print(f"  load average {load_average()}; webhook, {label}", flush=True)
+                webhook = measure_webhook(
+                    info,
+                    population,
+                    folder,
+                    workers=workers,
+                    engine=engine,
+                    rounds=args.rounds,
+                    duration=args.duration,
+                    py_spy=args.py_spy,
+                )
+                webhooks[label] = webhook
+                print(
+                    f"    ready {webhook.ready_seconds:.1f} s; RSS (sum over its processes) "
+                    f"{webhook.rss_ready_mib:.0f} MiB at ready, {webhook.rss_after_mib:.0f} MiB after the "
+                    f"load (peaks {webhook.peak_mib:.0f} MiB); PSS {webhook.pss_ready_mib:.0f} MiB at ready, "
+                    f"{webhook.pss_after_mib:.0f} MiB after; GC (all workers) {webhook.gc}",
+                    flush=True,
+                )
+                if webhook.profile:
+                    print("    where a worker spent the last distinct-objects round (py-spy):")
+                    print("\n".join("      " + line for line in webhook.profile.splitlines()))
+        reconciles: dict[str, list[ReconcileRun]] = {}
+        for engine in args.engines:
+            runs = reconciles.setdefault(engine, [])
+            for index in range(args.rounds):
+                if sum(len(done) for done in reconciles.values()):  # the bad filters, as created
+                    put_back_bad_filters(api, population, threads=args.threads)
+                run = measure_reconcile(api, info, population, folder, index, engine=engine)
+                runs.append(run)
+                print(
+                    f"  reconcile --once ({engine} engine): audit {run.audit_seconds:.1f} s (command "
+                    f"{run.total_seconds:.1f} s), peak RSS {run.peak_mib:.1f} MiB, {run.objects} objects, "
+                    f"wrote {run.written} EnvoyFilters ({run.written_bad} of {len(population.bad)} bad ones, "
+                    f"{run.written_other} others) and {run.events} Events, exit {run.exit_code}",
+                    flush=True,
+                )
         return SizeResult(size, population, webhooks, reconciles)
     finally:
         plane.stop()
@@ -604,69 +629,79 @@ def median_of(result: WebhookResult, mode: str, field: str) -> float:
 
 
 def report(results: list[SizeResult]) -> None:
-    """One row per measure and `--workers` value, one column per size (medians, ranges in brackets), then
-    the growth per 1,000 filters and each `--workers` value's ratio to the first."""
+    """One row per measure and variant (engine, `--workers` value), one column per size (medians, ranges in
+    brackets), then the growth per 1,000 filters and each variant's ratio to the first."""
     print(
         "\nmedians (range over the rounds); MiB = 2^20 bytes; RSS and PSS summed over the server's processes"
     )
-    workers_values = list(results[0].webhooks)
+    variants = list(results[0].webhooks)
+    engines = list(results[0].reconciles)
 
-    def webhook(workers: str, mode: str, field: str, digits: int = 1) -> Callable[[SizeResult], str]:
-        return lambda r: spread([getattr(x, field) for x in r.webhooks[workers].runs[mode]], digits)
+    def webhook(variant: str, mode: str, field: str, digits: int = 1) -> Callable[[SizeResult], str]:
+        return lambda r: spread([getattr(x, field) for x in r.webhooks[variant].runs[mode]], digits)
 
-    def reconcile(field: str) -> Callable[[SizeResult], str]:
-        return lambda r: spread([getattr(x, field) for x in r.reconciles])
+    def reconcile(engine: str, field: str) -> Callable[[SizeResult], str]:
+        return lambda r: spread([getattr(x, field) for x in r.reconciles[engine]])
 
-    def rss_and_peak(workers: str) -> Callable[[SizeResult], str]:
-        return lambda r: f"{r.webhooks[workers].rss_after_mib:.0f} ({r.webhooks[workers].peak_mib:.0f})"
+    def rss_and_peak(variant: str) -> Callable[[SizeResult], str]:
+        return lambda r: f"{r.webhooks[variant].rss_after_mib:.0f} ({r.webhooks[variant].peak_mib:.0f})"
 
-    def pss(workers: str) -> Callable[[SizeResult], str]:
-        return lambda r: f"{r.webhooks[workers].pss_after_mib:.0f}"
+    def pss(variant: str) -> Callable[[SizeResult], str]:
+        return lambda r: f"{r.webhooks[variant].pss_after_mib:.0f}"
 
-    def written(r: SizeResult) -> str:
-        return f"{max(x.written for x in r.reconciles)} / {len(r.population.bad)}"
+    def written(engine: str) -> Callable[[SizeResult], str]:
+        return lambda r: f"{max(x.written for x in r.reconciles[engine])} / {len(r.population.bad)}"
+
+    def not_bad(engine: str) -> Callable[[SizeResult], str]:
+        return lambda r: f"{max(x.written_other for x in r.reconciles[engine])}"
 
     rows: list[tuple[str, Callable[[SizeResult], str]]] = []
-    for w in workers_values:
-        tag = f" [--workers {w}]"
+    for v in variants:
+        tag = f" [{v}]"
         rows += [
-            ("webhook ready, s" + tag, lambda r, w=w: f"{r.webhooks[w].ready_seconds:.1f}"),
-            ("webhook RSS after the load (peak), MiB" + tag, rss_and_peak(w)),
-            ("webhook PSS after the load, MiB" + tag, pss(w)),
-            ("/mutate c16 p50, ms (distinct objects)" + tag, webhook(w, "distinct", "p50_ms")),
-            ("/mutate c16 p99, ms (distinct objects)" + tag, webhook(w, "distinct", "p99_ms")),
-            ("/mutate c16 p50, ms (same object)" + tag, webhook(w, "same", "p50_ms", 2)),
-            ("/mutate c16 p99, ms (same object)" + tag, webhook(w, "same", "p99_ms", 2)),
+            ("webhook ready, s" + tag, lambda r, v=v: f"{r.webhooks[v].ready_seconds:.1f}"),
+            ("webhook RSS after the load (peak), MiB" + tag, rss_and_peak(v)),
+            ("webhook PSS after the load, MiB" + tag, pss(v)),
+            ("/mutate c16 p50, ms (distinct objects)" + tag, webhook(v, "distinct", "p50_ms")),
+            ("/mutate c16 p99, ms (distinct objects)" + tag, webhook(v, "distinct", "p99_ms")),
+            ("/mutate c16 p50, ms (same object)" + tag, webhook(v, "same", "p50_ms", 2)),
+            ("/mutate c16 p99, ms (same object)" + tag, webhook(v, "same", "p99_ms", 2)),
         ]  # fmt: skip
-    rows += [
-        ("reconcile audit, s", reconcile("audit_seconds")),
-        ("reconcile peak RSS, MiB", reconcile("peak_mib")),
-        ("EnvoyFilters written / bad", written),
-        ("of them not bad", lambda r: f"{max(x.written_other for x in r.reconciles)}"),
-    ]  # fmt: skip
+    for e in engines:
+        tag = f" [{e} engine]"
+        rows += [
+            ("reconcile audit, s" + tag, reconcile(e, "audit_seconds")),
+            ("reconcile peak RSS, MiB" + tag, reconcile(e, "peak_mib")),
+            ("EnvoyFilters written / bad" + tag, written(e)),
+            ("of them not bad" + tag, not_bad(e)),
+        ]  # fmt: skip
     width = max(len(label) for label, _ in rows) + 2
     print(f"{'':<{width}}" + "".join(f"{f'N = {r.size:,}':>22}" for r in results))
     for label, cell in rows:
         print(f"{label:<{width}}" + "".join(f"{cell(r):>22}" for r in results))
-    for w in workers_values[1:]:
-        base = workers_values[0]
+    base = variants[0]
+    for v in variants[1:]:
         for r in results:
-            one, many = r.webhooks[base], r.webhooks[w]
+            one, other = r.webhooks[base], r.webhooks[v]
             ratios = ", ".join(
-                f"{what} {median_of(many, mode, field) / median_of(one, mode, field):.2f}x"
+                f"{what} {median_of(other, mode, field) / median_of(one, mode, field):.2f}x"
                 for what, mode, field in (
                     ("distinct p50", "distinct", "p50_ms"),
                     ("distinct p99", "distinct", "p99_ms"),
                     ("distinct req/s", "distinct", "rps"),
+                    ("distinct CPU per review", "distinct", "cpu_us"),
                     ("same p99", "same", "p99_ms"),
                 )
             )
-            rss = many.rss_after_mib / one.rss_after_mib
-            pss = many.pss_after_mib / one.pss_after_mib
-            print(
-                f"--workers {w} against --workers {base} at N = {r.size:,}: {ratios}, "
-                f"RSS {rss:.2f}x, PSS {pss:.2f}x"
+            rss = other.rss_after_mib / one.rss_after_mib
+            pss_ratio = other.pss_after_mib / one.pss_after_mib
+            print(f"{v} against {base} at N = {r.size:,}: {ratios}, RSS {rss:.2f}x, PSS {pss_ratio:.2f}x")
+    for e in engines[1:]:
+        for r in results:
+            audit = statistics.median(x.audit_seconds for x in r.reconciles[e]) / statistics.median(
+                x.audit_seconds for x in r.reconciles[engines[0]]
             )
+            print(f"reconcile audit, {e} engine against {engines[0]} at N = {r.size:,}: {audit:.2f}x")
     if len(results) < 2:
         return
     small, large = results[0], results[-1]
@@ -675,19 +710,33 @@ def report(results: list[SizeResult]) -> None:
     def growth(value: Callable[[SizeResult], float]) -> float:
         return (value(large) - value(small)) / thousands
 
-    def median_peak(r: SizeResult) -> float:
-        return statistics.median(x.peak_mib for x in r.reconciles)
+    for v in variants:
+        print(
+            f"growth per 1,000 EnvoyFilters (and 2,000 Services): webhook RSS after the load "
+            f"{growth(lambda r, v=v: r.webhooks[v].rss_after_mib):.2f} MiB [{v}]"
+        )
+    for e in engines:
 
-    def median_audit(r: SizeResult) -> float:
-        return statistics.median(x.audit_seconds for x in r.reconciles)
+        def median_peak(r: SizeResult, e: str = e) -> float:
+            return statistics.median(x.peak_mib for x in r.reconciles[e])
 
-    webhook_growth = growth(lambda r: r.webhook.rss_after_mib)
-    print(
-        f"growth per 1,000 EnvoyFilters (and 2,000 Services): webhook RSS after the load "
-        f"{webhook_growth:.2f} MiB [--workers {workers_values[0]}], "
-        f"reconciler peak RSS {growth(median_peak):.2f} MiB ({growth(median_peak) * 1.048576:.2f} MB), "
-        f"audit {growth(median_audit):.2f} s"
-    )
+        def median_audit(r: SizeResult, e: str = e) -> float:
+            return statistics.median(x.audit_seconds for x in r.reconciles[e])
+
+        print(
+            f"growth per 1,000 EnvoyFilters: reconciler peak RSS {growth(median_peak):.2f} MiB "
+            f"({growth(median_peak) * 1.048576:.2f} MB), audit {growth(median_audit):.2f} s [{e} engine]"
+        )
+
+
+def engines_list(text: str) -> list[str]:
+    values = [value.strip() for value in text.split(",") if value.strip()]
+    for value in values:
+        if value not in ("source", "compiled"):
+            raise argparse.ArgumentTypeError(f"{value!r} is not an engine build (source or compiled)")
+    if not values or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError("give each engine build once")
+    return values
 
 
 def workers_list(text: str) -> list[str]:
@@ -715,6 +764,14 @@ def main() -> int:
         metavar="W[,W...]",
         help="serve --workers values to measure the webhook with, the first one the baseline (default 1)",
     )
+    parser.add_argument(
+        "--engines",
+        type=engines_list,
+        default=["source"],
+        metavar="E[,E...]",
+        help="builds of the engine to measure, the first one the baseline: source (the sources) and "
+        "compiled (`make compiled`) (default source)",
+    )
     parser.add_argument("--logs", type=Path, metavar="DIR", help="keep the servers' logs in DIR")
     parser.add_argument(
         "--py-spy",
@@ -726,6 +783,9 @@ def main() -> int:
     missing = missing_binaries(bin_dir) + missing_crd_files(bin_dir)
     if missing:
         print(f"scale_bench: control plane build outputs missing ({', '.join(missing)}): run {BUILD_SCRIPT}")
+        return 2
+    if "compiled" in args.engines and (problem := compiled_build_problem()) is not None:
+        print(f"scale_bench: {problem}", file=sys.stderr)
         return 2
     if shutil.which("wrk") is None:
         print("scale_bench: wrk is not on PATH", file=sys.stderr)

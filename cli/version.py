@@ -18,8 +18,10 @@ def package_version() -> str:
 
 
 def version_text() -> str:
-    """`extproc-guard --version`."""
-    return f"{DISTRIBUTION} {package_version()} (Python {platform.python_version()})"
+    """`extproc-guard --version`: the version, the Python, and which build of the engine is loaded."""
+    from policies.build import engine_build
+
+    return f"{DISTRIBUTION} {package_version()} (Python {platform.python_version()}, {engine_build()} engine)"
 
 
 def epp_version_text() -> str:

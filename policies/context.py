@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
 from types import MappingProxyType
 from typing import Any, Final, Protocol
 
@@ -80,6 +79,9 @@ class Context:
     settled: bool = True
     cache: dict[Any, Any] = field(default_factory=dict, repr=False)
     """Indexes the engine builds from this snapshot (per namespace), kept for the snapshot's life."""
+    _tables: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+    """This snapshot's own lookup tables, built on first use (explicitly: a compiled build of the engine
+    would turn `functools.cached_property` into a plain property and rebuild them on every call)."""
 
     def filters_for(self, namespace: str) -> tuple[Mapping[str, Any], ...]:
         """The EnvoyFilters that apply to workloads in `namespace`: its own and the root namespace's."""
@@ -118,24 +120,37 @@ class Context:
                 found = rule
         return found
 
-    @cached_property
+    @property
     def _filters_by_namespace(self) -> Mapping[str, tuple[Mapping[str, Any], ...]]:
+        known: Mapping[str, tuple[Mapping[str, Any], ...]] | None = self._tables.get("filters")
+        if known is not None:
+            return known
         grouped: dict[str, list[Mapping[str, Any]]] = {}
         for document in self.envoy_filters:
             namespace = str(as_mapping(document.get("metadata")).get("namespace") or "")
             grouped.setdefault(namespace, []).append(document)
-        return {namespace: tuple(documents) for namespace, documents in grouped.items()}
+        table = {namespace: tuple(documents) for namespace, documents in grouped.items()}
+        self._tables["filters"] = table
+        return table
 
-    @cached_property
+    @property
     def _pools_by_picker(self) -> Mapping[ServiceRef, InferencePool]:
-        return {pool.picker: pool for pool in self.inference_pools}
+        known: Mapping[ServiceRef, InferencePool] | None = self._tables.get("pools")
+        if known is None:
+            known = self._tables["pools"] = {pool.picker: pool for pool in self.inference_pools}
+        return known
 
-    @cached_property
+    @property
     def _declared_by_ip(self) -> Mapping[str, ServiceRef]:
+        known: Mapping[str, ServiceRef] | None = self._tables.get("declared")
+        if known is not None:
+            return known
         seen: dict[str, list[ServiceRef]] = {}
         for ref, address in self.declared.items():
             seen.setdefault(address.cluster_ip, []).append(ref)
-        return {ip: refs[0] for ip, refs in seen.items() if len(refs) == 1}
+        table = {ip: refs[0] for ip, refs in seen.items() if len(refs) == 1}
+        self._tables["declared"] = table
+        return table
 
 
 EMPTY_CONTEXT: Final = Context()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 
 from policies.context import EMPTY_CONTEXT, Context
@@ -70,25 +69,37 @@ class Evaluation:
     name: str
     findings: tuple[Finding, ...]
     _repair: Callable[[], _Repair] = field(repr=False)
+    _memo: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+    """What was computed on first use (kept explicitly: a compiled build of the engine would turn
+    `functools.cached_property` into a plain property and repair again on every read)."""
 
-    @cached_property
+    @property
     def _repaired(self) -> _Repair:
-        return self._repair()
+        known: _Repair | None = self._memo.get("repair")
+        if known is None:
+            known = self._memo["repair"] = self._repair()
+        return known
 
     @property
     def patch(self) -> tuple[PatchOp, ...]:
         """A minimal RFC 6902 patch (only rule-owned paths) from the document to its corrected form."""
         return self._repaired.patch
 
-    @cached_property
+    @property
     def fixed(self) -> dict[str, Any]:
         """The corrected document (the given document itself when nothing changes)."""
-        return self._repaired.fixed()
+        known: dict[str, Any] | None = self._memo.get("fixed")
+        if known is None:
+            known = self._memo["fixed"] = self._repaired.fixed()
+        return known
 
-    @cached_property
+    @property
     def remaining(self) -> tuple[Finding, ...]:
         """The findings of `fixed`: what the fix could not repair."""
-        return self._repaired.remaining()
+        known: tuple[Finding, ...] | None = self._memo.get("remaining")
+        if known is None:
+            known = self._memo["remaining"] = self._repaired.remaining()
+        return known
 
     @property
     def enforced(self) -> tuple[Finding, ...]:

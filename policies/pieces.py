@@ -282,6 +282,26 @@ class ExtProcPieces:
     """Per entry of `spec.configPatches` (None for one that is not a mapping): what a rebuild after a fix
     reuses for the entries the fix did not touch."""
 
+    def restricted(
+        self,
+        filters: tuple[FilterPiece, ...],
+        routes: tuple[RoutePiece, ...],
+        epp_clusters: tuple[ClusterPiece, ...],
+    ) -> ExtProcPieces:
+        """A view of these pieces with only the given filters, routes and used clusters (and the mode sites
+        of those filters and enabled routes); the rest is shared."""
+        sites = [f.mode_site for f in filters] + [r.mode_site for r in routes if not r.disabled]
+        return ExtProcPieces(
+            envoy_filter=self.envoy_filter,
+            filters=filters,
+            clusters=self.clusters,
+            routes=routes,
+            spelling=self.spelling,
+            mode_sites=tuple(site for site in sites if site is not None),
+            epp_clusters=epp_clusters,
+            entries=self.entries,
+        )
+
 
 def installs_ext_proc(value: dict[str, Any], filter_name: str) -> bool:
     """Whether an HTTP_FILTER patch value is ext_proc (by filter name or by the typed_config `@type`)."""

@@ -7,7 +7,6 @@ Envoy itself rejects read `pieces` and ask `role_of` before they offer a fix.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -356,14 +355,7 @@ class Subject:
             filters = tuple(f for f in self.pieces.filters if self.is_epp(f))
             routes = tuple(r for r in self.pieces.routes if self.is_epp(r))
             clusters = tuple(c for c in self.pieces.epp_clusters if self.is_epp(c))
-            sites = [f.mode_site for f in filters] + [r.mode_site for r in routes if not r.disabled]
-            self._epp = dataclasses.replace(
-                self.pieces,
-                filters=filters,
-                routes=routes,
-                epp_clusters=clusters,
-                mode_sites=tuple(site for site in sites if site is not None),
-            )
+            self._epp = self.pieces.restricted(filters, routes, clusters)
         return self._epp
 
     # Profile ------------------------------------------------------------------------------------------

@@ -52,6 +52,7 @@ from typing import Any
 from aiohttp import web
 
 from kube.client import KubeConfigError
+from policies.build import engine_build
 from telemetry.board import MetricBoard
 from telemetry.logoutput import flush_periodically, install_log_output, open_line_atomic_stderr
 from webhook.metrics import MetricShare
@@ -592,12 +593,13 @@ def run_workers(settings: ServeSettings, *, log_level: int, output: logging.Hand
     board = MetricBoard(settings.workers)
     setup = WorkerSetup(replace(settings, port=port), board, tuple(anchors), log_level)
     logger.info(
-        "serving host=%s port=%d workers=%d services=%s pid=%d",
+        "serving host=%s port=%d workers=%d services=%s pid=%d engine=%s",
         settings.host,
         port,
         settings.workers,
         "kubernetes" if settings.kube is not None else f"static({len(settings.services)})",
         os.getpid(),
+        engine_build(),
     )
     supervisor = Supervisor(
         settings.workers,

@@ -153,6 +153,7 @@ def run_reconcile(args: argparse.Namespace) -> int:
     # asyncio, the Kubernetes client and the runner load here, not when the CLI lists its commands.
     import asyncio
 
+    from policies.build import engine_build
     from reconciler.api import KubeConfigError
     from reconciler.runner import audit_exit_code, audit_once, build_parts
 
@@ -166,6 +167,7 @@ def run_reconcile(args: argparse.Namespace) -> int:
     except (SettingsError, KubeConfigError) as error:
         print_error(str(error))
         return EXIT_USAGE
+    logger.info("reconciling once=%s engine=%s", "true" if args.once else "false", engine_build())
     if args.once:
         result = asyncio.run(audit_once(parts, settings))
         if result is None:

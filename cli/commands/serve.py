@@ -193,6 +193,7 @@ def serve_until_stopped(args: argparse.Namespace, output: logging.Handler) -> in
     from aiohttp import web
 
     from kube.services import KubeConfigError
+    from policies.build import engine_build
     from webhook.server import TLS_KEY, make_app
     from webhook.tlsreload import TLSFilesError
 
@@ -204,11 +205,12 @@ def serve_until_stopped(args: argparse.Namespace, output: logging.Handler) -> in
         return EXIT_USAGE
     app.cleanup_ctx.append(keep_flushed(output))
     logger.info(
-        "serving host=%s port=%d services=%s tls_fingerprint=%s",
+        "serving host=%s port=%d services=%s tls_fingerprint=%s engine=%s",
         settings.host,
         settings.port,
         "kubernetes" if settings.kube is not None else f"static({len(settings.services)})",
         app[TLS_KEY].fingerprint,
+        engine_build(),
     )
     try:
         web.run_app(

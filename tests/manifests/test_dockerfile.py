@@ -89,6 +89,23 @@ def test_the_builder_makes_a_wheel_of_the_project(stages: list[Stage]) -> None:
     assert re.search(r"pip wheel .*--wheel-dir /wheels \.(\s|$)", runs)
 
 
+def test_the_builder_compiles_the_engine_into_the_wheel_it_ships(stages: list[Stage]) -> None:
+    """The project's wheel in /wheels is the compiled build (as `make compiled` builds it): the pure one
+    is removed, and the compiled one built with mypy and a C compiler present."""
+    runs = " && ".join(stages[0].all("RUN"))
+    steps = [step.strip() for step in runs.split("&&")]
+    compile_step = next(i for i, step in enumerate(steps) if "EXTPROC_GUARD_COMPILE=1" in step)
+    assert re.fullmatch(
+        r"EXTPROC_GUARD_COMPILE=1 pip wheel --no-deps --no-build-isolation --wheel-dir /wheels \.",
+        steps[compile_step],
+    )
+    before = " ".join(steps[:compile_step])
+    assert "rm /wheels/extproc_guard-*.whl" in before
+    assert "mypy" in before and "gcc" in before
+    make = (ROOT / "Makefile").read_text()
+    assert "EXTPROC_GUARD_COMPILE=1 $(BIN)/pip wheel --quiet --no-deps --no-build-isolation" in make
+
+
 def test_the_runtime_installs_the_wheel_from_the_builder_only(runtime: Stage) -> None:
     runs = " ".join(runtime.all("RUN"))
     assert "from=builder" in runs
@@ -143,11 +160,11 @@ def test_every_package_of_the_wheel_is_copied_and_not_ignored(stages: list[Stage
         sources = copy.split()[:-1]
         copied.update(source for source in sources if not source.startswith("--"))
     assert packages <= copied
-    assert "pyproject.toml" in copied
+    assert {"pyproject.toml", "setup.py"} <= copied
     for source in copied:
         assert any(ROOT.glob(source)) or source == "README.m[d]", f"COPY {source}: not in the repository"
     ignore = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and line[0] != "#"]
-    for source in packages | {"pyproject.toml"}:
+    for source in packages | {"pyproject.toml", "setup.py"}:
         assert _included(source, ignore), f".dockerignore leaves {source} out of the build context"
     for heavy in (".venv", ".git", "tests", "bench"):
         assert not _included(heavy, ignore), f".dockerignore lets {heavy} into the build context"
