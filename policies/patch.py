@@ -94,7 +94,7 @@ def _own(parent: Any, token: str, child: Any, owned: set[int]) -> Any:
         return child
     if isinstance(child, list):
         copied: Any = list(child)
-    elif isinstance(child, Mapping):
+    elif type(child) is dict or isinstance(child, Mapping):
         copied = dict(child)
     else:
         return child

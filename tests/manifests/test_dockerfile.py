@@ -101,7 +101,8 @@ def test_the_builder_compiles_the_engine_into_the_wheel_it_ships(stages: list[St
     )
     before = " ".join(steps[:compile_step])
     assert "rm /wheels/extproc_guard-*.whl" in before
-    assert "mypy" in before and "gcc" in before
+    assert "mypy" in before
+    assert "gcc" in before
     make = (ROOT / "Makefile").read_text()
     assert "EXTPROC_GUARD_COMPILE=1 $(BIN)/pip wheel --quiet --no-deps --no-build-isolation" in make
 
