@@ -53,7 +53,7 @@ h2spec:
 # engine's modules compiled by mypyc (the venv keeps the sources for the demo and the tests). The tests run
 # the engine's tests against it; `bench/scale_bench.py --engines source,compiled` measures both.
 $(COMPILED)/.built: $(STAMP) setup.py pyproject.toml $(PACKAGE_FILES)
-	rm -rf build
+	rm -rf $(COMPILED) build/wheel build/mypyc build/lib.* build/temp.* build/bdist.*
 	EXTPROC_GUARD_COMPILE=1 $(BIN)/pip wheel --quiet --no-deps --no-build-isolation --wheel-dir build/wheel .
 	$(BIN)/pip install --quiet --no-deps --no-index --target $(COMPILED) build/wheel/extproc_guard-*.whl
 	touch $@

@@ -24,7 +24,8 @@ def ext_modules() -> list[Any]:
         return []
     from mypyc.build import mypycify
 
-    return list(mypycify(compiled_modules(), opt_level="3"))
+    # mypyc's C sources go to build/mypyc, beside setuptools' own build/lib.* and build/temp.*.
+    return list(mypycify(compiled_modules(), opt_level="3", target_dir="build/mypyc"))
 
 
 setup(ext_modules=ext_modules())
