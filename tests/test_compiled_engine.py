@@ -1,5 +1,5 @@
 """The compiled build of the engine (docs/compiled.md): what mypyc compiles differently stays out of it, and
-it passes the engine's own tests and the corpus tests.
+it passes the engine's own tests, the corpus tests and the webhook's review tests.
 
 The first part reads the sources only. The second needs `make compiled` (which `make test` runs first):
 without its output, or with output older than the sources, those tests skip with one line; with
@@ -19,8 +19,17 @@ from tests import compiled
 from tests.compiled import COMPILED, ROOT, compiled_build_problem
 from tests.e2e.harness import skip_or_fail
 
-# Run against the compiled build: the engine's tests and the corpus tests of check and fix.
-SUITES = ("tests/policies", "tests/cli/test_corpus.py", "tests/cli/test_corpus_exact.py")
+# Run against the compiled build: the engine's tests, the corpus tests of check and fix, and the webhook's
+# reviews (malformed ones and fuzzed bodies included) in one process.
+SUITES = (
+    "tests/policies",
+    "tests/cli/test_corpus.py",
+    "tests/cli/test_corpus_exact.py",
+    "tests/webhook/test_admission.py",
+    "tests/webhook/test_admission_reviewer.py",
+    "tests/webhook/test_server_agreement.py",
+    "tests/webhook/test_server_fuzz.py",
+)
 
 
 def compiled_modules() -> list[str]:
@@ -109,7 +118,7 @@ def test_the_compiled_build_loads_compiled_modules(compiled_env: dict[str, str])
     assert all(file.startswith(str(COMPILED)) and file.endswith(".so") for file in files), files
 
 
-def test_the_compiled_engine_passes_the_engine_and_corpus_tests(compiled_env: dict[str, str]) -> None:
+def test_the_compiled_engine_passes_the_engine_corpus_and_review_tests(compiled_env: dict[str, str]) -> None:
     command = [
         sys.executable, "-P", "-m", "pytest", *SUITES, "-q", "-p", "no:cacheprovider",
         "-o", "pythonpath=", "--rootdir", str(ROOT),
