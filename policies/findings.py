@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Final
 
 
 class Level(StrEnum):
@@ -14,7 +15,7 @@ class Level(StrEnum):
     OFF = "off"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True, init=False)
 class Finding:
     """One problem in one document.
 
@@ -22,16 +23,46 @@ class Finding:
     adapters turn it into a file line or an admission message.
     """
 
-    rule: str
-    slug: str
-    level: Level
-    path: str
-    message: str
-    fix: str
-    fixable: bool
-    role: str = ""
+    # Immutable by its `Final` fields (read-only in the compiled build; mypy rejects an assignment), with
+    # an explicit __init__: a dataclass-generated one runs as Python even in the compiled build, about ten
+    # times slower than a compiled one, and the engine builds many of these per review.
+
+    rule: Final[str]
+    slug: Final[str]
+    level: Final[Level]
+    path: Final[str]
+    message: Final[str]
+    fix: Final[str]
+    fixable: Final[bool]
+    role: Final[str]
     """The role of the ext_proc filter the finding is about (`epp`, `other`, `undecided`), when it is one."""
-    role_why: str = ""
+    role_why: Final[str]
+
+    def __init__(
+        self,
+        rule: str,
+        slug: str,
+        level: Level,
+        path: str,
+        message: str,
+        fix: str,
+        fixable: bool,
+        role: str = "",
+        role_why: str = "",
+    ) -> None:
+        self.rule = rule
+        self.slug = slug
+        self.level = level
+        self.path = path
+        self.message = message
+        self.fix = fix
+        self.fixable = fixable
+        self.role = role
+        self.role_why = role_why
+
+    def __reduce__(self) -> tuple[type[Finding], tuple[str, str, Level, str, str, str, bool, str, str]]:
+        fields = (self.rule, self.slug, self.level, self.path, self.message, self.fix, self.fixable)
+        return (Finding, (*fields, self.role, self.role_why))  # pickle and copy through __init__
 
     @property
     def enforced(self) -> bool:

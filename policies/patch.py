@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 OpName = Literal["add", "remove", "replace", "test"]
 
@@ -52,11 +52,23 @@ def copy_tree(value: Any) -> Any:
     return value
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True, init=False)
 class PatchOp:
-    op: OpName
-    path: str
-    value: Any = None
+    # Immutable by its `Final` fields (read-only in the compiled build; mypy rejects an assignment), with
+    # an explicit __init__: a dataclass-generated one runs as Python even in the compiled build, about ten
+    # times slower than a compiled one, and the engine builds many of these per review.
+
+    op: Final[OpName]
+    path: Final[str]
+    value: Final[Any]
+
+    def __init__(self, op: OpName, path: str, value: Any = None) -> None:
+        self.op = op
+        self.path = path
+        self.value = value
+
+    def __reduce__(self) -> tuple[type[PatchOp], tuple[OpName, str, Any]]:
+        return (PatchOp, (self.op, self.path, self.value))  # pickle and copy through __init__
 
     def to_json(self) -> dict[str, Any]:
         if self.op == "remove":

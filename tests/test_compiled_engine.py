@@ -19,12 +19,14 @@ from tests import compiled
 from tests.compiled import COMPILED, ROOT, compiled_build_problem
 from tests.e2e.harness import skip_or_fail
 
-# Run against the compiled build: the engine's tests, the corpus tests of check and fix, and the webhook's
-# reviews (malformed ones and fuzzed bodies included) in one process.
+# Run against the compiled build: the engine's tests, the corpus tests of check and fix, check's forked
+# workers (their findings come back pickled), and the webhook's reviews (malformed ones and fuzzed bodies
+# included) in one process.
 SUITES = (
     "tests/policies",
     "tests/cli/test_corpus.py",
     "tests/cli/test_corpus_exact.py",
+    "tests/cli/test_parallel_check.py",
     "tests/webhook/test_admission.py",
     "tests/webhook/test_admission_reviewer.py",
     "tests/webhook/test_server_agreement.py",
