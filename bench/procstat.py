@@ -18,3 +18,19 @@ def cpu_seconds(pids: list[int]) -> float:
             continue
         total += int(fields[11]) + int(fields[12])  # utime + stime
     return total / TICKS
+
+
+def busy_seconds() -> float:
+    """CPU time the whole machine spent busy (every core, every process and the kernel), from /proc/stat:
+    what is not idle or waiting for I/O."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    ticks = [int(value) for value in fields[:8]]  # user nice system idle iowait irq softirq steal
+    return (sum(ticks) - ticks[3] - ticks[4]) / TICKS
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU time of this process's waited-for children (a finished `wrk`, say)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime

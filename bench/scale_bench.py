@@ -61,7 +61,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.procstat import cpu_seconds  # noqa: E402
+from bench.procstat import busy_seconds, children_cpu_seconds, cpu_seconds  # noqa: E402
 from bench.sampling import Sampler, summarize  # noqa: E402
 from bench.scale_mix import (  # noqa: E402
     OPERATOR,
@@ -457,13 +457,18 @@ def measure_webhook(
                 sampling = sampler if last else None
                 if sampling is not None:
                     sampling.start(duration)
+                busy, wrk = busy_seconds(), children_cpu_seconds()
                 run = run_wrk(server, "/mutate", body, script, connections=16, seconds=duration)
+                busy, wrk = busy_seconds() - busy, children_cpu_seconds() - wrk
                 if sampling is not None:
                     sampling.finish()
                 runs[mode].append(run)
+                # What else kept the cores busy meanwhile: the apiserver, etcd, the kernel, other jobs.
+                others = max(0.0, busy - wrk - run.cpu_us * run.requests / 1e6) / run.seconds
                 print(f"    /mutate c16 {mode:<8}: {run.rps:5.0f} req/s, p50 {run.p50_ms:5.2f} ms, "
                       f"p99 {run.p99_ms:5.2f} ms, {run.errors} errors, "
-                      f"{run.cpu_us:5.0f} us CPU per review", flush=True)  # fmt: skip
+                      f"{run.cpu_us:5.0f} us CPU per review; wrk {wrk / run.seconds:.2f} cores, "
+                      f"everything else {others:.2f} cores", flush=True)  # fmt: skip
         memory = tree_memory_mib(process.pid)
         _, metrics = https_get(port, "/metrics")
         return WebhookResult(
