@@ -23,7 +23,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 from aiohttp import hdrs, web
@@ -190,14 +190,21 @@ async def _run_service_cache(app: web.Application) -> AsyncIterator[None]:
         await asyncio.to_thread(cache.stop, CACHE_STOP_SECONDS)
 
 
-async def _run_cert_reloader(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(app[TLS_KEY].run(), name="tls-reload")
+@contextlib.asynccontextmanager
+async def running_task(coroutine: Coroutine[Any, Any, object], name: str) -> AsyncIterator[None]:
+    """`coroutine` as a task while the block runs; cancelled, and waited for, when the block ends."""
+    task = asyncio.create_task(coroutine, name=name)
     try:
         yield
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def _run_cert_reloader(app: web.Application) -> AsyncIterator[None]:
+    async with running_task(app[TLS_KEY].run(), "tls-reload"):
+        yield
 
 
 async def _run_metrics_publisher(app: web.Application) -> AsyncIterator[None]:
@@ -212,13 +219,10 @@ async def _run_metrics_publisher(app: web.Application) -> AsyncIterator[None]:
                 logger.warning("metrics too large for the shared board; other workers see older values")
             await asyncio.sleep(PUBLISH_SECONDS)
 
-    task = asyncio.create_task(publish_periodically(), name="metrics-publish")
     try:
-        yield
+        async with running_task(publish_periodically(), "metrics-publish"):
+            yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         shared.publish()
 
 

@@ -56,7 +56,7 @@ from policies.build import engine_build
 from telemetry.board import MetricBoard
 from telemetry.logoutput import flush_periodically, install_log_output, open_line_atomic_stderr
 from webhook.metrics import MetricShare
-from webhook.server import check_startable, make_app, start_server
+from webhook.server import check_startable, make_app, running_task, start_server
 from webhook.settings import ServeSettings
 from webhook.tlsreload import TLSFilesError
 
@@ -553,8 +553,7 @@ async def _serve(
         stop.set()
 
     loop.add_reader(lifeline, supervisor_gone)
-    flusher = asyncio.create_task(flush_periodically(output), name="log-flush")
-    try:
+    async with running_task(flush_periodically(output), "log-flush"):
         try:
             runner, _ = await start_server(app, host=settings.host, port=settings.port, reuse_port=True)
         except OSError as error:
@@ -567,10 +566,6 @@ async def _serve(
             logger.info("worker stopping index=%d pid=%d", index, os.getpid())
         finally:
             await runner.cleanup()
-    finally:
-        flusher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await flusher
 
 
 # -- the command ------------------------------------------------------------------------------------------

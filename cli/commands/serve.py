@@ -133,19 +133,12 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
 
 def keep_flushed(handler: logging.Handler) -> Callable[[web.Application], AsyncIterator[None]]:
     """A cleanup context that flushes the batched log output while the app runs, and once at the end."""
-    import asyncio
-    import contextlib
-
     from telemetry.logoutput import flush_periodically
+    from webhook.server import running_task
 
     async def run(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(flush_periodically(handler), name="log-flush")
-        try:
+        async with running_task(flush_periodically(handler), "log-flush"):
             yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     return run
 
