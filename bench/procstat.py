@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 from pathlib import Path
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -30,7 +31,5 @@ def busy_seconds() -> float:
 
 def children_cpu_seconds() -> float:
     """User + system CPU time of this process's waited-for children (a finished `wrk`, say)."""
-    import resource
-
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime

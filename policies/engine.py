@@ -150,11 +150,7 @@ def _subject(
         return None
     reuse = None
     if decided is not None and touched is not None:
-        reuse = {
-            index: entry
-            for index, entry in enumerate(decided.pieces.entries)
-            if entry is not None and index not in touched
-        }
+        reuse = decided.pieces.entries_by_index(touched)
     pieces = locate_ext_proc(
         envoy_filter, policy.filter_name, used_clusters=workload.used_cluster_names(), reuse=reuse
     )

@@ -23,9 +23,8 @@ class Finding:
     adapters turn it into a file line or an admission message.
     """
 
-    # Immutable by its `Final` fields (read-only in the compiled build; mypy rejects an assignment), with
-    # an explicit __init__: a dataclass-generated one runs as Python even in the compiled build, about ten
-    # times slower than a compiled one, and the engine builds many of these per review.
+    # `Final` fields with an explicit __init__ and __reduce__, not frozen: built by the dozen per review
+    # (docs/compiled.md, "What the compiled modules may not use").
 
     rule: Final[str]
     slug: Final[str]
@@ -62,7 +61,7 @@ class Finding:
 
     def __reduce__(self) -> tuple[type[Finding], tuple[str, str, Level, str, str, str, bool, str, str]]:
         fields = (self.rule, self.slug, self.level, self.path, self.message, self.fix, self.fixable)
-        return (Finding, (*fields, self.role, self.role_why))  # pickle and copy through __init__
+        return (Finding, (*fields, self.role, self.role_why))
 
     @property
     def enforced(self) -> bool:

@@ -54,9 +54,8 @@ def copy_tree(value: Any) -> Any:
 
 @dataclass(slots=True, unsafe_hash=True, init=False)
 class PatchOp:
-    # Immutable by its `Final` fields (read-only in the compiled build; mypy rejects an assignment), with
-    # an explicit __init__: a dataclass-generated one runs as Python even in the compiled build, about ten
-    # times slower than a compiled one, and the engine builds many of these per review.
+    # `Final` fields with an explicit __init__ and __reduce__, not frozen: built by the dozen per review
+    # (docs/compiled.md, "What the compiled modules may not use").
 
     op: Final[OpName]
     path: Final[str]
@@ -68,7 +67,7 @@ class PatchOp:
         self.value = value
 
     def __reduce__(self) -> tuple[type[PatchOp], tuple[OpName, str, Any]]:
-        return (PatchOp, (self.op, self.path, self.value))  # pickle and copy through __init__
+        return (PatchOp, (self.op, self.path, self.value))
 
     def to_json(self) -> dict[str, Any]:
         if self.op == "remove":

@@ -258,9 +258,8 @@ def _route_piece(patch: ConfigPatch, entry: dict[str, Any], path: str, filter_na
 class EntryPieces:
     """What one entry of `spec.configPatches` holds: its ext_proc filter, overrides and added cluster."""
 
-    # Immutable by its `Final` fields (read-only in the compiled build; mypy rejects an assignment), with
-    # an explicit __init__: a dataclass-generated one runs as Python even in the compiled build, about ten
-    # times slower than a compiled one, and the engine builds many of these per review.
+    # `Final` fields with an explicit __init__ and __reduce__, not frozen: built by the dozen per review
+    # (docs/compiled.md, "What the compiled modules may not use").
 
     patch: Final[ConfigPatch]
     filters: Final[tuple[FilterPiece, ...]]
@@ -285,7 +284,7 @@ class EntryPieces:
         type[EntryPieces],
         tuple[ConfigPatch, tuple[FilterPiece, ...], tuple[RoutePiece, ...], ClusterPiece | None],
     ]:
-        return (EntryPieces, (self.patch, self.filters, self.routes, self.cluster))  # pickle and copy
+        return (EntryPieces, (self.patch, self.filters, self.routes, self.cluster))
 
 
 @dataclass(slots=True)
@@ -305,6 +304,15 @@ class ExtProcPieces:
     entries: tuple[EntryPieces | None, ...] = ()
     """Per entry of `spec.configPatches` (None for one that is not a mapping): what a rebuild after a fix
     reuses for the entries the fix did not touch."""
+
+    def entries_by_index(self, changed: Collection[int] = ()) -> dict[int, EntryPieces]:
+        """The entries read, by index, but those in `changed`: what reading the same document again may
+        reuse (`locate_ext_proc(reuse=...)`)."""
+        return {
+            index: entry
+            for index, entry in enumerate(self.entries)
+            if entry is not None and index not in changed
+        }
 
     def restricted(
         self,

@@ -190,8 +190,7 @@ class Workload:
         for position in self.index.by_raw.get(id(raw), ()):
             neighbour = self.index.neighbours[position]
             if neighbour.envoy_filter.raw is raw and neighbour.pieces is not None:
-                entries = neighbour.pieces.entries
-                return {index: entry for index, entry in enumerate(entries) if entry is not None}
+                return neighbour.pieces.entries_by_index()
         return None
 
     def pieces_of(self, envoy_filter: EnvoyFilter) -> ExtProcPieces | None:

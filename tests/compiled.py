@@ -5,11 +5,20 @@ from __future__ import annotations
 
 import filecmp
 import os
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPILED = ROOT / "build" / "compiled"
-PACKAGES = ("policies", "webhook", "certs", "epp", "kube", "reconciler", "cli", "telemetry")
+_PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+PACKAGES = tuple(name.rstrip("*") for name in _PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"])
+"""The project's packages, as the wheel (and so the compiled build's install) holds them."""
+
+
+def compiled_modules() -> list[str]:
+    """The modules the compiled build compiles (`[tool.extproc-guard] compiled`, as setup.py reads it)."""
+    modules: list[str] = _PYPROJECT["tool"]["extproc-guard"]["compiled"]
+    return modules
 
 
 def stale_files() -> list[str]:

@@ -11,12 +11,11 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
-import tomllib
 
 import pytest
 
 from tests import compiled
-from tests.compiled import COMPILED, ROOT, compiled_build_problem
+from tests.compiled import COMPILED, ROOT, compiled_build_problem, compiled_modules
 from tests.e2e.harness import skip_or_fail
 
 # Run against the compiled build: the engine's tests, the corpus tests of check and fix, check's forked
@@ -32,12 +31,6 @@ SUITES = (
     "tests/webhook/test_server_agreement.py",
     "tests/webhook/test_server_fuzz.py",
 )
-
-
-def compiled_modules() -> list[str]:
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    modules: list[str] = config["tool"]["extproc-guard"]["compiled"]
-    return modules
 
 
 def hazards(source: str) -> list[str]:

@@ -21,9 +21,8 @@ class Violation:
     `role` is the role of the ext_proc piece it is about.
     """
 
-    # Immutable by its `Final` fields (read-only in the compiled build; mypy rejects an assignment), with
-    # an explicit __init__: a dataclass-generated one runs as Python even in the compiled build, about ten
-    # times slower than a compiled one, and the engine builds many of these per review.
+    # `Final` fields with an explicit __init__ and __reduce__, not frozen: built by the dozen per review
+    # (docs/compiled.md, "What the compiled modules may not use").
 
     path: Final[str]
     message: Final[str]
@@ -52,7 +51,7 @@ class Violation:
         self,
     ) -> tuple[type[Violation], tuple[str, str, str, bool, Level | None, RoleDecision | None]]:
         fields = (self.path, self.message, self.fix, self.fixable, self.cap, self.role)
-        return (Violation, fields)  # pickle and copy through __init__
+        return (Violation, fields)
 
 
 def for_role(subject: Subject, piece: Piece, violation: Violation, *, envoy_rejects: bool) -> Violation:
